@@ -1,0 +1,296 @@
+"""Saving and loading IAUNet checkpoints: ours, and the authors' Lightning ``.ckpt`` files.
+
+Our file is one ``torch.save`` dict (loaded with ``weights_only=True``, so opening a checkpoint can
+never run code)::
+
+    {"format": "napari-iaunet", "format_version": 1,
+     "config": IAUNetConfig.to_dict(), "state_dict": {...}, "metadata": {...}}
+
+Every failure is reported as one :class:`CheckpointError` sentence that names the file and says
+what is wrong: missing, unreadable, not a model, or a model of another architecture.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .model.config import IAUNetConfig
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointInfo",
+    "LoadedCheckpoint",
+    "save_checkpoint",
+    "read_checkpoint_info",
+    "load_checkpoint",
+    "config_from_reference_state_dict",
+]
+
+FORMAT = "napari-iaunet"
+FORMAT_VERSION = 1
+# ResNet depth from the number of blocks in layer3 (torchvision/timm naming).
+_RESNET_BY_LAYER3_BLOCKS = {2: "resnet18", 6: "resnet50", 23: "resnet101"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class CheckpointInfo:
+    """What a checkpoint file holds, read without building the model."""
+
+    path: Path
+    source: str  # "napari-iaunet" or "iaunet-lightning" (the authors' training code)
+    config: IAUNetConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    num_tensors: int = 0
+    dtype: str = "float32"
+
+    def summary(self) -> str:
+        """A short human-readable description (used by ``napari-iaunet info`` and the widget)."""
+        c, m = self.config, self.metadata
+        lines = [
+            f"file:        {self.path}",
+            f"format:      {self.source}",
+            f"backbone:    {c.backbone}, {c.num_queries} queries, input {c.input_size}px",
+            f"classes:     {', '.join(c.class_names)}",
+            f"normalise:   mean {_fmt(c.pixel_mean)}, std {_fmt(c.pixel_std)} (0-255 scale)",
+            f"weights:     {self.num_tensors} tensors stored as {self.dtype}",
+        ]
+        for key in ("description", "training_data", "metrics", "created", "trained_steps"):
+            if key in m:
+                lines.append(f"{key + ':':<12} {_fmt(m[key])}")
+        return "\n".join(lines)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A ready model (eval mode) and what came with it."""
+
+    model: torch.nn.Module
+    info: CheckpointInfo
+
+    @property
+    def config(self) -> IAUNetConfig:
+        return self.info.config
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.info.metadata
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_fmt(v) for v in value) + ")"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    metadata: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    half: bool = False,
+) -> Path:
+    """Write ``model`` (with its ``config``) and JSON-like ``metadata`` to ``path`` atomically.
+
+    ``half=True`` stores floating-point weights as float16 (half the file size; loading casts
+    back to float32). An existing file is only replaced when ``overwrite`` is True.
+    """
+    from .io.atomic import atomic_path
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, IAUNetConfig):
+        raise TypeError("save_checkpoint needs an IAUNet model with a .config (IAUNetConfig)")
+    state = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        state[k] = v.half() if half and v.is_floating_point() else v.clone()
+    meta = dict(metadata or {})
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "state_dict": state,
+        "metadata": meta,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.exists():
+        raise CheckpointError(
+            f"checkpoint not found: {path} — pass an existing .pt/.ckpt file "
+            "(the bundled default lives in the weights/ folder)"
+        )
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pick the .pt file inside")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one sentence
+        text = str(exc)
+        if "weights_only" in text or "Unsupported global" in text:
+            raise CheckpointError(
+                f"{path} contains Python objects that cannot be loaded safely "
+                f"({_first_line(text)}); re-save just its weights with "
+                "torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')"
+            ) from exc
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file?): "
+            f"{_first_line(text)}"
+        ) from exc
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "unknown error"
+    return line[:200]
+
+
+def _parse(path: Path, obj: Any, overrides: dict[str, Any] | None) -> tuple[CheckpointInfo, dict]:
+    """Recognise our format or the authors' Lightning checkpoint; return info + state dict."""
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{path} was written by a newer napari-iaunet (format {version}); "
+                "update napari-iaunet to open it"
+            )
+        try:
+            config = IAUNetConfig.from_dict({**obj["config"], **(overrides or {})})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} has an invalid model description: {exc}") from exc
+        state = obj.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} holds no weights (state_dict missing)")
+        meta = obj.get("metadata") or {}
+        source = FORMAT
+    else:
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(state, dict) or not any(
+            isinstance(k, str) and k.startswith(("encoder.", "decoder.")) for k in state
+        ):
+            raise CheckpointError(
+                f"{path} is not an IAUNet checkpoint: it holds no 'encoder.*'/'decoder.*' "
+                "weights (is it a model of another architecture?)"
+            )
+        state = {k: v for k, v in state.items() if not k.startswith("criterion.")}
+        config = config_from_reference_state_dict(state, path, overrides)
+        meta = {"description": "converted from the IAUNet authors' training code"}
+        source = "iaunet-lightning"
+    tensors = [v for v in state.values() if isinstance(v, torch.Tensor)]
+    dtype = str(tensors[0].dtype).replace("torch.", "") if tensors else "none"
+    info = CheckpointInfo(path=path, source=source, config=config, metadata=dict(meta),
+                          num_tensors=len(tensors), dtype=dtype)
+    return info, state
+
+
+def config_from_reference_state_dict(
+    state: dict[str, torch.Tensor],
+    path: str | Path = "<state dict>",
+    overrides: dict[str, Any] | None = None,
+) -> IAUNetConfig:
+    """Infer an :class:`IAUNetConfig` from the tensor names and shapes of an IAUNet state dict.
+
+    Used for the authors' checkpoints, which carry no config. Normalisation falls back to the
+    Revvity-25 statistics; pass ``overrides`` (e.g. ``pixel_mean``) when the model was trained on
+    other data.
+    """
+    try:
+        if "encoder.conv1.weight" not in state:
+            raise CheckpointError(
+                f"{path}: only ResNet encoders of the authors' checkpoints can be converted "
+                "(no 'encoder.conv1.weight' found — a Swin checkpoint uses its own names)"
+            )
+        blocks = {int(m.group(1)) for k in state
+                  if (m := re.match(r"encoder\.layer3\.(\d+)\.", k))}
+        n3 = max(blocks) + 1 if blocks else 0
+        bottleneck = "encoder.layer1.0.conv3.weight" in state
+        backbone = _RESNET_BY_LAYER3_BLOCKS.get(n3)
+        if n3 == 6 and not bottleneck:
+            backbone = "resnet34"
+        if backbone is None or (backbone in ("resnet50", "resnet101") and not bottleneck):
+            raise CheckpointError(f"{path}: unrecognised ResNet encoder ({n3} blocks in layer3)")
+        q, hidden = state["decoder.query_feat.weight"].shape
+        num_classes = state["decoder.class_embed.weight"].shape[0] - 1
+        ffn = state["decoder.transformer_instance_ffn_layers.0.linear1.weight"].shape[0]
+        layers = {int(m.group(1)) for k in state
+                  if (m := re.match(r"decoder\.transformer_instance_ffn_layers\.(\d+)\.", k))}
+        mask_dim = state["decoder.mask_embed.weight"].shape[0]
+    except KeyError as exc:
+        raise CheckpointError(
+            f"{path} is missing the IAUNet decoder weight {exc}; it is not an IAUNet checkpoint "
+            "of a known version"
+        ) from exc
+    values: dict[str, Any] = dict(
+        backbone=backbone, num_queries=int(q), num_classes=int(num_classes),
+        class_names=tuple(f"class_{i}" for i in range(num_classes)) if num_classes != 1
+        else ("cell",),
+        hidden_dim=int(hidden), mask_dim=int(mask_dim), dim_feedforward=int(ffn),
+        dec_layers=max(1, (max(layers) + 1) // 3) if layers else 3,
+    )
+    values.update(overrides or {})
+    return IAUNetConfig(**values)
+
+
+def read_checkpoint_info(path: str | Path, overrides: dict[str, Any] | None = None) -> CheckpointInfo:
+    """Describe a checkpoint (config, metadata) without building its model."""
+    path = Path(path).expanduser()
+    info, _ = _parse(path, _torch_load(path), overrides)
+    return info
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> LoadedCheckpoint:
+    """Build the model a checkpoint describes, load its weights and put it in eval mode.
+
+    ``overrides`` replaces config fields (e.g. ``{"input_size": 768}`` or the normalisation of an
+    authors' checkpoint). Weights that do not fit the architecture raise :class:`CheckpointError`
+    naming how many and which keys differ — never a bare list of missing keys.
+    """
+    from .model import build_model
+
+    path = Path(path).expanduser()
+    info, state = _parse(path, _torch_load(path), overrides)
+    model = build_model(info.config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unknown weights (e.g. '{unexpected[0]}')")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. '{k}': file "
+                         f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
+        raise CheckpointError(
+            f"{path} does not match the IAUNet it describes ({info.config.backbone}, "
+            f"{info.config.num_queries} queries): " + "; ".join(parts)
+            + " — it was saved from a different architecture or version"
+        )
+    model.load_state_dict(state, strict=True)
+    model.eval().to(device)
+    return LoadedCheckpoint(model=model, info=info)

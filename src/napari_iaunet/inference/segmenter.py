@@ -1,0 +1,166 @@
+"""The inference engine: image(s) in, overlapping :class:`Instances` out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..instances import Instances
+from ..model.config import IAUNetConfig
+from .device import autocast, select_device
+from .postprocess import PostprocessSettings, postprocess
+from .preprocess import PreparedImage, as_hwc, pad_batch, prepare
+from .tiling import merge_tiles, plan_tiles
+
+__all__ = ["Segmenter", "SegmentationCancelled", "ProgressCallback"]
+
+ProgressCallback = Callable[[int, int], None]  # (done, total)
+
+
+class SegmentationCancelled(Exception):
+    """Raised when the ``cancel`` callable of a segmentation returned True."""
+
+
+class Segmenter:
+    """A model with its inference settings.
+
+    Args:
+        model: an IAUNet (its ``config`` gives input size and normalisation).
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``.
+        settings: score / mask thresholds and the optional duplicate filter.
+        tile_size: ``"auto"`` tiles images whose longest side exceeds 3× the input size with
+            tiles of 2× the input size; an int sets the tile size in image pixels; None never tiles.
+        tile_overlap: overlap between tiles as a fraction of the tile size.
+        amp: mixed precision on GPUs.
+        batch_size: images (or tiles) per forward pass.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        settings: PostprocessSettings | None = None,
+        tile_size: int | str | None = "auto",
+        tile_overlap: float = 0.25,
+        amp: bool = True,
+        batch_size: int = 4,
+    ) -> None:
+        self.device = select_device(device)
+        self.model = model.to(self.device).eval()
+        self.settings = settings or PostprocessSettings()
+        if not (tile_size in ("auto", None) or (isinstance(tile_size, int) and tile_size >= 64)):
+            raise ValueError("tile_size must be 'auto', None or an int ≥ 64 (pixels)")
+        if not 0.0 <= tile_overlap < 0.5:
+            raise ValueError("tile_overlap must be in [0, 0.5)")
+        self.tile_size = tile_size
+        self.tile_overlap = tile_overlap
+        self.amp = amp
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path | None = None, **kwargs) -> Segmenter:
+        """Load a checkpoint (the bundled default when ``path`` is None) into a Segmenter."""
+        from ..checkpoint import load_checkpoint
+        from ..weights import default_weights
+
+        device = select_device(kwargs.pop("device", "auto"))
+        loaded = load_checkpoint(default_weights() if path is None else path, device=device)
+        seg = cls(loaded.model, device=device, **kwargs)
+        seg.checkpoint_info = loaded.info
+        return seg
+
+    @property
+    def config(self) -> IAUNetConfig:
+        return self.model.config
+
+    # ------------------------------------------------------------------ public API
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Instances:
+        """Segment one 2-D gray/RGB/RGBA image of any dtype into overlapping instances."""
+        hwc = as_hwc(image)
+        tile = self._tile_size(hwc.shape[:2])
+        if tile is None:
+            return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
+        tiles = plan_tiles(hwc.shape[:2], tile, int(round(tile * self.tile_overlap)))
+        crops = [hwc[t.window] for t in tiles]
+        results = self.segment_batch(crops, progress=progress, cancel=cancel)
+        return merge_tiles(tiles, results, hwc.shape[:2])
+
+    def segment_batch(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> list[Instances]:
+        """Segment several images (no tiling), ``batch_size`` per forward pass."""
+        cfg = self.config
+        out: list[Instances] = []
+        total = len(images)
+        for start in range(0, total, self.batch_size):
+            if cancel is not None and cancel():
+                raise SegmentationCancelled("segmentation cancelled")
+            chunk = images[start:start + self.batch_size]
+            prepared = [prepare(im, cfg.input_size, cfg.pixel_mean, cfg.pixel_std,
+                                cfg.size_divisibility, self.device) for im in chunk]
+            out.extend(self._predict(prepared))
+            if progress is not None:
+                progress(min(start + len(chunk), total), total)
+        return out
+
+    def segment_stack(
+        self,
+        stack: np.ndarray,
+        *,
+        rgb: bool | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> list[Instances]:
+        """Segment every frame of a ``(T, H, W)`` or ``(T, H, W, 3|4)`` stack, frame by frame."""
+        stack = np.asarray(stack)
+        if rgb is None:
+            rgb = stack.ndim == 4 and stack.shape[-1] in (3, 4)
+        if stack.ndim != (4 if rgb else 3):
+            raise ValueError(
+                f"segment_stack expects (frames, H, W) or (frames, H, W, 3|4), got {stack.shape}"
+            )
+        results = []
+        for i, frame in enumerate(stack):
+            if cancel is not None and cancel():
+                raise SegmentationCancelled("segmentation cancelled")
+            results.append(self.segment(frame, cancel=cancel))
+            if progress is not None:
+                progress(i + 1, len(stack))
+        return results
+
+    # ------------------------------------------------------------------ internals
+    def _tile_size(self, shape: tuple[int, int]) -> int | None:
+        if self.tile_size is None:
+            return None
+        if self.tile_size == "auto":
+            size = self.config.input_size
+            return 2 * size if max(shape) > 3 * size else None
+        return int(self.tile_size) if max(shape) > int(self.tile_size) else None
+
+    @torch.inference_mode()
+    def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
+        batch = pad_batch([p.tensor for p in prepared])
+        with autocast(self.device, self.amp):
+            outputs = self.model(batch)
+        padded = tuple(batch.shape[-2:])
+        return [
+            postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
+                        p.resized_shape, p.original_shape, self.settings)
+            for i, p in enumerate(prepared)
+        ]
+
+

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_iaunet.inference.preprocess import as_hwc, pad_batch, prepare, resized_shape, to_model_range
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((20, 30), (20, 30, 1)), ((20, 30, 3), (20, 30, 3)), ((20, 30, 4), (20, 30, 3)),
+     ((3, 20, 30), (20, 30, 3)), ((20, 30, 1), (20, 30, 1))],
+)
+def test_as_hwc_accepts_2d_layouts(shape, expected):
+    assert as_hwc(np.zeros(shape, np.uint8)).shape == expected
+
+
+@pytest.mark.parametrize("shape", [(5, 20, 30), (2, 3, 20, 30), (10,)])
+def test_as_hwc_refuses_stacks_with_a_clear_message(shape):
+    with pytest.raises(ValueError, match="expected a 2-D image"):
+        as_hwc(np.zeros(shape, np.uint8))
+
+
+def test_uint8_kept_raw_and_gray_replicated():
+    img = np.arange(200, dtype=np.uint8).reshape(10, 20)
+    out = to_model_range(img)
+    assert out.shape == (10, 20, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[..., 0], img)
+    np.testing.assert_array_equal(out[..., 2], img)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32, np.float32, np.float64, np.int8])
+def test_other_dtypes_stretched_to_0_255(dtype):
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 64)) * 1000).astype(dtype)
+    out = to_model_range(img)
+    assert out.min() >= 0 and out.max() <= 255
+    assert out.max() > 250 and out.min() < 5
+
+
+def test_16bit_dim_image_uses_full_range():
+    img = np.full((32, 32), 1000, np.uint16)
+    img[8:24, 8:24] = 1200
+    out = to_model_range(img)
+    assert out[16, 16, 0] == pytest.approx(255) and out[0, 0, 0] == pytest.approx(0)
+
+
+def test_nan_and_constant_and_bool():
+    img = np.ones((8, 8), np.float32)
+    img[0, 0] = np.nan
+    assert np.isfinite(to_model_range(img)).all()
+    assert to_model_range(np.zeros((8, 8), np.float32)).max() == 0
+    assert to_model_range(np.eye(8, dtype=bool)).max() == 255
+    with pytest.raises(ValueError, match="no finite"):
+        to_model_range(np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="dtype"):
+        to_model_range(np.zeros((8, 8), np.complex64))
+
+
+def test_prepare_resizes_longest_side_and_pads_to_32():
+    img = np.full((1080, 700), 133, np.uint8)
+    p = prepare(img, 512, (133.0,) * 3, (10.0,) * 3)
+    assert p.resized_shape == resized_shape((1080, 700), 512) == (512, 332)
+    assert p.tensor.shape == (3, 512, 352)
+    # the image area normalises to 0 and so does the padding (padding == the mean)
+    assert torch.allclose(p.tensor, torch.zeros_like(p.tensor), atol=1e-4)
+
+
+def test_pad_batch():
+    a, b = torch.ones(3, 32, 64), torch.ones(3, 64, 32)
+    batch = pad_batch([a, b])
+    assert batch.shape == (2, 3, 64, 64)
+    assert batch[0, :, 40:, :].abs().sum() == 0
