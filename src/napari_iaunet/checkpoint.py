@@ -26,10 +26,10 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "LoadedCheckpoint",
-    "save_checkpoint",
-    "read_checkpoint_info",
-    "load_checkpoint",
     "config_from_reference_state_dict",
+    "load_checkpoint",
+    "read_checkpoint_info",
+    "save_checkpoint",
 ]
 
 FORMAT = "napari-iaunet"
@@ -141,10 +141,10 @@ def _torch_load(path: Path) -> Any:
             "(the bundled default lives in the weights/ folder)"
         )
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pick the .pt file inside")
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pick the .pt inside")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every loader failure becomes one sentence
+    except Exception as exc:
         text = str(exc)
         if "weights_only" in text or "Unsupported global" in text:
             raise CheckpointError(
@@ -249,7 +249,9 @@ def config_from_reference_state_dict(
     return IAUNetConfig(**values)
 
 
-def read_checkpoint_info(path: str | Path, overrides: dict[str, Any] | None = None) -> CheckpointInfo:
+def read_checkpoint_info(
+    path: str | Path, overrides: dict[str, Any] | None = None
+) -> CheckpointInfo:
     """Describe a checkpoint (config, metadata) without building its model."""
     path = Path(path).expanduser()
     info, _ = _parse(path, _torch_load(path), overrides)
@@ -275,7 +277,8 @@ def load_checkpoint(
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    wrong = [k for k in expected
+             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         parts = []
         if missing:

@@ -149,7 +149,7 @@ class Instances:
 
     @classmethod
     def concatenate(cls, parts: Sequence[Instances], renumber: bool = True) -> Instances:
-        """Join instance sets of the same image; ids are renumbered 1..N unless ``renumber`` is False."""
+        """Join instance sets of one image; ids become 1..N unless ``renumber`` is False."""
         if not parts:
             raise ValueError("Instances.concatenate needs at least one part")
         shape = parts[0].image_shape

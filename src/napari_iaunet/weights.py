@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["DEFAULT_WEIGHTS_NAME", "weights_dirs", "default_weights", "list_weights"]
+__all__ = ["DEFAULT_WEIGHTS_NAME", "default_weights", "list_weights", "weights_dirs"]
 
 DEFAULT_WEIGHTS_NAME = "iaunet_default.pt"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")

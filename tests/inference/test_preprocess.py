@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_iaunet.inference.preprocess import as_hwc, pad_batch, prepare, resized_shape, to_model_range
+from napari_iaunet.inference.preprocess import (
+    as_hwc,
+    pad_batch,
+    prepare,
+    resized_shape,
+    to_model_range,
+)
 
 
 @pytest.mark.parametrize(

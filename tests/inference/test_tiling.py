@@ -67,7 +67,8 @@ def test_seam_rule_neither_loses_nor_duplicates(tile, overlap, rmax):
     iou = gt.pairwise_iou(merged)
     best = iou.max(axis=1)
     # every cell that fits in one tile comes back whole, exactly once
-    fits = [i for i in range(len(gt)) if any(_inside(gt.boxes[i], t, gt.image_shape) for t in tiles)]
+    fits = [i for i in range(len(gt))
+            if any(_inside(gt.boxes[i], t, gt.image_shape) for t in tiles)]
     assert len(fits) > 0.8 * len(gt)
     assert (best[fits] == 1.0).all()
     assert len(merged) == len(gt)

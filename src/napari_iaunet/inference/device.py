@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["available_devices", "select_device", "autocast"]
+__all__ = ["autocast", "available_devices", "select_device"]
 
 
 def available_devices() -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PreparedImage", "as_hwc", "to_model_range", "resized_shape", "prepare", "pad_batch"]
+__all__ = ["PreparedImage", "as_hwc", "pad_batch", "prepare", "resized_shape", "to_model_range"]
 
 # Robust percentiles used to map non-8-bit images onto 0-255.
 LOW_PERCENTILE = 0.1

@@ -15,7 +15,7 @@ from .postprocess import PostprocessSettings, postprocess
 from .preprocess import PreparedImage, as_hwc, pad_batch, prepare
 from .tiling import merge_tiles, plan_tiles
 
-__all__ = ["Segmenter", "SegmentationCancelled", "ProgressCallback"]
+__all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter"]
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -90,7 +90,7 @@ class Segmenter:
         tile = self._tile_size(hwc.shape[:2])
         if tile is None:
             return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
-        tiles = plan_tiles(hwc.shape[:2], tile, int(round(tile * self.tile_overlap)))
+        tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
         results = self.segment_batch(crops, progress=progress, cancel=cancel)
         return merge_tiles(tiles, results, hwc.shape[:2])
@@ -155,7 +155,7 @@ class Segmenter:
     def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
         batch = pad_batch([p.tensor for p in prepared])
         with autocast(self.device, self.amp):
-            outputs = self.model(batch)
+            outputs = self.model(batch, with_aux=False)
         padded = tuple(batch.shape[-2:])
         return [
             postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,

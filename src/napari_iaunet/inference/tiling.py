@@ -25,7 +25,7 @@ import numpy as np
 
 from ..instances import Instances
 
-__all__ = ["Tile", "plan_tiles", "merge_tiles"]
+__all__ = ["Tile", "merge_tiles", "plan_tiles"]
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def merge_tiles(
 
 
 def _windowed_iou(one: Instances, many: Instances, tile: Tile) -> np.ndarray:
-    """IoU of ``one`` with each of ``many`` clipped to ``tile``'s window (how that tile sees them)."""
+    """IoU of ``one`` with each of ``many`` clipped to ``tile``'s window (the tile's view)."""
     y0, x0, y1, x1 = tile.y0, tile.x0, tile.y1, tile.x1
     clipped = []
     for i in range(len(many)):

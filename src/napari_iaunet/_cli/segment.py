@@ -1,0 +1,175 @@
+"""``napari-iaunet segment IMAGES... --out DIR``: images → COCO JSON (one per image or one per set).
+
+Under ``torchrun --nproc_per_node=N`` the images are sharded across the N processes (each on its
+own GPU when there are GPUs); with ``--one-file`` rank 0 gathers everything and writes the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", type=Path, help="image files or folders of images")
+    p.add_argument("--sample", action="store_true",
+                   help="segment the bundled synthetic brightfield sample image")
+    p.add_argument("--weights", "-w", type=Path, default=None,
+                   help="checkpoint (default: the bundled default model)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output folder")
+    p.add_argument("--one-file", metavar="NAME.json", default=None,
+                   help="write one COCO file for the whole set instead of one per image")
+    p.add_argument("--rle", action="store_true", help="store masks as RLE (lossless)")
+    p.add_argument("--tolerance", type=float, default=1.0,
+                   help="polygon simplification tolerance in pixels (default 1.0)")
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--duplicate-iou", type=float, default=None,
+                   help="drop masks overlapping a better one above this IoU (off by default)")
+    p.add_argument("--tile-size", default="auto",
+                   help="'auto', 'off' or tile size in pixels for large images")
+    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--overlay", action="store_true",
+                   help="also write a PNG picture of the instances over each image")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"image not found: {p}")
+    if not files:
+        raise ValueError("no images to segment: give image files or folders (or --sample)")
+    return files
+
+
+def _tile_arg(value: str) -> int | str | None:
+    if value == "auto":
+        return "auto"
+    if value == "off":
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValueError(f"--tile-size must be auto, off or an integer, got {value!r}") from exc
+
+
+def _dist() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    return (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from ..inference import PostprocessSettings, Segmenter
+    from ..io.coco import instances_to_coco, write_coco
+    from ..io.images import read_image
+
+    rank, world, local_rank = _dist()
+    device = args.device
+    if world > 1 and device == "auto" and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+
+    if args.sample:
+        from ..training.synthetic import sample_image
+
+        items: list[tuple[str, object]] = [("sample.png", None)]
+        loaders = {"sample.png": lambda: sample_image()}
+    else:
+        files = _expand(args.images)
+        items = [(f.name, f) for f in files]
+        loaders = {f.name: (lambda f=f: read_image(f)) for f in files}
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise ValueError("two images share a file name; segment them in separate runs")
+    mine = names[rank::world]
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.overwrite:  # refuse before spending time on the model
+        targets = ([args.out / args.one_file] if args.one_file else
+                   [args.out / (Path(n).stem + ".json") for n in mine])
+        existing = [t for t in targets if t.exists()]
+        if existing:
+            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+
+    segmenter = Segmenter.from_checkpoint(
+        args.weights, device=device, tile_size=_tile_arg(args.tile_size),
+        batch_size=args.batch_size,
+        settings=PostprocessSettings(score_threshold=args.score_threshold,
+                                     duplicate_iou=args.duplicate_iou),
+    )
+    info = segmenter.checkpoint_info
+    print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"
+          + (f" (rank {rank}/{world})" if world > 1 else ""), file=sys.stderr)
+
+    records = []
+    t_start = time.perf_counter()
+    for k, name in enumerate(mine, 1):
+        image = np.asarray(loaders[name]())
+        t0 = time.perf_counter()
+        inst = segmenter.segment(image)
+        dt = time.perf_counter() - t0
+        h, w = inst.image_shape
+        records.append((name, h, w, inst))
+        print(f"[{k}/{len(mine)}] {name}: {len(inst)} instances in {dt:.2f} s", file=sys.stderr)
+        if args.overlay:
+            from ..io.atomic import atomic_write_bytes
+            from ..visualize import overlay
+
+            atomic_write_bytes(args.out / (Path(name).stem + "_overlay.png"),
+                               _png_bytes(overlay(image, inst)), overwrite=True)
+        if not args.one_file:
+            coco = _to_coco([(name, h, w, inst)], info, args, instances_to_coco)
+            write_coco(args.out / (Path(name).stem + ".json"), coco, overwrite=args.overwrite)
+
+    if args.one_file:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo")
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, records)
+            dist.destroy_process_group()
+            records = [r for part in gathered for r in part]
+        if rank == 0:
+            records.sort(key=lambda r: names.index(r[0]))
+            coco = _to_coco(records, info, args, instances_to_coco)
+            write_coco(args.out / args.one_file, coco, overwrite=args.overwrite)
+    total = sum(len(r[3]) for r in records)
+    print(f"done: {len(records)} images, {total} instances, "
+          f"{time.perf_counter() - t_start:.1f} s → {args.out}", file=sys.stderr)
+    return 0
+
+
+def _to_coco(records, info, args, instances_to_coco) -> dict:
+    image_infos = [{"id": i + 1, "file_name": n, "height": h, "width": w}
+                   for i, (n, h, w, _) in enumerate(records)]
+    return instances_to_coco(
+        [r[3] for r in records], image_infos,
+        category_names=info.config.class_names,
+        mode="rle" if args.rle else "polygon",
+        tolerance=args.tolerance,
+    )
+
+
+def _png_bytes(rgb) -> bytes:
+    import io
+
+    import imageio.v3 as iio
+
+    buf = io.BytesIO()
+    iio.imwrite(buf, rgb, extension=".png")
+    return buf.getvalue()

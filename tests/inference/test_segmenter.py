@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_iaunet.inference import PostprocessSettings, SegmentationCancelled, Segmenter
+from napari_iaunet.inference.device import available_devices, select_device
+from napari_iaunet.instances import Instances
+from napari_iaunet.model import IAUNetConfig, build_model
+
+TINY = IAUNetConfig(backbone="resnet18", num_queries=8, input_size=64)
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    with torch.no_grad():  # make every query confident so the plumbing has instances to carry
+        model.decoder.class_embed.bias.copy_(torch.tensor([4.0, -4.0]))
+    return Segmenter(model, device="cpu", settings=PostprocessSettings(score_threshold=0.0))
+
+
+@pytest.mark.parametrize(
+    "image",
+    [np.random.default_rng(0).integers(0, 255, (90, 70), dtype=np.uint8),
+     np.random.default_rng(1).integers(0, 65535, (70, 90), dtype=np.uint16),
+     np.random.default_rng(2).random((64, 64, 3)).astype(np.float32),
+     np.random.default_rng(3).integers(0, 255, (50, 80, 4), dtype=np.uint8),
+     np.random.default_rng(4).random((3, 40, 60))],
+    ids=["gray-u8", "gray-u16", "rgb-float", "rgba", "chw"],
+)
+def test_any_2d_image_gives_instances_at_original_size(segmenter, image):
+    inst = segmenter.segment(image)
+    assert isinstance(inst, Instances)
+    expected = image.shape[1:] if image.shape[0] == 3 else image.shape[:2]
+    assert inst.image_shape == tuple(expected)
+    assert len(inst) > 0
+    assert (inst.scores[:-1] >= inst.scores[1:]).all()
+    assert list(inst.ids) == list(range(1, len(inst) + 1))
+
+
+def test_stacks_refused_by_segment_and_handled_frame_by_frame(segmenter):
+    stack = np.random.default_rng(0).integers(0, 255, (3, 40, 40), dtype=np.uint8)
+    with pytest.raises(ValueError, match="segment each frame"):
+        segmenter.segment(np.zeros((5, 40, 40), np.uint8))
+    results = segmenter.segment_stack(stack)
+    assert len(results) == 3 and all(r.image_shape == (40, 40) for r in results)
+
+
+def test_batch_equals_one_by_one(segmenter):
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (64, 64), dtype=np.uint8) for _ in range(3)]
+    batched = segmenter.segment_batch(images)
+    for im, b in zip(images, batched):
+        single = segmenter.segment(im)
+        assert len(single) == len(b)
+        np.testing.assert_array_equal(single.to_dense(), b.to_dense())
+
+
+def test_large_image_is_tiled(segmenter):
+    seg = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings, tile_size=64)
+    calls = []
+    image = np.random.default_rng(6).integers(0, 255, (150, 130), dtype=np.uint8)
+    inst = seg.segment(image, progress=lambda d, t: calls.append((d, t)))
+    assert inst.image_shape == (150, 130)
+    assert calls[-1][0] == calls[-1][1] > 1  # several tiles went through the model
+
+
+def test_cancel(segmenter):
+    with pytest.raises(SegmentationCancelled):
+        segmenter.segment(np.zeros((64, 64), np.uint8), cancel=lambda: True)
+
+
+def test_device_selection():
+    assert available_devices()[-1] == "cpu"
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == available_devices()[0]
+    if "cuda" not in available_devices():
+        with pytest.raises(ValueError, match="not available"):
+            select_device("cuda")
+
+
+def test_from_checkpoint(tmp_path, segmenter):
+    from napari_iaunet.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "tiny.pt", segmenter.model)
+    seg = Segmenter.from_checkpoint(path, device="cpu", tile_size=None)
+    assert seg.config == TINY and seg.checkpoint_info.path == path
+
+
+@pytest.mark.data
+def test_real_revvity_image_end_to_end(segmenter, shared_data: Path):
+    from napari_iaunet.io.images import read_image
+
+    image_path = sorted((shared_data / "revvity25" / "images").iterdir())[0]
+    image = read_image(image_path)
+    inst = segmenter.segment(image)
+    assert inst.image_shape == image.shape[:2] == (1080, 1080)

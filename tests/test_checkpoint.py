@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from napari_iaunet.checkpoint import (
+    CheckpointError,
+    config_from_reference_state_dict,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from napari_iaunet.model import IAUNetConfig, build_model
+
+TINY = IAUNetConfig(backbone="resnet18", num_queries=6, input_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_model(TINY).eval()
+
+
+def test_save_load_roundtrip_is_exact(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_model,
+                           {"training_data": ["synthetic"], "metrics": {"AP": 0.5}})
+    loaded = load_checkpoint(path)
+    assert loaded.config == TINY
+    assert loaded.metadata["metrics"] == {"AP": 0.5} and "created" in loaded.metadata
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        a = tiny_model(x, with_aux=False)["pred_masks"]
+        b = loaded.model(x, with_aux=False)["pred_masks"]
+    assert torch.equal(a, b)
+    assert not loaded.model.training
+
+
+def test_half_storage_halves_the_file_and_loads_as_float32(tmp_path, tiny_model):
+    full = save_checkpoint(tmp_path / "full.pt", tiny_model)
+    half = save_checkpoint(tmp_path / "half.pt", tiny_model, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_checkpoint(half)
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    assert read_checkpoint_info(half).dtype == "float16"
+
+
+def test_never_overwrites_without_asking(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_model)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        save_checkpoint(path, tiny_model, {"other": 1})
+    assert path.read_bytes() == before
+    save_checkpoint(path, tiny_model, {"other": 1}, overwrite=True)
+    assert read_checkpoint_info(path).metadata["other"] == 1
+
+
+def test_missing_file_one_sentence(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_corrupt_file_one_sentence(tmp_path, tiny_model):
+    good = save_checkpoint(tmp_path / "m.pt", tiny_model)
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(bad)
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        read_checkpoint_info(text)
+
+
+def test_other_architecture_one_sentence(tmp_path):
+    torch.save({"state_dict": torch.nn.Linear(3, 4).state_dict()}, tmp_path / "lin.pt")
+    with pytest.raises(CheckpointError, match="not an IAUNet checkpoint"):
+        load_checkpoint(tmp_path / "lin.pt")
+
+
+def test_mismatched_weights_summarised(tmp_path, tiny_model):
+    path = save_checkpoint(tmp_path / "m.pt", tiny_model)
+    obj = torch.load(path, weights_only=True)
+    obj["config"]["num_queries"] = 7  # describes another model than the weights
+    torch.save(obj, tmp_path / "lie.pt")
+    with pytest.raises(CheckpointError, match=r"wrong shape .*query_feat") as exc:
+        load_checkpoint(tmp_path / "lie.pt")
+    assert len(str(exc.value).splitlines()) == 1
+
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    class Evil:
+        pass
+
+    torch.save({"state_dict": {}, "obj": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_authors_lightning_checkpoint_loads(tmp_path, tiny_model):
+    """A Lightning .ckpt from the authors' code: weights under state_dict, plus criterion.*."""
+    state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    state["criterion.empty_weight"] = torch.tensor([1.0, 0.1])
+    ckpt = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "2.5.2",
+            "state_dict": state, "optimizer_states": [], "lr_schedulers": []}
+    torch.save(ckpt, tmp_path / "best.ckpt")
+    info = read_checkpoint_info(tmp_path / "best.ckpt")
+    assert info.source == "iaunet-lightning"
+    assert info.config.backbone == "resnet18" and info.config.num_queries == 6
+    loaded = load_checkpoint(tmp_path / "best.ckpt", overrides={"input_size": 64})
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+
+
+@pytest.mark.parametrize(("layer3_blocks", "bottleneck", "name"),
+                         [(2, False, "resnet18"), (6, False, "resnet34"),
+                          (6, True, "resnet50"), (23, True, "resnet101")])
+def test_backbone_inferred_from_names(layer3_blocks, bottleneck, name):
+    state = {"encoder.conv1.weight": torch.zeros(1),
+             "decoder.query_feat.weight": torch.zeros(100, 256),
+             "decoder.class_embed.weight": torch.zeros(2, 256),
+             "decoder.mask_embed.weight": torch.zeros(256, 256)}
+    for k in range(9):
+        key = f"decoder.transformer_instance_ffn_layers.{k}.linear1.weight"
+        state[key] = torch.zeros(1024, 256)
+    for b in range(layer3_blocks):
+        state[f"encoder.layer3.{b}.conv1.weight"] = torch.zeros(1)
+    if bottleneck:
+        state["encoder.layer1.0.conv3.weight"] = torch.zeros(1)
+    cfg = config_from_reference_state_dict(state)
+    assert cfg.backbone == name and cfg.num_queries == 100 and cfg.dec_layers == 3
