@@ -85,11 +85,12 @@ def test_mismatched_weights_summarised(tmp_path, tiny_model):
     assert len(str(exc.value).splitlines()) == 1
 
 
-def test_unsafe_pickle_is_refused(tmp_path):
-    class Evil:
-        pass
+class _Arbitrary:
+    """Any class: unpickling it would run code from the file's author."""
 
-    torch.save({"state_dict": {}, "obj": Evil()}, tmp_path / "evil.pt")
+
+def test_unsafe_pickle_is_refused(tmp_path):
+    torch.save({"state_dict": {}, "obj": _Arbitrary()}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         load_checkpoint(tmp_path / "evil.pt")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["IAUNetConfig", "REVVITY_MEAN", "REVVITY_STD"]
+__all__ = ["REVVITY_MEAN", "REVVITY_STD", "IAUNetConfig"]
 
 # Revvity-25 statistics on raw 0-255 pixel values (the authors' dataset config).
 REVVITY_MEAN = 133.488

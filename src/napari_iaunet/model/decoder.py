@@ -1,0 +1,198 @@
+"""The IAUNet decoder: pixel decoder, transformer decoder and prediction heads.
+
+Module names are flat and match the authors' state-dict keys (reference memo, section 6),
+including the modules their forward never uses (``fc``, ``objectness``, ``bbox_pred``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .blocks import DoubleConv, MaskBranch, SEBlock, coordinate_channels
+from .position import PositionEmbeddingSine
+from .transformer import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+
+__all__ = ["IAUNetDecoder"]
+
+NUM_LEVELS = 3  # pixel-decoder levels at strides 32, 16, 8
+COORD_CHANNELS = 2
+CLASS_PRIOR_PROB = 0.01
+
+
+class IAUNetDecoder(nn.Module):
+    """Pixel decoder (3 levels) + 3 x ``dec_layers`` transformer blocks + heads.
+
+    ``forward(features)`` takes the encoder features ``[f4, f8, f16, f32]`` and returns the
+    predictions of every transformer block (see :meth:`forward`).
+    """
+
+    def __init__(
+        self,
+        encoder_channels: Sequence[int],
+        num_classes: int = 1,
+        num_queries: int = 100,
+        hidden_dim: int = 256,
+        mask_dim: int = 256,
+        num_heads: int = 8,
+        dec_layers: int = 3,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if len(encoder_channels) != 4:
+            raise ValueError("encoder_channels: need 4 values (strides 4, 8, 16, 32)")
+        if mask_dim != hidden_dim:
+            raise ValueError(
+                "mask_dim must equal hidden_dim (the 1/8 memory joins the mask features)"
+            )
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.dec_layers = dec_layers
+        skip_channels = list(encoder_channels[1:])[::-1]  # f32, f16, f8
+
+        # --- pixel decoder -------------------------------------------------------------------
+        self.skip_conv_layers = nn.ModuleList(nn.Conv2d(c, hidden_dim, 1) for c in skip_channels)
+        first_level_in = COORD_CHANNELS + hidden_dim  # [coords, skip]
+        later_level_in = COORD_CHANNELS + 2 * hidden_dim  # [up2x([coords, X]), skip]
+        level_in = [first_level_in] + [later_level_in] * (NUM_LEVELS - 1)
+        self.up_conv_layers = nn.ModuleList(
+            nn.Sequential(DoubleConv(c, hidden_dim), SEBlock(hidden_dim)) for c in level_in
+        )
+        self.mask_branch = nn.ModuleList(MaskBranch(hidden_dim) for _ in range(NUM_LEVELS))
+        self.lateral_conv = nn.Sequential(
+            nn.Conv2d(encoder_channels[0], mask_dim, 1), nn.BatchNorm2d(mask_dim)
+        )
+        self.output_conv = nn.Sequential(
+            nn.Conv2d(mask_dim, mask_dim, 3, padding=1),
+            nn.BatchNorm2d(mask_dim),
+            nn.ReLU(inplace=True),
+        )
+
+        # --- transformer decoder -------------------------------------------------------------
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        num_layers = NUM_LEVELS * dec_layers
+        self.transformer_instance_cross_attention_layers = nn.ModuleList(
+            CrossAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.transformer_instance_self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(hidden_dim, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.transformer_instance_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward, dropout) for _ in range(num_layers)
+        )
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+
+        # --- heads ---------------------------------------------------------------------------
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.fc = nn.Linear(hidden_dim, hidden_dim)  # unused (kept for checkpoint keys)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = nn.Linear(hidden_dim, mask_dim)
+        self.objectness = nn.Linear(hidden_dim, 1)  # unused
+        self.bbox_pred = nn.Linear(hidden_dim, 4)  # unused
+
+        self._init_weights()
+        # Never used in forward (kept for checkpoint keys); frozen so that DDP does not wait for
+        # their gradients. Their values are whatever the checkpoint holds.
+        for unused in (self.fc, self.objectness, self.bbox_pred):
+            unused.requires_grad_(False)
+
+    def _init_weights(self) -> None:
+        """Initialisation of the reference (memo section 2.6); the rest keeps PyTorch defaults."""
+        for module in [*self.skip_conv_layers.modules(), *self.up_conv_layers.modules()]:
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        for module in self.mask_branch.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        # Attention/FFN layers are Xavier-initialised in their constructors.
+        nn.init.normal_(self.class_embed.weight, std=0.01)
+        prior_bias = -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB)
+        nn.init.constant_(self.class_embed.bias, prior_bias)
+        nn.init.normal_(self.mask_embed.weight, std=0.01)
+        nn.init.zeros_(self.mask_embed.bias)
+
+    # ------------------------------------------------------------------------------------------
+    def pixel_decoder(
+        self, features: Sequence[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Mask-branch memories at strides 32, 16, 8 and the stride-4 mask features."""
+        f4 = features[0]
+        skips = list(features[1:])[::-1]  # f32, f16, f8
+        x: torch.Tensor | None = None
+        x_mask: torch.Tensor | None = None
+        memories: list[torch.Tensor] = []
+        for level in range(NUM_LEVELS):
+            skip = self.skip_conv_layers[level](skips[level])
+            if x is None:
+                level_input = torch.cat([coordinate_channels(skip), skip], dim=1)
+            else:
+                with_coords = torch.cat([coordinate_channels(x), x], dim=1)
+                upsampled = _upsample_aligned(with_coords, skip.shape[-2:])
+                level_input = torch.cat([upsampled, skip], dim=1)
+            x = self.up_conv_layers[level](level_input)
+            if x_mask is None:
+                x_mask = self.mask_branch[level](x)
+            else:
+                x_mask = self.mask_branch[level](_upsample_aligned(x_mask, x.shape[-2:]) + x)
+            memories.append(x_mask)
+
+        fine = F.interpolate(memories[-1], size=f4.shape[-2:], mode="bilinear", align_corners=False)
+        mask_features = self.output_conv(self.lateral_conv(f4) + fine)
+        return memories, mask_features
+
+    def predict(
+        self, queries: torch.Tensor, mask_features: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Class logits (B, Q, C+1) and mask logits (B, Q, h, w) of queries (B, Q, D)."""
+        normed = self.decoder_norm(queries)
+        mask_embeddings = self.mask_embed(normed)
+        masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+        return {"pred_logits": self.class_embed(normed).float(), "pred_masks": masks.float()}
+
+    def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True) -> dict[str, Any]:
+        """Predictions from encoder features ``[f4, f8, f16, f32]``.
+
+        Returns ``{"pred_logits", "pred_masks", "aux_outputs"}`` where ``aux_outputs`` lists the
+        predictions of the earlier transformer blocks (empty when ``with_aux`` is False; the
+        final outputs do not depend on it).
+        """
+        memories, mask_features = self.pixel_decoder(features)
+        batch = mask_features.shape[0]
+        queries = self.query_feat.weight.unsqueeze(0).repeat(batch, 1, 1)
+        query_pos = self.query_embed.weight.unsqueeze(0).repeat(batch, 1, 1)
+
+        predictions: list[dict[str, torch.Tensor]] = []
+        num_layers = NUM_LEVELS * self.dec_layers
+        for level, memory_map in enumerate(memories):
+            memory = memory_map.flatten(2).transpose(1, 2)  # (B, HW, D)
+            memory_pos = self.pe_layer(memory_map).flatten(2).transpose(1, 2)
+            for j in range(self.dec_layers):
+                k = level * self.dec_layers + j
+                queries = self.transformer_instance_cross_attention_layers[k](
+                    queries, memory, memory_pos, query_pos
+                )
+                queries = self.transformer_instance_self_attention_layers[k](queries, query_pos)
+                queries = self.transformer_instance_ffn_layers[k](queries)
+                if with_aux or k == num_layers - 1:
+                    predictions.append(self.predict(queries, mask_features))
+
+        final = predictions[-1]
+        return {
+            "pred_logits": final["pred_logits"],
+            "pred_masks": final["pred_masks"],
+            "aux_outputs": predictions[:-1],
+        }
+
+
+def _upsample_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize with ``align_corners=True`` (the reference's ``UpsamplingBilinear2d``)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)

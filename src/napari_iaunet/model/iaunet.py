@@ -1,0 +1,61 @@
+"""IAUNet = backbone encoder + IAUNet decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import IAUNetConfig
+from .decoder import IAUNetDecoder
+from .encoder import Encoder, build_encoder
+
+__all__ = ["IAUNet", "build_model"]
+
+
+class IAUNet(nn.Module):
+    """Instance-aware U-Net for instance segmentation.
+
+    ``model(images)`` takes normalised ``(B, 3, H, W)`` images (``H``, ``W`` multiples of 32,
+    any aspect ratio) and returns ``{"pred_logits": (B, Q, C+1), "pred_masks": (B, Q, H/4, W/4),
+    "aux_outputs": [8 x {"pred_logits", "pred_masks"}]}`` (float32, mask logits at 1/4 scale).
+    Set ``with_aux = False`` (or pass ``with_aux=False``) to skip the earlier blocks' heads at
+    inference; the final outputs are identical.
+    """
+
+    def __init__(self, encoder: Encoder, decoder: IAUNetDecoder, config: IAUNetConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.config = config
+        self.with_aux = True
+
+    def forward(self, images: torch.Tensor, with_aux: bool | None = None) -> dict[str, Any]:
+        if images.dim() != 4:
+            raise ValueError(f"IAUNet expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        if height % 32 or width % 32:
+            raise ValueError(f"IAUNet needs H and W divisible by 32, got {height}x{width}")
+        features = self.encoder(images)
+        return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux)
+
+
+def build_model(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:
+    """A randomly initialised IAUNet for ``config``; ``backbone_weights`` loads a local backbone."""
+    encoder = build_encoder(
+        config.backbone, img_size=config.input_size, pretrained_path=backbone_weights
+    )
+    decoder = IAUNetDecoder(
+        encoder_channels=encoder.channels,
+        num_classes=config.num_classes,
+        num_queries=config.num_queries,
+        hidden_dim=config.hidden_dim,
+        mask_dim=config.mask_dim,
+        num_heads=config.num_heads,
+        dec_layers=config.dec_layers,
+        dim_feedforward=config.dim_feedforward,
+        dropout=config.dropout,
+    )
+    return IAUNet(encoder, decoder, config)

@@ -1,0 +1,64 @@
+"""Sine positional encoding of 2-D feature maps (DETR style)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["PositionEmbeddingSine"]
+
+
+class PositionEmbeddingSine(nn.Module):
+    """Fixed sine/cosine encoding of pixel positions, ``2 * num_pos_feats`` channels.
+
+    The first ``num_pos_feats`` channels encode y (row), the rest encode x (column); with
+    ``normalize`` the cumulative positions are scaled to ``(0, scale]`` per axis, so height and
+    width are handled independently (non-square maps work). Holds no tensors.
+    """
+
+    def __init__(
+        self,
+        num_pos_feats: int = 128,
+        temperature: float = 10000.0,
+        normalize: bool = True,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.num_pos_feats = num_pos_feats
+        self.temperature = temperature
+        self.normalize = normalize
+        self.scale = 2 * math.pi if scale is None else scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoding for a ``(B, C, H, W)`` map, returned as ``(B, 2 * num_pos_feats, H, W)``."""
+        batch, _, height, width = x.shape
+        device = x.device
+        # Computed in float32 whatever the input dtype (autocast), then cast back.
+        y_embed = torch.arange(1, height + 1, device=device, dtype=torch.float32)
+        x_embed = torch.arange(1, width + 1, device=device, dtype=torch.float32)
+        if self.normalize:
+            eps = 1e-6
+            y_embed = y_embed / (y_embed[-1] + eps) * self.scale
+            x_embed = x_embed / (x_embed[-1] + eps) * self.scale
+
+        dim_t = torch.arange(self.num_pos_feats, device=device, dtype=torch.float32)
+        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
+
+        pos_y = self._interleave_sin_cos(y_embed[:, None] / dim_t)  # (H, F)
+        pos_x = self._interleave_sin_cos(x_embed[:, None] / dim_t)  # (W, F)
+        pos = torch.cat(
+            [
+                pos_y[:, None, :].expand(height, width, self.num_pos_feats),
+                pos_x[None, :, :].expand(height, width, self.num_pos_feats),
+            ],
+            dim=2,
+        )  # (H, W, 2F)
+        pos = pos.permute(2, 0, 1).unsqueeze(0).expand(batch, -1, -1, -1)
+        return pos.to(x.dtype)
+
+    @staticmethod
+    def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
+        """``sin`` of the even feature indices and ``cos`` of the odd ones, interleaved."""
+        return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=2).flatten(1)

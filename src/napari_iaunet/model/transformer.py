@@ -1,0 +1,83 @@
+"""Post-norm transformer decoder layers (cross-attention, self-attention, FFN).
+
+Tensors are batch-first: queries ``(B, Q, C)``, memories ``(B, HW, C)``. Attention uses
+``nn.MultiheadAttention`` without returning weights, so PyTorch takes its fused
+scaled-dot-product-attention path.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["CrossAttentionLayer", "FFNLayer", "SelfAttentionLayer"]
+
+
+def _xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform init of every parameter with more than one dimension."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class CrossAttentionLayer(nn.Module):
+    """Queries attend to a pixel memory: ``q = LN(q + Dropout(MHA(q + q_pos, m + m_pos, m)))``."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(
+            d_model, num_heads, dropout=dropout, batch_first=True
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        _xavier_init(self)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        query_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        attended = self.multihead_attn(
+            query=queries + query_pos,
+            key=memory + memory_pos,
+            value=memory,
+            need_weights=False,
+        )[0]
+        return self.norm(queries + self.dropout(attended))
+
+
+class SelfAttentionLayer(nn.Module):
+    """Queries attend to each other: ``q = LN(q + Dropout(MHA(q + q_pos, q + q_pos, q)))``."""
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(
+            d_model, num_heads, dropout=dropout, batch_first=True
+        )
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        _xavier_init(self)
+
+    def forward(self, queries: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        q = k = queries + query_pos
+        attended = self.self_attn(q, k, value=queries, need_weights=False)[0]
+        return self.norm(queries + self.dropout(attended))
+
+
+class FFNLayer(nn.Module):
+    """``q = LN(q + Dropout(Linear2(Dropout(ReLU(Linear1(q))))))``."""
+
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        _xavier_init(self)
+
+    def forward(self, queries: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(F.relu(self.linear1(queries)))
+        return self.norm(queries + self.dropout(self.linear2(hidden)))
