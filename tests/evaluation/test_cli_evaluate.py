@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import imageio.v3 as iio
 import numpy as np
@@ -65,24 +63,25 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
     calls = {}
 
     class FakeSegmenter:
+        """Stands in for the model; everything after segment() is the real code path."""
+
         @classmethod
-        def from_checkpoint(cls, path, device="auto"):
+        def from_checkpoint(cls, path, device="auto", settings=None):
             calls["path"], calls["device"] = str(path), device
+            calls["score_threshold"] = settings.score_threshold
             return cls()
 
         def segment(self, image):
             calls["shape"] = image.shape
             return inst[[0, 1]]  # misses the third cell
 
-    fake = types.ModuleType("napari_iaunet.inference")
-    fake.Segmenter = FakeSegmenter
-    monkeypatch.setitem(sys.modules, "napari_iaunet.inference", fake)
-    import napari_iaunet
+    from napari_iaunet import inference
 
-    monkeypatch.setattr(napari_iaunet, "inference", fake, raising=False)
+    monkeypatch.setattr(inference, "Segmenter", FakeSegmenter)
     rc = main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
                str(tmp_path / "w.pt"), "--device", "cpu", "--json", str(tmp_path / "m.json")])
     assert rc == 0
-    assert calls == {"path": str(tmp_path / "w.pt"), "device": "cpu", "shape": (40, 50)}
+    assert calls == {"path": str(tmp_path / "w.pt"), "device": "cpu", "shape": (40, 50),
+                     "score_threshold": 0.01}  # AP needs every detection
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["tp"] == 2 and saved["fn"] == 1 and saved["precision"] == 1.0

@@ -25,7 +25,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.5,
                    help="IoU for precision / recall / F1 / mean IoU (default 0.5)")
     p.add_argument("--score-threshold", type=float, default=None,
-                   help="drop predictions below this score before matching (AP uses all)")
+                   help="drop predictions below this score before the matching metrics, PQ and "
+                        "AJI (AP always uses all); with --weights the default is 0.5, the "
+                        "segment command's threshold")
     p.add_argument("--max-dets", type=int, nargs="+", default=[100, 300, 1000],
                    help="COCO maxDets; AP is read at the largest (default 100 300 1000)")
     p.add_argument("--per-image", action="store_true", help="add per-image metrics to the JSON")
@@ -48,7 +50,7 @@ def _images_folder(args: argparse.Namespace) -> Path:
 def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     """Predictions (a COCO dict with scores) made by the checkpoint on every ground-truth image."""
     try:
-        from ..inference import Segmenter
+        from ..inference import PostprocessSettings, Segmenter
     except ImportError as exc:
         raise RuntimeError(
             "evaluating a checkpoint (--weights) needs napari_iaunet.inference, which could not "
@@ -58,7 +60,10 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     from ..io.images import read_image
 
     folder = _images_folder(args)
-    segmenter = Segmenter.from_checkpoint(args.weights, device=args.device)
+    # AP ranks every detection, so keep them all as the reference evaluator does (score > 0.01);
+    # the matching metrics apply --score-threshold afterwards.
+    segmenter = Segmenter.from_checkpoint(args.weights, device=args.device,
+                                          settings=PostprocessSettings(score_threshold=0.01))
     predictions = []
     for k, image_entry in enumerate(gt["images"]):
         path = folder / image_entry.get("file_name", "")
@@ -93,12 +98,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         check_can_write(args.json, args.overwrite)  # fail before the slow part
     gt = read_coco(args.gt)
+    score_threshold = args.score_threshold
     if args.weights is not None:
         pred = _segment_ground_truth_images(args, gt)
+        if score_threshold is None:
+            score_threshold = 0.5
     else:
         pred = read_predictions(args.pred, gt)
     results = evaluate_coco(gt, pred, iou_threshold=args.iou_threshold,
-                            max_dets=args.max_dets, score_threshold=args.score_threshold,
+                            max_dets=args.max_dets, score_threshold=score_threshold,
                             per_image=args.per_image)
     results["gt"] = str(args.gt)
     results["pred"] = str(args.pred if args.pred is not None else args.weights)

@@ -13,6 +13,12 @@ Two exact shortcuts keep this fast on large images:
   low-resolution pixel that already has p > 0.5. Each kept mask is therefore resampled only inside
   that (slightly grown) box, straight from the 1/4-resolution logits to original pixels in one
   step (the reference's two resizes, 1/4 → padded input and resized → original, fold into one).
+
+Bilinear interpolation is separable, so each box is resampled with two gathers and two blends
+(rows, then columns). On the CPU that runs in numpy, instance by instance (small arrays, no thread
+pool start/stop per operation); on a GPU all boxes are padded to the largest and resampled at once,
+with a single copy to the host. Both agree with ``grid_sample`` to float32 rounding
+(``tests/inference/test_postprocess_fast.py``); see ``docs/performance.md`` for the figures.
 """
 
 from __future__ import annotations
@@ -71,52 +77,91 @@ def postprocess(
     if query_idx.numel() == 0:
         return Instances.empty((H, W))
 
-    low = pred_masks[query_idx].float().sigmoid()  # (K, Hm, Wm)
-    hm, wm = low.shape[-2:]
+    selected = pred_masks[query_idx].detach().float()  # (K, Hm, Wm) mask logits
+    hm, wm = selected.shape[-2:]
     hp, wp = padded_shape
     h, w = resized_shape
     # original pixel centre (y + 0.5) → low-res sampling coordinate: y_l = (y + 0.5) * s - 0.5
     sy, sx = h * hm / (H * hp), w * wm / (W * wp)
-    hot = low > settings.mask_threshold
-    any_rows, any_cols = hot.any(dim=2), hot.any(dim=1)
+    on_host = _host_path(selected.device)
+    if on_host:
+        logits_np = selected.numpy()  # probabilities are only computed inside the boxes
+        # sigmoid(x) > t  ⟺  x > log(t / (1 - t))
+        hot = logits_np > np.float32(np.log(settings.mask_threshold / (1 - settings.mask_threshold)))
+        first_last = np.stack([*_first_last_np(hot.any(axis=2)), *_first_last_np(hot.any(axis=1))],
+                              axis=1)
+    else:
+        low = selected.sigmoid()
+        hot = low > settings.mask_threshold
+        rows_lo, rows_hi = _first_last(hot.any(dim=2))  # (K,) first / last hot row, -1 if none
+        cols_lo, cols_hi = _first_last(hot.any(dim=1))
+        # one transfer of everything the per-instance steps need (no per-instance device syncs)
+        first_last = torch.stack([rows_lo, rows_hi, cols_lo, cols_hi], dim=1).cpu().numpy()
 
-    boxes, crops, scores, classes = [], [], [], []
-    for k in range(low.shape[0]):
-        rows = torch.nonzero(any_rows[k]).flatten()
-        if rows.numel() == 0:
+    candidates, boxes = [], []
+    for k, (r0, r1, c0, c1) in enumerate(first_last.tolist()):
+        if r0 < 0:
             continue
-        cols = torch.nonzero(any_cols[k]).flatten()
-        y0, y1 = _support(int(rows[0]), int(rows[-1]), sy, hm, H)
-        x0, x1 = _support(int(cols[0]), int(cols[-1]), sx, wm, W)
-        if y0 >= y1 or x0 >= x1:
-            continue
-        p = _sample_box(low[k], y0, y1, x0, x1, sy, sx)
-        mask = p > settings.mask_threshold
-        n = int(mask.sum())
+        y0, y1 = _support(r0, r1, sy, hm, H)
+        x0, x1 = _support(c0, c1, sx, wm, W)
+        if y0 < y1 and x0 < x1:
+            candidates.append(k)
+            boxes.append((y0, x0, y1, x1))
+    if not candidates:
+        return Instances.empty((H, W))
+    if on_host:
+        sampled = _sample_boxes_numpy(logits_np, candidates, boxes, sy, sx,
+                                      settings.mask_threshold)
+    else:
+        sampled = _sample_boxes_batched(low, candidates, boxes, sy, sx, settings.mask_threshold)
+
+    kept_boxes, crops, scores, classes = [], [], [], []
+    cls_np = cls_scores.float().cpu().numpy()
+    labels_np = labels.cpu().numpy()
+    for k, box, (mask, n, p_sum) in zip(candidates, boxes, sampled):
         if n == 0 or n < settings.min_area:
             continue
-        maskness = float((p * mask).sum()) / (n + 1e-6)
-        score = float(cls_scores[k]) * maskness
+        maskness = p_sum / (n + 1e-6)
+        score = float(cls_np[k]) * maskness
         if score <= settings.score_threshold:
             continue
-        boxes.append((y0, x0, y1, x1))
-        crops.append(mask.cpu().numpy())
+        tight_box, tight_crop = _tighten(box, mask)
+        kept_boxes.append(tight_box)
+        crops.append(tight_crop)
         scores.append(score)
-        classes.append(int(labels[k]))
+        classes.append(int(labels_np[k]))
 
     if not crops:
         return Instances.empty((H, W))
     order = np.argsort(-np.asarray(scores), kind="stable")
+    n_kept = len(crops)
     inst = Instances(
         image_shape=(H, W),
-        boxes=np.asarray(boxes, np.int64)[order],
+        boxes=np.asarray(kept_boxes, np.int64)[order],
         crops=[crops[i] for i in order],
         scores=np.asarray(scores, np.float32)[order],
         class_ids=np.asarray(classes, np.int64)[order],
-    ).tightened()
+        ids=np.arange(1, n_kept + 1),
+    )
     if settings.duplicate_iou is not None:
         inst = remove_duplicates(inst, settings.duplicate_iou)
-    return inst.with_ids(np.arange(1, len(inst) + 1))
+        inst = inst.with_ids(np.arange(1, len(inst) + 1))
+    return inst
+
+
+def _tighten(box: tuple[int, int, int, int], mask: np.ndarray
+             ) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Shrink ``box`` to the non-empty ``mask`` it holds; returns the box and the cropped mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    y0, x0 = box[0], box[1]
+    return (y0 + r0, x0 + c0, y0 + r1, x0 + c1), np.ascontiguousarray(mask[r0:r1, c0:c1])
+
+
+def _host_path(device: torch.device) -> bool:
+    """Resample masks with numpy on the host (CPU tensors) or batched on the device (GPU)."""
+    return device.type == "cpu"
 
 
 def _support(first: int, last: int, scale: float, low_size: int, full_size: int) -> tuple[int, int]:
@@ -126,18 +171,113 @@ def _support(first: int, last: int, scale: float, low_size: int, full_size: int)
     return max(0, int(np.floor(lo))), min(full_size, int(np.ceil(hi)) + 1)
 
 
-def _sample_box(low: torch.Tensor, y0: int, y1: int, x0: int, x1: int,
-                sy: float, sx: float) -> torch.Tensor:
-    """Bilinear samples (align_corners=False, border clamp) of ``low`` at original pixels."""
-    hm, wm = low.shape
-    ys = torch.arange(y0, y1, device=low.device, dtype=torch.float32)
-    xs = torch.arange(x0, x1, device=low.device, dtype=torch.float32)
-    gy = (2.0 * ((ys + 0.5) * sy) / hm) - 1.0  # normalised coordinate of y_l = (y+.5)s - .5
-    gx = (2.0 * ((xs + 0.5) * sx) / wm) - 1.0
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]  # (1, bh, bw, 2)
-    out = F.grid_sample(low[None, None], grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    return out[0, 0]
+def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last True index along the last axis of ``(K, L)`` flags; -1 where none."""
+    length = flags.shape[-1]
+    any_true = flags.any(dim=-1)
+    first = flags.int().argmax(dim=-1)
+    last = length - 1 - flags.flip(-1).int().argmax(dim=-1)
+    none = torch.full_like(first, -1)
+    return torch.where(any_true, first, none), torch.where(any_true, last, none)
+
+
+def _first_last_np(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """numpy version of :func:`_first_last`."""
+    any_true = flags.any(axis=-1)
+    first = np.where(any_true, flags.argmax(axis=-1), -1)
+    last = np.where(any_true, flags.shape[-1] - 1 - flags[:, ::-1].argmax(axis=-1), -1)
+    return first, last
+
+
+def _axis_taps(starts: np.ndarray, stops: np.ndarray, scale: float, size: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Linear-interpolation taps of the original pixels ``starts[k] .. stops[k] - 1`` of every box
+    on a low-res axis of ``size``, concatenated: ``(i0, i1, w1, offsets)`` with
+    ``value = (1 - w1) * low[i0] + w1 * low[i1]``; box ``k`` owns ``offsets[k]:offsets[k + 1]``.
+    The coordinate is ``(y + 0.5) * scale - 0.5`` clamped to ``[0, size - 1]`` (grid_sample's
+    ``align_corners=False``, ``padding_mode="border"``)."""
+    lengths = stops - starts
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    pix = np.arange(offsets[-1]) - np.repeat(offsets[:-1] - starts, lengths)
+    coord = np.clip((pix + 0.5) * scale - 0.5, 0.0, size - 1)
+    i0 = np.floor(coord).astype(np.intp)
+    w1 = (coord - i0).astype(np.float32)
+    i1 = np.minimum(i0 + 1, size - 1)
+    return i0, i1, w1, offsets
+
+
+def _sample_boxes_numpy(logits: np.ndarray, candidates: list[int],
+                        boxes: list[tuple[int, int, int, int]], sy: float, sx: float,
+                        threshold: float) -> list[tuple[np.ndarray, int, float]]:
+    """Per box: ``(mask, pixel count, sum of probabilities inside the mask)`` from mask logits.
+
+    Bilinear interpolation is separable: each box is two gathers and two blends (rows, then
+    columns) of the low-res probabilities, in numpy. Small per-instance work stays on one thread,
+    free of the thread-pool start/stop cost every small torch op pays (which dominated the
+    per-instance ``grid_sample`` loop on a busy 2-core machine).
+    """
+    out = []
+    hm, wm = logits.shape[-2:]
+    geo = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    ty0, ty1, twy, toy = _axis_taps(geo[:, 0], geo[:, 2], sy, hm)
+    tx0, tx1, twx, tox = _axis_taps(geo[:, 1], geo[:, 3], sx, wm)
+    for j, k in enumerate(candidates):
+        iy0, iy1, wy = ty0[toy[j]:toy[j + 1]], ty1[toy[j]:toy[j + 1]], twy[toy[j]:toy[j + 1]]
+        ix0, ix1, wx = tx0[tox[j]:tox[j + 1]], tx1[tox[j]:tox[j + 1]], twx[tox[j]:tox[j + 1]]
+        r_lo, r_hi = int(iy0[0]), int(iy1[-1]) + 1
+        c_lo, c_hi = int(ix0[0]), int(ix1[-1]) + 1
+        band = logits[k, r_lo:r_hi, c_lo:c_hi]
+        with np.errstate(over="ignore"):  # exp(-x) = inf for x < -88 gives p = 0, as it should
+            band = 1.0 / (1.0 + np.exp(-band))  # probabilities of the low-res pixels in use
+        top, bottom = band[iy0 - r_lo], band[iy1 - r_lo]
+        rows = top + wy[:, None] * (bottom - top)  # (bh, columns used)
+        left, right = rows[:, ix0 - c_lo], rows[:, ix1 - c_lo]
+        p = left + wx * (right - left)
+        mask = p > threshold
+        n = int(np.count_nonzero(mask))
+        p_sum = float(p.sum(where=mask, dtype=np.float64)) if n else 0.0
+        out.append((mask, n, p_sum))
+    return out
+
+
+def _sample_boxes_batched(low: torch.Tensor, candidates: list[int],
+                          boxes: list[tuple[int, int, int, int]], sy: float, sx: float,
+                          threshold: float) -> list[tuple[np.ndarray, int, float]]:
+    """The same as :func:`_sample_boxes_numpy` for all boxes at once on ``low``'s device (GPU):
+    boxes are padded to the largest, sampled with two batched gathers, thresholded, and copied to
+    the host in one transfer."""
+    device = low.device
+    hm, wm = low.shape[-2:]
+    geo = np.asarray(boxes, dtype=np.int64)
+    bh, bw = int((geo[:, 2] - geo[:, 0]).max()), int((geo[:, 3] - geo[:, 1]).max())
+
+    def taps(starts: np.ndarray, stops: np.ndarray, scale: float, size: int, span: int):
+        pix = starts[:, None] + np.arange(span)[None, :]
+        coord = np.clip((pix + 0.5) * scale - 0.5, 0.0, size - 1)
+        i0 = np.floor(coord).astype(np.int64)
+        w1 = (coord - i0).astype(np.float32)
+        valid = pix < stops[:, None]
+        i1 = np.minimum(i0 + 1, size - 1)
+        return (torch.from_numpy(i0).to(device), torch.from_numpy(i1).to(device),
+                torch.from_numpy(w1).to(device), torch.from_numpy(valid).to(device))
+
+    iy0, iy1, wy, vy = taps(geo[:, 0], geo[:, 2], sy, hm, bh)  # (K, bh)
+    ix0, ix1, wx, vx = taps(geo[:, 1], geo[:, 3], sx, wm, bw)  # (K, bw)
+    sel = low[torch.as_tensor(candidates, device=device)]  # (K, hm, wm)
+    gather_rows = lambda idx: sel.gather(1, idx[:, :, None].expand(-1, -1, wm))  # noqa: E731
+    top = gather_rows(iy0)
+    rows = top + wy[:, :, None] * (gather_rows(iy1) - top)  # (K, bh, wm)
+    gather_cols = lambda idx: rows.gather(2, idx[:, None, :].expand(-1, bh, -1))  # noqa: E731
+    left = gather_cols(ix0)
+    p = left + wx[:, None, :] * (gather_cols(ix1) - left)  # (K, bh, bw)
+    mask = (p > threshold) & vy[:, :, None] & vx[:, None, :]
+    counts = mask.sum(dim=(1, 2))
+    sums = (p.double() * mask).sum(dim=(1, 2))
+    mask_np, counts_np, sums_np = mask.cpu().numpy(), counts.cpu().numpy(), sums.cpu().numpy()
+    out = []
+    for i, (y0, x0, y1, x1) in enumerate(boxes):
+        out.append((mask_np[i, : y1 - y0, : x1 - x0], int(counts_np[i]), float(sums_np[i])))
+    return out
 
 
 def remove_duplicates(instances: Instances, iou_threshold: float) -> Instances:
