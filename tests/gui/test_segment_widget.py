@@ -1,0 +1,212 @@
+"""The segment widget with a real viewer and a tiny (untrained) checkpoint."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_iaunet._widgets.layer_group import groups, groups_for_image
+from napari_iaunet._widgets.segment_widget import SegmentWidget, find_segment_widget
+
+
+class Asker:
+    """Stands in for the message box: records questions, answers from a script."""
+
+    def __init__(self, *answers: str):
+        self.answers = list(answers)
+        self.questions: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def __call__(self, title, text, choices):
+        self.questions.append((title, text, tuple(choices)))
+        return self.answers.pop(0) if self.answers else choices[-1]
+
+
+def _make(make_napari_viewer, tiny_checkpoint, *answers, image=None):
+    viewer = make_napari_viewer()
+    if image is not None:
+        viewer.add_image(image, name="plate1", rgb=image.ndim == 3)
+    asker = Asker(*answers)
+    widget = SegmentWidget(viewer, ask=asker)
+    widget.set_checkpoint(tiny_checkpoint)
+    return viewer, widget, asker
+
+
+def _run(qtbot, widget, timeout=120_000):
+    """Click Segment and wait; returns (result, time at which the worker returned)."""
+    captured = {}
+    worker = widget.segment()
+    assert worker is not None, widget.status.text()
+
+    def keep(result):
+        captured.setdefault("result", result)
+        captured.setdefault("t", time.perf_counter())
+
+    # connected before the returned signal can fire (the worker needs > 1 s to load the model)
+    worker.returned.connect(keep)
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
+    return captured.get("result"), captured.get("t")
+
+
+def test_model_choice_shows_what_the_model_is(make_napari_viewer, tiny_checkpoint, tmp_path):
+    viewer, widget, _ = _make(make_napari_viewer, tiny_checkpoint)
+    assert find_segment_widget(viewer) is widget
+    assert widget.checkpoint_path == str(tiny_checkpoint.resolve())
+    text = widget.model_info.text()
+    assert "resnet18" in text and "classes: cell" in text
+    assert "trained on: none (random weights)" in text
+    assert str(tiny_checkpoint.name) in widget.model_info.toolTip()
+    devices = [widget.device_combo.itemData(i) for i in range(widget.device_combo.count())]
+    assert devices[0] == "auto" and devices[-1] == "cpu"
+    # no image yet: Segment is disabled
+    assert not widget.segment_btn.isEnabled()
+    viewer.add_image(np.zeros((64, 64), np.uint8), name="img")
+    assert widget.segment_btn.isEnabled()
+    # a broken file says why, and Segment is disabled
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    widget.set_checkpoint(bad)
+    assert "broken.pt" in widget.model_info.text()
+    assert not widget.segment_btn.isEnabled()
+    # switching back (what the fine-tune widget does) works
+    widget.set_checkpoint(tiny_checkpoint)
+    assert widget.segment_btn.isEnabled()
+
+
+def test_without_models_browse_picks_one(make_napari_viewer, tiny_checkpoint, no_weights_dir):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer, get_open_path=lambda *a: str(tiny_checkpoint))
+    assert widget.checkpoint_path is None
+    assert "No model" in widget.model_info.text()
+    browse = widget.model_combo.findData("Browse…")
+    widget.model_combo.setCurrentIndex(browse)
+    widget._on_model_activated(browse)
+    assert widget.checkpoint_path == str(tiny_checkpoint.resolve())
+
+
+def test_segment_in_background_gives_the_models_masks(make_napari_viewer, tiny_checkpoint,
+                                                     synthetic, qtbot):
+    image = np.tile(synthetic[0], (2, 2, 1))  # 512×512 in 9 tiles keeps the worker busy
+    viewer, widget, asker = _make(make_napari_viewer, tiny_checkpoint, image=image)
+    widget.tile_combo.setCurrentIndex(widget.tile_combo.findData("fixed"))
+    widget.tile_spin.setValue(256)
+    # the event loop must keep serving while the model loads and runs
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(10)
+    t0 = time.perf_counter()
+    result, t_returned = _run(qtbot, widget)
+    timer.stop()
+    assert result is not None, widget.status.text()
+    instances, _ = result
+    # while the worker loads the model and segments, the GUI thread keeps serving events
+    busy = [t for t in ticks if t < t_returned]
+    elapsed = t_returned - t0
+    gaps = np.diff([t0, *busy])
+    assert elapsed > 0.5
+    assert len(busy) > 0.25 * elapsed / 0.010, f"{len(busy)} ticks in {elapsed:.1f} s"
+    assert gaps.max() < 0.5, f"event loop blocked for {gaps.max():.2f} s"
+    (group,) = groups_for_image(viewer, "plate1")
+    assert group.info["source"] == "model"
+    assert group.info["checkpoint"] == str(tiny_checkpoint.resolve())
+    assert widget.last_group is group
+    assert group.layers[0].name.startswith("cells [plate1] 1/")
+    back = group.to_instances()
+    assert len(back) == len(instances)
+    for k, i in enumerate(instances.ids):
+        np.testing.assert_array_equal(back.mask(back.index_of(int(i))), instances.mask(k))
+    assert re.fullmatch(r"\d+ cells? in \d+ layers? \(\d+\.\d s\)\.", widget.status.text())
+    assert not asker.questions
+    # an unedited group is replaced without asking
+    widget.tile_combo.setCurrentIndex(widget.tile_combo.findData(None))
+    _run(qtbot, widget)
+    assert len(groups_for_image(viewer, "plate1")) == 1
+    assert groups_for_image(viewer, "plate1")[0] is not group
+    assert not asker.questions
+
+
+def test_cancel_stops_and_changes_nothing(make_napari_viewer, tiny_checkpoint, synthetic,
+                                          qtbot):
+    image = np.tile(synthetic[0], (2, 2, 1))
+    viewer, widget, _ = _make(make_napari_viewer, tiny_checkpoint, image=image)
+    widget.tile_combo.setCurrentIndex(widget.tile_combo.findData("fixed"))
+    widget.tile_spin.setValue(128)  # 25 tiles in 7 batches of 4
+    n_layers = len(viewer.layers)
+    seen: list[tuple[int, int]] = []
+
+    def cancel_after_first_batch(done, total):
+        seen.append((done, total))
+        widget.cancel_btn.click()  # what the user does (the bar in the activity dock works too)
+
+    widget._signals.progress.connect(cancel_after_first_batch)
+    worker = widget.segment()
+    assert worker is not None and widget.running
+    assert widget._pbar is not None  # napari progress bar in the activity dock
+    assert widget.cancel_btn.isEnabled() and not widget.segment_btn.isEnabled()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert seen and seen[-1][0] < seen[-1][1], f"segmentation did not stop early: {seen}"
+    assert widget.status.text().startswith("Cancelled")
+    assert len(viewer.layers) == n_layers
+    assert widget.segment_btn.isEnabled() and not widget.cancel_btn.isEnabled()
+    assert widget._pbar is None
+
+
+def test_rerun_asks_before_replacing_an_edited_group(make_napari_viewer, tiny_checkpoint,
+                                                     synthetic, qtbot):
+    image, truth = synthetic
+    viewer, widget, asker = _make(make_napari_viewer, tiny_checkpoint, "Cancel", "Keep both",
+                                  image=image)
+    old = widget.show_result(truth, viewer.layers["plate1"])  # the result seam, real cells
+    old.delete_cell(int(truth.ids[0]))
+    assert old.is_edited()
+    assert widget.segment() is None  # answered Cancel: nothing runs, nothing changes
+    assert "Replace" in asker.questions[0][2] and old.name in asker.questions[0][1]
+    old.undo()  # unedited again
+    assert not old.is_edited()
+    old.info["source"] = "coco"  # cells opened from a file are never replaced without asking
+    asker.answers.insert(0, "Cancel")
+    assert widget.segment() is None and len(asker.questions) == 2
+    old.info["source"] = "model"
+    old.delete_cell(int(truth.ids[0]))
+    assert groups(viewer) == [old]
+    _run(qtbot, widget)  # answered Keep both
+    names = sorted(g.name for g in groups(viewer))
+    assert names == ["cells [plate1]", "cells#2 [plate1]"]
+    assert old in groups(viewer)
+
+
+def test_current_frame_of_a_stack(make_napari_viewer, tiny_checkpoint, synthetic):
+    image, truth = synthetic
+    viewer, widget, _ = _make(make_napari_viewer, tiny_checkpoint)
+    gray = image[..., 0]
+    viewer.add_image(np.stack([gray, gray[::-1], gray]), name="movie")
+    viewer.dims.set_current_step(0, 1)
+    from napari_iaunet._widgets.layer_group import current_plane
+
+    plane, frame = current_plane(viewer, viewer.layers["movie"])
+    assert frame == (1,)
+    np.testing.assert_array_equal(plane, gray[::-1])
+    group = widget.show_result(truth, viewer.layers["movie"], frame=frame)
+    assert group.name == "cells [movie t=1]"
+    assert group.layers[0].data.shape == gray.shape
+    assert groups_for_image(viewer, "movie", (1,)) == [group]
+    assert groups_for_image(viewer, "movie", (0,)) == []
+
+
+def test_settings_reach_the_library(make_napari_viewer, tiny_checkpoint):
+    _, widget, _ = _make(make_napari_viewer, tiny_checkpoint)
+    widget.score_spin.setValue(0.3)
+    widget.min_area_spin.setValue(12)
+    widget.dedup_check.setChecked(True)
+    widget.dedup_spin.setValue(0.7)
+    widget.tile_combo.setCurrentIndex(widget.tile_combo.findData("fixed"))
+    widget.tile_spin.setValue(512)
+    s = widget.settings()
+    assert s["settings"].score_threshold == pytest.approx(0.3)
+    assert s["settings"].min_area == 12
+    assert s["settings"].duplicate_iou == pytest.approx(0.7)
+    assert s["tile_size"] == 512 and s["device"] == "auto"
