@@ -1,0 +1,128 @@
+"""``napari-iaunet train --train COCO[:IMAGES]... --out DIR``: train or fine-tune a model.
+
+Works the same under ``torchrun --nproc_per_node=N`` (DDP: gloo on the CPU, nccl on GPUs; only
+rank 0 writes). Ctrl-C (SIGINT) or SIGTERM stops between steps and writes ``last.pt`` +
+``state.pt``; ``--resume`` continues from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+
+def add_parser(p: argparse.ArgumentParser) -> None:
+    data = p.add_argument_group("data")
+    data.add_argument("--train", nargs="+", action="extend", required=True, metavar="COCO[:IMAGES]",
+                      help="training annotations; the image folder defaults to <json dir>/images")
+    data.add_argument("--val", nargs="+", action="extend", default=[], metavar="COCO[:IMAGES]",
+                      help="validation annotations (COCO AP decides best.pt)")
+    model = p.add_argument_group("model")
+    model.add_argument("--weights", "-w", type=Path, default=None,
+                       help="checkpoint to fine-tune (keeps its architecture and normalisation)")
+    model.add_argument("--backbone-weights", type=Path, default=None,
+                       help="local pretrained backbone weights (.pth/.safetensors) for a new model")
+    model.add_argument("--backbone", default="resnet50",
+                       help="backbone of a new model: resnet18/34/50/101, swin_small, swin_base")
+    model.add_argument("--queries", type=int, default=100, help="queries of a new model")
+    model.add_argument("--hidden-dim", type=int, default=256,
+                       help="decoder width of a new model (hidden and mask dimension)")
+    model.add_argument("--input-size", type=int, default=None,
+                       help="longest image side fed to the network (default: 512 or the "
+                            "checkpoint's)")
+    run = p.add_argument_group("schedule")
+    length = run.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, default=None, help="optimisation steps")
+    length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
+    run.add_argument("--batch-size", type=int, default=2, help="images per step and process")
+    run.add_argument("--lr", type=float, default=1e-4)
+    run.add_argument("--weight-decay", type=float, default=0.05)
+    run.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine schedule")
+    run.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
+    run.add_argument("--backbone-lr-mult", type=float, default=1.0,
+                     help="backbone learning-rate multiplier (e.g. 0.1 with pretrained weights)")
+    run.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
+    run.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
+                     help="mixed precision (auto: on for CUDA, off on the CPU)")
+    run.add_argument("--points", type=int, default=12544,
+                     help="sampled points per mask for matching and mask losses")
+    run.add_argument("--seed", type=int, default=3407)
+    run.add_argument("--val-every", type=int, default=500, help="steps between validations")
+    run.add_argument("--checkpoint-every", type=int, default=None,
+                     help="steps between last.pt writes (default: with each validation)")
+    run.add_argument("--patience", type=int, default=None,
+                     help="early stopping after this many validations without improvement")
+    out = p.add_argument_group("run")
+    out.add_argument("--out", "-o", type=Path, required=True, help="run folder")
+    out.add_argument("--resume", action="store_true", help="continue the run in --out")
+    out.add_argument("--overwrite", action="store_true",
+                     help="start again, replacing the run in --out")
+    out.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    out.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    out.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    out.add_argument("--print-every", type=int, default=10, help="progress line every N steps")
+
+
+def _install_stop_handler(event: threading.Event) -> None:
+    """First Ctrl-C / SIGTERM: stop after the current step and save; the second one aborts."""
+    def handler(signum, frame):
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+        print("\nstopping after this step and saving (press Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from ..model.config import IAUNetConfig
+    from ..training import distributed as ddp
+    from ..training.callbacks import PrintProgress
+    from ..training.dataset import AnnotatedImages
+    from ..training.trainer import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = TrainConfig(
+        out_dir=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr, weight_decay=args.weight_decay, min_lr=args.min_lr, warmup_steps=args.warmup,
+        backbone_lr_multiplier=args.backbone_lr_mult, grad_clip=args.grad_clip, amp=args.amp,
+        seed=args.seed, num_workers=args.workers, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, early_stopping=args.patience,
+        input_size=args.input_size, num_points=args.points, device=args.device,
+        num_threads=args.threads, resume=args.resume, overwrite=args.overwrite)
+    train_data = AnnotatedImages.from_coco(args.train)
+    val_data = AnnotatedImages.from_coco(args.val) if args.val else None
+    model_config = None
+    if args.weights is None:
+        names = train_data.class_names or ["cell"]
+        model_config = IAUNetConfig(backbone=args.backbone, num_queries=args.queries,
+                                    hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+                                    num_classes=len(names), class_names=tuple(names),
+                                    input_size=args.input_size or 512)
+    stop = threading.Event()
+    _install_stop_handler(stop)
+    rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0
+    result = train(train_data, val_data, cfg, model_config=model_config, start=args.weights,
+                   backbone_weights=args.backbone_weights,
+                   callbacks=[PrintProgress(args.print_every)] if rank0 else [], cancel=stop)
+    if rank0:
+        state = ("cancelled" if result.cancelled else
+                 "stopped early" if result.stopped_early else "finished")
+        print(f"{state} after {result.steps}/{result.total_steps} steps "
+              f"in {result.elapsed_s / 60:.1f} min")
+        if result.best_metric is not None:
+            print(f"best {'validation ' + cfg.metric if val_data else 'training loss (EMA)'}: "
+                  f"{result.best_metric:.4f} at step {result.best_step}")
+        for p in (result.best_path, result.last_path):
+            if p is not None:
+                print(f"wrote {p}")
+    return 0

@@ -1,0 +1,610 @@
+"""The headless training / fine-tuning engine (the napari widget and the CLI drive this).
+
+``train(train_data, val_data, config, model_config=… | start=…, callbacks=…, cancel=…)`` runs
+AdamW with a cosine schedule over the IAUNet set loss, validates with COCO AP, and keeps a run
+folder::
+
+    OUT/best.pt      best validation AP (lowest smoothed training loss without validation)
+    OUT/last.pt      the latest weights (deployable checkpoints, napari_iaunet.checkpoint format)
+    OUT/state.pt     optimizer, scheduler, step, RNG, early-stopping counters (for --resume)
+    OUT/log.jsonl    one JSON record per step / validation / checkpoint
+    OUT/loss.png     loss curve (written at the end)
+
+All files are written atomically by rank 0. A run folder that already holds a run is never
+overwritten unless ``resume`` (continue it) or ``overwrite`` (start again) is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model.config import IAUNetConfig
+from . import distributed as ddp
+from .augment import AugmentConfig
+from .callbacks import JsonlLog, TrainCallback, plot_loss_curve
+from .dataset import AnnotatedImage, AnnotatedImages, TrainingDataset, collate, normalisation_stats
+from .losses import SetCriterion
+from .matcher import NUM_POINTS
+
+__all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "train", "validate"]
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")
+STATE_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the model and the data.
+
+    Give ``steps`` (optimisation steps) or ``epochs`` (passes over the training images); with
+    neither, 1000 steps. ``val_every``/``checkpoint_every`` count steps (0: only at the end).
+    ``early_stopping`` is a patience in validations without improvement (None: off).
+    ``normalisation``: ``"auto"`` computes mean/std from the training images for a new model and
+    keeps a fine-tuned checkpoint's; ``"data"`` / ``"keep"`` force one or the other.
+    """
+
+    out_dir: str | Path = "runs/train"
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    min_lr: float = 1e-6
+    warmup_steps: int = 0
+    backbone_lr_multiplier: float = 1.0
+    grad_clip: float | None = None
+    amp: str = "auto"  # "auto" (bf16/fp16 on CUDA, off on CPU), "bf16", "fp16", "off"
+    seed: int = 3407
+    num_workers: int = 0
+    val_every: int = 500
+    checkpoint_every: int | None = None  # None: with every validation (or every 500 steps)
+    early_stopping: int | None = None
+    metric: str = "AP"
+    input_size: int | None = None  # override the model's input size (also when fine-tuning)
+    scale_range: tuple[float, float] = (0.8, 1.5)
+    num_points: int = NUM_POINTS
+    weight_ce: float = 1.0
+    weight_bce: float = 5.0
+    weight_dice: float = 2.0
+    no_object_weight: float = 0.1
+    normalisation: str = "auto"
+    score_threshold: float = 0.05  # validation post-processing
+    device: str = "auto"
+    num_threads: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    log_every: int = 1
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("TrainConfig: give steps or epochs, not both")
+        for name in ("steps", "epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"TrainConfig: {name} must be ≥ 1")
+        if self.batch_size < 1:
+            raise ValueError("TrainConfig: batch_size must be ≥ 1")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ValueError("TrainConfig: amp must be auto, bf16, fp16 or off")
+        if self.normalisation not in ("auto", "data", "keep"):
+            raise ValueError("TrainConfig: normalisation must be auto, data or keep")
+        if self.resume and self.overwrite:
+            raise ValueError("TrainConfig: resume and overwrite exclude each other")
+        self.scale_range = tuple(float(v) for v in self.scale_range)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["out_dir"] = str(self.out_dir)
+        d["scale_range"] = list(self.scale_range)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    out_dir: Path
+    last_path: Path | None
+    best_path: Path | None
+    steps: int
+    total_steps: int
+    best_metric: float | None = None
+    best_step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last validation
+    history: list[dict[str, Any]] = field(default_factory=list)  # every validation
+    cancelled: bool = False
+    stopped_early: bool = False
+    elapsed_s: float = 0.0
+    config: IAUNetConfig | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (last)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def _is_cancelled(cancel: threading.Event | Callable[[], bool] | None) -> bool:
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up from 0.1 % to 1, then cosine from 1 to ``min_ratio`` at step ``total``."""
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return max(1e-3, (step + 1) / warmup)
+        span = max(1, total - warmup)
+        t = min(1.0, (step - warmup) / span)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return fn
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    backbone, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (backbone if name.startswith("encoder.") else rest).append(p)
+    groups = [{"params": rest, "lr": cfg.lr, "name": "decoder"}]
+    if backbone:
+        groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_multiplier,
+                       "name": "backbone"})
+    return groups
+
+
+def _adamw(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, fused where this torch build supports it (4× faster steps on the CPU)."""
+    try:
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _RunFolder:
+    """The files of one run; refuses to clobber an existing run."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir).expanduser()
+        self.best = self.dir / "best.pt"
+        self.last = self.dir / "last.pt"
+        self.state = self.dir / "state.pt"
+        self.log = self.dir / "log.jsonl"
+        self.plot = self.dir / "loss.png"
+
+    def existing(self) -> list[Path]:
+        return [self.dir / n for n in RUN_FILES if (self.dir / n).exists()]
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        if self.dir.exists() and not self.dir.is_dir():
+            raise NotADirectoryError(f"output path {self.dir} exists and is not a folder")
+        found = self.existing()
+        if found and not resume and not overwrite:
+            raise FileExistsError(
+                f"{self.dir} already holds a training run ({', '.join(p.name for p in found)}); "
+                "continue it with resume (--resume), start again with overwrite (--overwrite), "
+                "or choose another output folder")
+        if overwrite:
+            for p in found:
+                p.unlink()
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+
+def _save_state(path: Path, payload: dict[str, Any]) -> None:
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+        raise ValueError(f"{path} is not a napari-iaunet training state (version "
+                         f"{STATE_VERSION}); start a new run or use --overwrite")
+    return state
+
+
+# ---------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
+             device: str | torch.device = "cpu", score_threshold: float = 0.05,
+             amp: bool = True) -> dict[str, float]:
+    """COCO AP (and friends) of ``model`` on annotated images, at the model's input size."""
+    from ..evaluation import evaluate
+    from ..inference.postprocess import PostprocessSettings
+    from ..inference.segmenter import Segmenter
+
+    was_training = model.training
+    seg = Segmenter(model, device=device, settings=PostprocessSettings(
+        score_threshold=score_threshold), tile_size=None, amp=amp, batch_size=1)
+    try:
+        preds = [seg.segment(item.load_raw()) for item in data]
+    finally:
+        model.train(was_training)
+    # AP ranks every prediction; the matching metrics (F1, PQ, ...) count only confident ones
+    metrics = evaluate([item.instances for item in data], preds, score_threshold=0.5)
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# ---------------------------------------------------------------------------------- training
+def _build_model(cfg: TrainConfig, model_config: IAUNetConfig | None,
+                 start: str | Path | None, backbone_weights: str | Path | None,
+                 class_names: Sequence[str] | None = None
+                 ) -> tuple[torch.nn.Module, IAUNetConfig, str]:
+    from ..model import build_model
+
+    if start is not None:
+        from ..checkpoint import load_checkpoint
+
+        overrides = {"input_size": cfg.input_size} if cfg.input_size else None
+        loaded = load_checkpoint(start, overrides=overrides)
+        return loaded.model, loaded.config, f"checkpoint:{start}"
+    if model_config is None and class_names:
+        model_config = IAUNetConfig(num_classes=len(class_names), class_names=tuple(class_names))
+    mc = model_config or IAUNetConfig()
+    if cfg.input_size:
+        mc = mc.replace(input_size=cfg.input_size)
+    model = build_model(mc, backbone_weights=backbone_weights)
+    origin = f"backbone:{backbone_weights}" if backbone_weights else "scratch"
+    return model, mc, origin
+
+
+def _epoch_keys(n: int, epoch: int, info: ddp.DistInfo, cfg: TrainConfig) -> list[tuple[int, int]]:
+    """This rank's ``(image index, augmentation seed)`` list for ``epoch`` (≥ one batch)."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(n), num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    idx = list(sampler)
+    if len(idx) < cfg.batch_size:  # tiny data sets (fine-tuning on one image): repeat
+        idx = (idx * math.ceil(cfg.batch_size / len(idx)))[:cfg.batch_size]
+    base = (cfg.seed * 1_000_003 + epoch * 7919) % (2 ** 31)
+    return [(i, (base + 104_729 * (pos * info.world_size + info.rank)) % (2 ** 31))
+            for pos, i in enumerate(idx)]
+
+
+def _steps_per_epoch(n: int, info: ddp.DistInfo, cfg: TrainConfig) -> int:
+    per_rank = max(math.ceil(n / info.world_size), cfg.batch_size)
+    return math.ceil(per_rank / cfg.batch_size)
+
+
+def train(
+    train_data: AnnotatedImages | Sequence[Any] | str | Path,
+    val_data: AnnotatedImages | Sequence[Any] | str | Path | None = None,
+    config: TrainConfig | None = None,
+    *,
+    model_config: IAUNetConfig | None = None,
+    start: str | Path | None = None,
+    backbone_weights: str | Path | None = None,
+    callbacks: Sequence[TrainCallback] = (),
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train (or fine-tune) an IAUNet; see the module docstring for the run folder.
+
+    ``train_data`` / ``val_data``: :class:`AnnotatedImages`, ``COCO[:IMAGES]`` spec(s), or
+    ``(image, Instances)`` pairs. Start from ``model_config`` (random init, optionally with local
+    ``backbone_weights``) or from a checkpoint ``start`` (fine-tuning keeps its config; a new
+    ``config.input_size`` is allowed). ``cancel`` is checked between steps: the run then writes
+    ``last.pt`` + ``state.pt`` and returns with ``cancelled=True``.
+    """
+    cfg = config or TrainConfig()
+    if cfg.num_threads:
+        torch.set_num_threads(int(cfg.num_threads))
+    info, device = ddp.setup(cfg.device)
+    run = _RunFolder(cfg.out_dir)
+    try:
+        if info.is_main:
+            run.prepare(cfg.resume, cfg.overwrite)
+        ddp.barrier(info)
+        return _train(run, info, device, cfg, train_data, val_data, model_config, start,
+                      backbone_weights, list(callbacks), cancel)
+    finally:
+        ddp.cleanup(info)
+
+
+def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: TrainConfig,
+           train_data: Any, val_data: Any, model_config: IAUNetConfig | None,
+           start: str | Path | None, backbone_weights: str | Path | None,
+           callbacks: list[TrainCallback], cancel: Any) -> TrainResult:
+    t_start = time.time()
+    data = AnnotatedImages.coerce(train_data)
+    if len(data) == 0:
+        raise ValueError("no training images")
+    val = AnnotatedImages.coerce(val_data) if val_data is not None else None
+    if val is not None and len(val) == 0:
+        val = None
+
+    resume_state = None
+    if cfg.resume and run.state.exists():
+        resume_state = _load_state(run.state)
+    elif cfg.resume and info.is_main:
+        log.info("%s holds no training state: starting a new run", run.dir)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    if resume_state is not None:
+        from ..model import build_model
+
+        mcfg = IAUNetConfig.from_dict(resume_state["model_config"])
+        model = build_model(mcfg)
+        model.load_state_dict(resume_state["model"])
+        origin = resume_state.get("origin", "resume")
+    else:
+        model, mcfg, origin = _build_model(cfg, model_config, start, backbone_weights,
+                                           data.class_names)
+        use_data_stats = cfg.normalisation == "data" or (
+            cfg.normalisation == "auto" and start is None)
+        if use_data_stats:
+            mean, std = normalisation_stats(data)
+            mcfg = mcfg.replace(pixel_mean=mean, pixel_std=std)
+            model.config = mcfg
+    model.to(device).train()
+
+    criterion = SetCriterion(
+        mcfg.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
+        weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
+        num_points=cfg.num_points).to(device)
+    optimizer = _adamw(_param_groups(model, cfg), cfg)
+    steps_per_epoch = _steps_per_epoch(len(data), info, cfg)
+    total = cfg.steps or (cfg.epochs * steps_per_epoch if cfg.epochs else 1000)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total, cfg.warmup_steps, cfg.min_lr / cfg.lr))
+    amp_dtype = _amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16
+                                  and device.type == "cuda")
+
+    step = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_validations = 0
+    history: list[dict[str, Any]] = []
+    loss_ema: float | None = None
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        if resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        step = int(resume_state["step"])
+        best_metric = resume_state.get("best_metric")
+        best_step = resume_state.get("best_step")
+        bad_validations = int(resume_state.get("bad_validations", 0))
+        history = list(resume_state.get("history", []))
+        loss_ema = resume_state.get("loss_ema")
+        torch.set_rng_state(resume_state["torch_rng"])
+        if device.type == "cuda" and resume_state.get("cuda_rng") is not None:
+            with contextlib.suppress(RuntimeError, IndexError):
+                torch.cuda.set_rng_state(resume_state["cuda_rng"], device)
+        if step >= total:
+            log.info("%s: already trained %d of %d steps", run.dir, step, total)
+
+    net: torch.nn.Module = model
+    if info.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)
+
+    dataset = TrainingDataset(
+        data, mcfg.pixel_mean, mcfg.pixel_std,
+        AugmentConfig(input_size=mcfg.input_size, scale_range=cfg.scale_range),
+        num_classes=mcfg.num_classes, seed=cfg.seed)
+
+    jlog = JsonlLog(run.log) if info.is_main else None
+    meta_base = {
+        "training_data": data.sources,
+        "validation_data": val.sources if val is not None else [],
+        "started_from": origin,
+        "train_config": cfg.to_dict(),
+    }
+
+    def emit(event: str, **kw: Any) -> None:
+        if jlog is not None:
+            jlog.write(event, **kw)
+
+    def save(kind: str, metrics: dict[str, float] | None = None) -> Path | None:
+        """Rank 0 writes last.pt (+ state.pt) or best.pt; every rank waits."""
+        path = None
+        if info.is_main:
+            from ..checkpoint import save_checkpoint
+
+            meta = {**meta_base, "trained_steps": step, "total_steps": total,
+                    "metrics": metrics if metrics is not None else (
+                        history[-1]["metrics"] if history else {}),
+                    "best_metric": best_metric, "best_step": best_step}
+            path = run.best if kind == "best" else run.last
+            save_checkpoint(path, model, meta, overwrite=True)
+            if kind == "last":
+                _save_state(run.state, {
+                    "version": STATE_VERSION, "step": step, "total_steps": total,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "model_config": mcfg.to_dict(), "origin": origin,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "best_metric": best_metric, "best_step": best_step,
+                    "bad_validations": bad_validations, "history": history,
+                    "loss_ema": loss_ema, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda"
+                    else None,
+                    "train_config": cfg.to_dict()})
+            emit("checkpoint", kind=kind, step=step, path=str(path))
+            for cb in callbacks:
+                cb.on_checkpoint(path)
+        ddp.barrier(info)
+        return path
+
+    def run_validation() -> dict[str, float]:
+        nonlocal best_metric, best_step, bad_validations
+        metrics: dict[str, float] = {}
+        improved = False
+        if info.is_main:
+            if val is not None:
+                metrics = validate(model, val.items, device=device,
+                                   score_threshold=cfg.score_threshold, amp=amp_dtype is not None)
+                value = metrics.get(cfg.metric)
+                if value is None:
+                    raise KeyError(f"validation gave no '{cfg.metric}' (got {sorted(metrics)})")
+                improved = best_metric is None or value > best_metric
+            else:
+                value = loss_ema if loss_ema is not None else float("inf")
+                metrics = {"train_loss_ema": value}
+                improved = best_metric is None or value < best_metric
+            if improved:
+                best_metric, best_step, bad_validations = float(value), step, 0
+            else:
+                bad_validations += 1
+            history.append({"step": step, "metrics": metrics})
+            emit("validation", step=step, metrics=metrics, best_metric=best_metric,
+                 best_step=best_step)
+            for cb in callbacks:
+                cb.on_validation(step, metrics)
+        improved = bool(ddp.broadcast_object(improved, info))
+        if improved:
+            save("best", metrics)
+        return metrics
+
+    start_step = step
+    if info.is_main:
+        start_info = {"total_steps": total, "start_step": start_step,
+                      "num_train_images": len(data), "num_val_images": len(val) if val else 0,
+                      "world_size": info.world_size, "device": str(device),
+                      "model_config": mcfg.to_dict(), "train_config": cfg.to_dict(),
+                      "started_from": origin}
+        emit("start", **start_info)
+        for cb in callbacks:
+            cb.on_start(start_info)
+
+    val_every = cfg.val_every if cfg.val_every and cfg.val_every > 0 else 0
+    ckpt_every = cfg.checkpoint_every if cfg.checkpoint_every is not None else (val_every or 500)
+    cancelled = stopped_early = False
+    last_saved = step if resume_state is not None else -1
+    step_times: list[float] = []
+    metrics: dict[str, float] = history[-1]["metrics"] if history else {}
+    gen_loader_seed = torch.Generator()
+
+    while step < total and not (cancelled or stopped_early):
+        epoch, within = divmod(step, steps_per_epoch)
+        keys = _epoch_keys(len(data), epoch, info, cfg)[within * cfg.batch_size:]
+        gen_loader_seed.manual_seed(cfg.seed + epoch)
+        loader = torch.utils.data.DataLoader(
+            _KeyedDataset(dataset, keys), batch_size=cfg.batch_size, shuffle=False,
+            num_workers=cfg.num_workers, collate_fn=collate, drop_last=False,
+            generator=gen_loader_seed, persistent_workers=False)
+        for images, targets in loader:
+            if ddp.any_true(_is_cancelled(cancel), info, device):
+                cancelled = True
+                break
+            t0 = time.time()
+            images = images.to(device, non_blocking=True)
+            targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()}
+                       for t in targets]
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):
+                outputs = net(images)
+            losses = criterion(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            step += 1
+
+            report = torch.stack([losses[k].detach().float() for k in
+                                  ("loss", "loss_ce", "loss_bce", "loss_dice")])
+            report = ddp.all_reduce_mean(report, info).cpu().tolist()
+            values = dict(zip(("loss", "loss_ce", "loss_bce", "loss_dice"), report))
+            if not math.isfinite(values["loss"]):
+                raise FloatingPointError(
+                    f"training diverged at step {step} (loss {values['loss']}); lower the "
+                    "learning rate or enable gradient clipping")
+            loss_ema = (values["loss"] if loss_ema is None
+                        else 0.95 * loss_ema + 0.05 * values["loss"])
+            step_times.append(time.time() - t0)
+            eta = float(np.median(step_times[-50:])) * (total - step)
+            if info.is_main:
+                if step % max(1, cfg.log_every) == 0 or step == total:
+                    emit("step", step=step, epoch=epoch, lr=lr, eta_s=round(eta, 1),
+                         step_s=round(step_times[-1], 4), **values)
+                for cb in callbacks:
+                    cb.on_step(step, total, values, lr, eta)
+
+            final = step >= total
+            if (val_every and step % val_every == 0) or final:
+                metrics = run_validation()
+                if cfg.early_stopping is not None and bad_validations >= cfg.early_stopping:
+                    stopped_early = True
+                stopped_early = bool(ddp.broadcast_object(stopped_early, info))
+            if final or stopped_early or (ckpt_every and step % ckpt_every == 0):
+                save("last")
+                last_saved = step
+            if final or stopped_early:
+                break
+
+    if cancelled and step > 0 and last_saved != step:
+        save("last")
+    reason = "cancelled" if cancelled else "early_stopping" if stopped_early else "finished"
+    result = TrainResult(
+        out_dir=run.dir, last_path=run.last if run.last.exists() else None,
+        best_path=run.best if run.best.exists() else None, steps=step, total_steps=total,
+        best_metric=best_metric, best_step=best_step, metrics=metrics, history=history,
+        cancelled=cancelled, stopped_early=stopped_early, elapsed_s=time.time() - t_start,
+        config=mcfg, model=model.eval())
+    if info.is_main:
+        emit("end", reason=reason, step=step, best_metric=best_metric, best_step=best_step,
+             elapsed_s=round(result.elapsed_s, 1))
+        if jlog is not None:
+            jlog.close()
+        if cfg.plot and step > start_step:
+            try:
+                plot_loss_curve(run.log, run.plot, title=f"{mcfg.backbone}, {run.dir.name}")
+            except Exception as exc:
+                log.warning("could not draw the loss curve: %s", exc)
+        for cb in callbacks:
+            cb.on_end(result)
+    return result
+
+
+class _KeyedDataset(torch.utils.data.Dataset):
+    """A fixed list of ``(index, seed)`` keys over a :class:`TrainingDataset`."""
+
+    def __init__(self, dataset: TrainingDataset, keys: list[tuple[int, int]]) -> None:
+        self.dataset = dataset
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int):
+        return self.dataset[self.keys[i]]

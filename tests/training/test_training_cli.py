@@ -1,0 +1,27 @@
+import pytest
+
+from napari_iaunet.checkpoint import load_checkpoint
+from napari_iaunet.cli import main
+from napari_iaunet.training.synthetic import SynthParams, write_synthetic_coco
+
+
+@pytest.mark.slow
+def test_train_cli_trains_resumes_and_refuses_to_clobber(tmp_path, capsys):
+    ann = write_synthetic_coco(tmp_path / "d", 3, 64, seed=2, params=SynthParams(scale=0.15))
+    common = ["train", "--train", str(ann), "--val", f"{ann}:{tmp_path / 'd' / 'images'}",
+              "--out", str(tmp_path / "run"), "--backbone", "resnet18", "--queries", "6",
+              "--input-size", "64", "--points", "256", "--threads", "1", "--print-every", "1"]
+    assert main([*common, "--steps", "2", "--val-every", "2"]) == 0
+    out = capsys.readouterr()
+    assert "step 2/2" in out.err and "validation @ 2" in out.err and "best.pt" in out.out
+    ckpt = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert ckpt.config.backbone == "resnet18" and ckpt.config.num_queries == 6
+    assert main([*common, "--steps", "2"]) == 1  # existing run, no --resume/--overwrite
+    assert "--resume" in capsys.readouterr().err
+    assert main([*common, "--steps", "3", "--resume"]) == 0
+    assert load_checkpoint(tmp_path / "run" / "last.pt").metadata["trained_steps"] == 3
+    # fine-tune the result on the same data (keeps the checkpoint's architecture)
+    ft = ["train", "--train", str(ann), "--out", str(tmp_path / "ft"), "--weights",
+          str(tmp_path / "run" / "last.pt"), "--steps", "1", "--points", "256", "--threads", "1"]
+    assert main(ft) == 0
+    assert load_checkpoint(tmp_path / "ft" / "last.pt").config.num_queries == 6
