@@ -144,18 +144,26 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file: pick the .pt inside")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # every loader failure becomes one sentence
         text = str(exc)
-        if "weights_only" in text or "Unsupported global" in text:
+        detail = _loader_detail(text)
+        if "Unsupported global" in text:
             raise CheckpointError(
-                f"{path} contains Python objects that cannot be loaded safely "
-                f"({_first_line(text)}); re-save just its weights with "
+                f"{path} contains Python objects that cannot be loaded safely ({detail}); "
+                "re-save just its weights with "
                 "torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')"
             ) from exc
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file?): "
-            f"{_first_line(text)}"
+            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file?): {detail}"
         ) from exc
+
+
+def _loader_detail(text: str) -> str:
+    """The informative part of torch.load's message (it wraps errors in generic advice)."""
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    return _first_line(text)
 
 
 def _first_line(text: str) -> str:

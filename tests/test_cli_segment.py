@@ -1,0 +1,101 @@
+"""The ``napari-iaunet segment`` and ``info`` commands, end to end with a real (tiny) checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_iaunet.checkpoint import save_checkpoint
+from napari_iaunet.cli import main
+from napari_iaunet.model import IAUNetConfig, build_model
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(IAUNetConfig(backbone="resnet18", num_queries=6, input_size=64))
+    with torch.no_grad():  # confident queries, so the files carry instances
+        model.decoder.class_embed.bias.copy_(torch.tensor([4.0, -4.0]))
+    path = tmp_path_factory.mktemp("w") / "tiny.pt"
+    return save_checkpoint(path, model, {"description": "tiny test model"})
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        iio.imwrite(folder / f"im{i}.png", rng.integers(0, 255, (48 + 8 * i, 64), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_segment_folder_writes_one_coco_per_image(tiny_weights, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["segment", str(images), "--weights", str(tiny_weights), "--out", str(out),
+               "--score-threshold", "0.0", "--overlay", "--device", "cpu"])
+    assert rc == 0
+    for i in range(3):
+        coco = json.loads((out / f"im{i}.json").read_text())
+        assert coco["images"][0]["file_name"] == f"im{i}.png"
+        assert coco["images"][0]["height"] == 48 + 8 * i
+        assert coco["annotations"] and all("score" in a for a in coco["annotations"])
+        assert (out / f"im{i}_overlay.png").is_file()
+    assert "3 images" in capsys.readouterr().err
+
+
+def test_segment_refuses_to_overwrite(tiny_weights, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["segment", str(images / "im0.png"), "-w", str(tiny_weights), "-o", str(out)]
+    assert main(args) == 0
+    before = (out / "im0.json").read_bytes()
+    assert main(args) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "im0.json").read_bytes() == before
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_segment_errors_are_one_line(tiny_weights, tmp_path, capsys):
+    assert main(["segment", str(tmp_path / "missing.png"), "-w", str(tiny_weights),
+                 "-o", str(tmp_path)]) == 1
+    assert "image not found" in capsys.readouterr().err
+    (tmp_path / "broken.pt").write_bytes(b"\x00" * 100)
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["segment", str(tmp_path / "a.png"), "-w", str(tmp_path / "broken.pt"),
+                 "-o", str(tmp_path / "o")]) == 1
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_info_prints_what_a_checkpoint_is(tiny_weights, capsys):
+    assert main(["info", str(tiny_weights)]) == 0
+    text = capsys.readouterr().out
+    assert "resnet18" in text and "tiny test model" in text
+    assert main(["info", str(tiny_weights), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["num_queries"] == 6
+
+
+@pytest.mark.slow
+def test_torchrun_shards_images_and_gathers_one_file(tiny_weights, images, tmp_path):
+    out = tmp_path / "dist"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "napari_iaunet.cli", "segment", str(images),
+           "-w", str(tiny_weights), "-o", str(out), "--one-file", "all.json",
+           "--score-threshold", "0.0", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    coco = json.loads((out / "all.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["im0.png", "im1.png", "im2.png"]
+    assert "rank 1/2" in proc.stderr and "rank 0/2" in proc.stderr
+    # the same instances as a single process
+    single = tmp_path / "single"
+    assert main(["segment", str(images), "-w", str(tiny_weights), "-o", str(single),
+                 "--one-file", "all.json", "--score-threshold", "0.0", "--device", "cpu"]) == 0
+    ref = json.loads((single / "all.json").read_text())
+    assert len(ref["annotations"]) == len(coco["annotations"])
