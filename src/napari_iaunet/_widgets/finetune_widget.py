@@ -1,0 +1,1330 @@
+"""The fine-tune dock widget: train the model on the cells the user corrected, inside napari.
+
+Training data are the open image / instance-group pairs the user ticks (the current one is ticked
+for them) and, optionally, folders of COCO files. The widget collects the settings, snapshots the
+data (pixels and :class:`~napari_iaunet.instances.Instances`, so later edits do not disturb a
+running job) and calls :func:`napari_iaunet.training.train` in a napari thread worker.
+
+Threads: the worker thread runs ``train``; the trainer's callbacks (:class:`_Relay`) emit Qt
+signals, which Qt queues to the GUI thread, where the progress bar, the loss plot and the labels
+are updated. Nothing in the worker touches napari or Qt widgets. Cancel sets a
+:class:`threading.Event` that the trainer checks between steps; it then writes ``last.pt`` and
+``state.pt``, so *Resume* continues exactly where it stopped. *Use this model* switches the
+segment widget (:func:`~napari_iaunet._widgets.segment_widget.find_segment_widget`) to the run's
+best checkpoint.
+
+The run folder is the trainer's (``best.pt``, ``last.pt``, ``state.pt``, ``log.jsonl``,
+``loss.png``); a folder that already holds a run is never reused without asking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..training.callbacks import TrainCallback  # no torch: safe to import here
+from . import _qt_utils as qtu
+from ._torch_guard import make_torch_import_safe
+from .layer_group import HUB, InstanceGroup, current_group, groups
+from .loss_plot import LossPlot
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image
+    from napari.viewer import Viewer
+
+    from ..training import AnnotatedImage, AnnotatedImages, TrainConfig
+
+__all__ = [
+    "FineTuneSettings",
+    "FineTuneWidget",
+    "Pair",
+    "default_output_dir",
+    "find_pairs",
+    "make_train_config",
+    "points_for",
+    "read_run",
+]
+
+BROWSE = "Browse…"
+SEGMENT_MODEL = "<segment widget>"
+RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")  # the trainer's
+LR_CHOICES = ("1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3")
+PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+ERROR_STYLE = "color:#e06c5a"
+
+
+# ---------------------------------------------------------------------------------- settings
+@dataclass
+class FineTuneSettings:
+    """What the settings controls stand for; the defaults suit a handful of corrected images.
+
+    200 steps of batch 2 show every image of a small set dozens of times under augmentation; the
+    learning rate is half the from-scratch one (the start model is already trained);
+    validation (with a validation image) and checkpoints every 25 steps keep *Cancel* cheap.
+    """
+
+    steps: int = 200
+    lr: float = 5e-5
+    batch_size: int = 2
+    input_size: int | None = None  # None: the model's
+    augment: bool = True
+    device: str = "auto"
+    every: int = 25  # validate and write last.pt every N steps
+
+
+def points_for(input_size: int) -> int:
+    """Sampled points per mask for the mask losses: the paper's 12 544 at a 512-px input, scaled
+    with the number of predicted mask pixels for smaller inputs (at least 256)."""
+    return int(min(PAPER_POINTS, max(256, round(PAPER_POINTS * (input_size / 512) ** 2))))
+
+
+def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_size: int,
+                      resume: bool = False) -> TrainConfig:
+    """The :class:`~napari_iaunet.training.TrainConfig` the widget runs (the benchmark uses it
+    too). ``input_size`` is the size actually trained at (the settings' or the model's)."""
+    from dataclasses import fields
+
+    from ..training import TrainConfig
+
+    every = max(1, int(settings.every))
+    kwargs: dict[str, Any] = dict(
+        out_dir=Path(out_dir), steps=int(settings.steps), batch_size=int(settings.batch_size),
+        lr=float(settings.lr), min_lr=min(1e-6, float(settings.lr) / 10),
+        input_size=int(input_size), num_points=points_for(int(input_size)),
+        val_every=every, checkpoint_every=every, device=settings.device, resume=resume,
+        normalisation="keep",  # fine-tuning keeps the model's intensity normalisation
+    )
+    if not settings.augment:
+        kwargs["scale_range"] = (1.0, 1.0)  # no scale jitter: the image at the input size
+        if "augment" in {f.name for f in fields(TrainConfig)}:
+            kwargs["augment"] = False  # flips and rotations too, where the trainer offers it
+    return TrainConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------- data
+class DataError(ValueError):
+    """The ticked data cannot train a model; the message says why."""
+
+
+@dataclass
+class Pair:
+    """An instance group and the image layer it belongs to (one training image)."""
+
+    group: InstanceGroup
+    image_layer: Image | None
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.group.id
+
+    @property
+    def frame(self) -> tuple[int, ...] | None:
+        frame = self.group.info.get("frame")
+        return tuple(int(f) for f in frame) if frame else None
+
+    def n_cells(self) -> int:
+        return len(self.group.ids())
+
+    def label(self) -> str:
+        if self.problem:
+            return f"{self.group.name}: {self.problem}"
+        n = self.n_cells()
+        state = ("edited" if self.group.is_edited() else
+                 "model result, not edited" if self.group.info.get("source") == "model"
+                 else str(self.group.info.get("source", "")))
+        return f"{self.group.name} · {_count(n, 'cell')} · {state}"
+
+    def plane(self) -> np.ndarray:
+        """The group's 2-D (gray or RGB) image plane, copied."""
+        layer = self.image_layer
+        data = layer.data[0] if layer.multiscale else layer.data
+        if self.frame:
+            data = data[self.frame]
+        return np.array(data)
+
+    def snapshot(self, name: str | None = None) -> AnnotatedImage:
+        """Pixels and cells as they are now (edits made while training do not change them)."""
+        from ..training import AnnotatedImage
+
+        return AnnotatedImage(self.group.to_instances(), image=self.plane(),
+                              name=name or self.group.name)
+
+
+def _image_shape(layer: Image, frame: tuple[int, ...] | None) -> tuple[int, int]:
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = tuple(data.shape[:-1] if layer.rgb else data.shape)
+    return (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 else (0, 0)
+
+
+def find_pairs(viewer: Viewer) -> list[Pair]:
+    """Every instance group of the viewer with its image layer (or why it cannot train)."""
+    from napari.layers import Image
+
+    pairs = []
+    for group in groups(viewer):
+        name = group.image_name
+        layer = next((lay for lay in viewer.layers if lay.name == name), None)
+        problem = None
+        if not isinstance(layer, Image):
+            layer = None
+            problem = f"its image '{name}' is not open" if name else "it has no image"
+        else:
+            frame = group.info.get("frame") or None
+            data = layer.data[0] if layer.multiscale else layer.data
+            if frame and (len(frame) > data.ndim - 2 or any(
+                    int(f) >= s for f, s in zip(frame, data.shape))):
+                problem = f"frame {tuple(frame)} is not in '{name}'"
+            else:
+                spatial = layer.ndim - (len(frame) if frame else 0)
+                shape = _image_shape(layer, tuple(frame) if frame else None)
+                if spatial != 2:
+                    problem = f"'{name}' is not a 2-D image (a stack without a frame)"
+                elif shape != group.image_shape:
+                    problem = (f"the cells are {group.image_shape[0]}×{group.image_shape[1]} but "
+                               f"'{name}' is {shape[0]}×{shape[1]}")
+        pairs.append(Pair(group, layer, problem))
+    return pairs
+
+
+def _current_pair(viewer: Viewer, pairs: list[Pair]) -> Pair | None:
+    """The pair of the selected layer: a group layer, or an image with a group."""
+    from napari.layers import Image
+
+    active = viewer.layers.selection.active
+    if isinstance(active, Image):
+        mine = [p for p in pairs if p.image_layer is active]
+        if mine:
+            return mine[-1]
+    group = current_group(viewer)
+    return next((p for p in pairs if group is not None and p.group is group), None)
+
+
+@dataclass
+class CocoEntry:
+    """A COCO file (and its image folder) found in a folder the user added."""
+
+    json_path: Path
+    image_dir: Path
+    n_images: int
+    n_cells: int
+    n_categories: int
+
+    @property
+    def spec(self) -> str:
+        return f"{self.json_path}:{self.image_dir}"
+
+    def label(self) -> str:
+        return (f"COCO {self.json_path.parent.name}/{self.json_path.name} · "
+                f"{_count(self.n_images, 'image')}, {_count(self.n_cells, 'cell')}")
+
+
+def scan_coco_folder(folder: str | Path) -> list[CocoEntry]:
+    """The COCO instance files of ``folder`` (images in ``folder/images`` or beside them).
+
+    Raises :class:`DataError` naming the problem: no COCO file, or images that are missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder")
+    entries, problems = [], []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            coco = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path.name}: not readable JSON ({exc})")
+            continue
+        if not (isinstance(coco, dict) and isinstance(coco.get("images"), list)
+                and isinstance(coco.get("annotations"), list)):
+            continue  # some other JSON file
+        image_dir = folder / "images" if (folder / "images").is_dir() else folder
+        names = [str(im.get("file_name", "")) for im in coco["images"]]
+        missing = [n for n in names if not (image_dir / n).is_file()]
+        if missing:
+            problems.append(f"{path.name}: {len(missing)} of {len(names)} images are not in "
+                            f"{image_dir} (first: {missing[0]})")
+            continue
+        cells = sum(1 for a in coco["annotations"] if not a.get("iscrowd", 0))
+        entries.append(CocoEntry(path, image_dir, len(names), cells,
+                                 len(coco.get("categories") or [])))
+    if not entries:
+        raise DataError("; ".join(problems) if problems else
+                        f"no COCO instance file (*.json with images and annotations) in {folder}")
+    return entries
+
+
+# ---------------------------------------------------------------------------------- run folders
+def holds_run(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and any((folder / n).exists() for n in RUN_FILES)
+
+
+def free_run_dir(folder: str | Path) -> Path:
+    """``folder`` when it holds no run, else the first free ``folder_2``, ``folder_3``, …"""
+    folder = Path(folder)
+    if not holds_run(folder) and not (folder.exists() and not folder.is_dir()):
+        return folder
+    base = re.sub(r"_\d+$", "", folder.name)
+    n = 2
+    while True:
+        candidate = folder.with_name(f"{base}_{n}")
+        if not candidate.exists() or (candidate.is_dir() and not holds_run(candidate)):
+            return candidate
+        n += 1
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
+
+
+def default_output_dir(image_layer: Image | None, home: Path | None = None) -> Path:
+    """Beside the image file (``<folder>/<stem>_iaunet_finetune``), or for an image that did not
+    come from a file ``~/napari-iaunet/runs/<name>_finetune``; never in the package; free."""
+    source = getattr(getattr(image_layer, "source", None), "path", None) if image_layer else None
+    home = home or Path.home()
+    if source:
+        src = Path(str(source))
+        folder = src.parent / f"{_safe_name(src.stem)}_iaunet_finetune"
+    else:
+        name = _safe_name(image_layer.name) if image_layer is not None else "model"
+        folder = home / "napari-iaunet" / "runs" / f"{name}_finetune"
+    if _inside_package(folder):
+        folder = home / "napari-iaunet" / "runs" / folder.name
+    return free_run_dir(folder)
+
+
+def _inside_package(path: Path) -> bool:
+    try:
+        path.expanduser().resolve().relative_to(PACKAGE_DIR)
+    except ValueError:
+        return False
+    return True
+
+
+def read_run(folder: str | Path) -> dict[str, Any] | None:
+    """What a run folder holds, from its ``log.jsonl``: steps done, total, how it ended, the last
+    start's settings and every record (None when the folder holds no log)."""
+    log = Path(folder) / "log.jsonl"
+    if not log.is_file():
+        return None
+    from ..training.callbacks import read_log
+
+    records = read_log(log)
+    starts = [r for r in records if r.get("event") == "start"]
+    steps = [r for r in records if r.get("event") == "step"]
+    ends = [r for r in records if r.get("event") == "end"]
+    checkpoints = [r for r in records if r.get("event") == "checkpoint"]
+    step = max([int(r.get("step", 0)) for r in steps + ends + checkpoints] or [0])
+    total = int(starts[-1].get("total_steps", 0)) if starts else 0
+    return {"records": records, "step": step, "total": total,
+            "ended": ends[-1].get("reason") if ends and (not starts or ends[-1]["time"]
+                                                          >= starts[-1]["time"]) else None,
+            "train_config": starts[-1].get("train_config", {}) if starts else {},
+            "model_config": starts[-1].get("model_config", {}) if starts else {},
+            "resumable": (Path(folder) / "state.pt").is_file()}
+
+
+# ---------------------------------------------------------------------------------- worker side
+class _Signals(QObject):
+    started = Signal(object)  # the trainer's start info
+    step = Signal(int, int, float, float)  # step, total, loss, eta seconds
+    validation = Signal(int, object)  # step, metrics
+    checkpoint = Signal(str)  # path
+    stage = Signal(str)
+
+
+class _Relay(TrainCallback):
+    """A :class:`~napari_iaunet.training.TrainCallback` that forwards to Qt signals (worker
+    thread → GUI thread); it never raises into the trainer."""
+
+    def __init__(self, signals: _Signals) -> None:
+        self.signals = signals
+
+    def _emit(self, name: str, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
+            getattr(self.signals, name).emit(*args)
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        self._emit("started", dict(info))
+
+    def on_step(self, step: int, total: int, losses: dict[str, float], lr: float,
+                eta_seconds: float) -> None:
+        self._emit("step", int(step), int(total), float(losses.get("loss", math.nan)),
+                   float(eta_seconds))
+
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None:
+        self._emit("validation", int(step), dict(metrics))
+
+    def on_checkpoint(self, path: Path) -> None:
+        self._emit("checkpoint", str(path))
+
+    def on_end(self, result: Any) -> None:
+        pass
+
+
+@dataclass
+class _Job:
+    """One Train / Resume click: everything the worker needs, fixed at the click."""
+
+    out_dir: Path
+    start: str
+    config: TrainConfig
+    data: AnnotatedImages
+    coco: list[str]
+    val: Any
+    resume: bool
+    n_images: int
+    n_cells: int
+    started: float = field(default_factory=time.perf_counter)
+    start_step: int = 0
+    first_step: int | None = None
+    first_step_time: float | None = None
+
+
+# ---------------------------------------------------------------------------------- the widget
+class FineTuneWidget(QWidget):
+    """Dock widget: training data, start model, settings, output folder, Train / Cancel / Resume,
+    progress with ETA, live loss (and validation AP) plot, *Use this model*.
+
+    Args:
+        viewer: the napari viewer.
+        ask: ``ask(title, text, choices) -> choice`` (default: a message box); asked before a
+            folder that holds a run is used (``Resume``, ``New folder``, ``Cancel``).
+        get_open_path: file chooser for the start model's *Browse…*.
+        get_dir: folder chooser ``fn(caption, start) -> path or None`` (COCO folders, output).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, *, ask: qtu.AskFn | None = None,
+                 get_open_path: qtu.PathFn | None = None, get_dir: Any = None,
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer = qtu.unwrap_viewer(viewer)
+        self._ask = ask or (lambda t, x, c: qtu.ask(t, x, c, self))
+        self._get_open_path = get_open_path or (lambda c, s, f: qtu.get_open_path(c, s, f, self))
+        self._get_dir = get_dir or self._dialog_dir
+        self._signals = _Signals()
+        self._signals.started.connect(self._on_started)
+        self._signals.step.connect(self._on_step)
+        self._signals.validation.connect(self._on_validation)
+        self._signals.checkpoint.connect(self._on_checkpoint)
+        self._signals.stage.connect(self._on_stage)
+        self._cancel = threading.Event()
+        self._worker: Any = None
+        self._job: _Job | None = None
+        self._pairs: list[Pair] = []
+        self._coco: dict[str, CocoEntry] = {}
+        self._checked: dict[str, bool] = {}
+        self._extra_models: list[str] = []
+        self._model_info: Any = None
+        self._model_shown: str | None = None
+        self._data_ok = False
+        self._last_metrics: tuple[int, dict] | None = None
+        self._out_user_set = False
+        self._best: tuple[int, float] | None = None
+        self.last_result: Any = None
+        self.latest_checkpoint: str | None = None
+        make_torch_import_safe()
+        self._build()
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(250)
+        self._refresh_timer.timeout.connect(self.refresh)
+        self._events = [viewer.layers.events.inserted, viewer.layers.events.removed,
+                        viewer.layers.events.moved, viewer.layers.selection.events.active]
+        for emitter in self._events:
+            emitter.connect(self._schedule_refresh)
+        HUB.changed.connect(self._schedule_refresh)
+        self._refresh_models()
+        self.refresh()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        # training data
+        self.data_box, lay = qtu.section("Training data", self)
+        self.data_list = QListWidget()
+        self.data_list.setToolTip("Images with their instance layer group (the current one is "
+                                  "ticked for you), and COCO files from folders you add.")
+        self.data_list.setMaximumHeight(96)
+        self.data_list.itemChanged.connect(self._on_item_changed)
+        lay.addWidget(self.data_list)
+        self.add_coco_btn = QPushButton("Add COCO folder…")
+        self.add_coco_btn.setToolTip("A folder with COCO instance files (*.json); their images "
+                                     "in an images/ subfolder or beside them.")
+        self.add_coco_btn.clicked.connect(self._on_add_coco)
+        self.remove_btn = QPushButton("Remove")
+        self.remove_btn.setToolTip("Remove the selected COCO file from the list.")
+        self.remove_btn.clicked.connect(self._on_remove_coco)
+        lay.addWidget(qtu.hbox(self.add_coco_btn, self.remove_btn, stretch_last=True))
+        self.val_combo = QComboBox()
+        self.val_combo.setToolTip("An annotated image kept out of training: its COCO AP is "
+                                  "measured every few steps and picks best.pt.")
+        self.val_combo.currentIndexChanged.connect(self._on_validation_changed)
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("validation", self.val_combo)
+        lay.addLayout(form)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        lay.addWidget(self.summary)
+        layout.addWidget(self.data_box)
+
+        # model and settings
+        self.settings_box, lay = qtu.section("Model and settings", self)
+        form = QFormLayout()
+        form.setContentsMargins(0, 0, 0, 0)
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The checkpoint to start from: the segment widget's model, "
+                                    "one in weights/, or any file.")
+        self.model_combo.activated.connect(self._on_model_activated)
+        form.addRow("start from", self.model_combo)
+        self.model_info = qtu.monospace_label()
+        form.addRow(self.model_info)
+        defaults = FineTuneSettings()
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(defaults.steps)
+        self.steps_spin.setToolTip("Optimisation steps (each sees one batch of augmented "
+                                   "images).")
+        form.addRow("steps", self.steps_spin)
+        self.lr_combo = QComboBox()
+        self.lr_combo.setEditable(True)
+        self.lr_combo.addItems(LR_CHOICES)
+        self.lr_combo.setCurrentText(f"{defaults.lr:g}")
+        self.lr_combo.setToolTip("AdamW learning rate (cosine decay over the run).")
+        form.addRow("learning rate", self.lr_combo)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 64)
+        self.batch_spin.setValue(defaults.batch_size)
+        form.addRow("batch size", self.batch_spin)
+        self.size_spin = QSpinBox()
+        self.size_spin.setRange(64, 2048)
+        self.size_spin.setSingleStep(32)
+        self.size_spin.setSuffix(" px")
+        self.size_spin.setValue(512)
+        self.size_spin.setToolTip("Training input size (a multiple of 32). Set to the model's "
+                                  "when you choose a model; smaller trains faster.")
+        form.addRow("input size", self.size_spin)
+        self.augment_check = QCheckBox("flips, 90° rotations, scale jitter 0.8–1.5")
+        self.augment_check.setChecked(defaults.augment)
+        form.addRow("augment", self.augment_check)
+        self.device_combo = QComboBox()
+        from ..inference import available_devices
+
+        devices = available_devices()
+        self.device_combo.addItem(f"auto ({devices[0]})", "auto")
+        for d in devices:
+            self.device_combo.addItem(d, d)
+        form.addRow("device", self.device_combo)
+        self.every_spin = QSpinBox()
+        self.every_spin.setRange(1, 100_000)
+        self.every_spin.setValue(defaults.every)
+        self.every_spin.setSuffix(" steps")
+        self.every_spin.setToolTip("Validate (with a validation image) and write last.pt this "
+                                   "often; best.pt whenever validation improves.")
+        form.addRow("validate, save every", self.every_spin)
+        self.out_edit = QLineEdit()
+        self.out_edit.setToolTip("The run folder (best.pt, last.pt, state.pt, log.jsonl, "
+                                 "loss.png). Default: beside the image.")
+        self.out_edit.editingFinished.connect(self._on_out_edited)
+        self.out_btn = QPushButton("…")
+        self.out_btn.setMaximumWidth(28)
+        self.out_btn.clicked.connect(self._on_out_browse)
+        form.addRow("output", qtu.hbox(self.out_edit, self.out_btn))
+        self.out_info = QLabel("")
+        self.out_info.setWordWrap(True)
+        form.addRow(self.out_info)
+        lay.addLayout(form)
+        layout.addWidget(self.settings_box)
+
+        # run
+        box, lay = qtu.section("Fine-tune", self)
+        self.train_btn = QPushButton("Train")
+        self.train_btn.setToolTip("Fine-tune in the background; napari stays usable.")
+        self.train_btn.clicked.connect(lambda: self.start())
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setToolTip("Stop after the current step; last.pt and state.pt are "
+                                   "written, so Resume continues from there.")
+        self.cancel_btn.clicked.connect(self.cancel)
+        self.resume_btn = QPushButton("Resume")
+        self.resume_btn.setToolTip("Continue the run in the output folder.")
+        self.resume_btn.clicked.connect(lambda: self.start(resume=True))
+        lay.addWidget(qtu.hbox(self.train_btn, self.cancel_btn, self.resume_btn))
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        lay.addWidget(self.progress)
+        self.plot = LossPlot()
+        lay.addWidget(self.plot)
+        self.metrics_label = QLabel("")
+        self.metrics_label.setWordWrap(True)
+        lay.addWidget(self.metrics_label)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        self.use_btn = QPushButton("Use this model")
+        self.use_btn.setToolTip("Switch the segment widget to this run's best checkpoint (the "
+                                "latest one while training); then Segment shows the difference.")
+        self.use_btn.clicked.connect(self.use_model)
+        lay.addWidget(self.use_btn)
+        layout.addWidget(box)
+        layout.addStretch(1)
+
+    def _dialog_dir(self, caption: str, start: str) -> str | None:
+        from qtpy.QtWidgets import QFileDialog
+
+        return QFileDialog.getExistingDirectory(self, caption, start) or None
+
+    # ------------------------------------------------------------------ data
+    def _schedule_refresh(self, *_: Any) -> None:
+        if not qtu.alive(self):
+            self.cleanup()
+            return
+        self._refresh_timer.start()
+
+    def refresh(self) -> None:
+        """Re-list the image/group pairs and COCO files, recount, update the default folder."""
+        if not qtu.alive(self):
+            return
+        self._pairs = find_pairs(self.viewer)
+        current = _current_pair(self.viewer, self._pairs)
+        usable = [p for p in self._pairs if p.problem is None]
+        val = self._validation()
+        if not any(self._checked.get(p.key) for p in usable) and current is not None \
+                and current.problem is None and current is not val:
+            self._checked[current.key] = True  # nothing ticked: tick the current image
+        self.data_list.blockSignals(True)
+        self.data_list.clear()
+        for p in self._pairs:
+            text = p.label() + ("  (current)" if p is current else "")
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, ("pair", p.key))
+            if p.problem:
+                item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsUserCheckable
+                              & ~Qt.ItemFlag.ItemIsEnabled)
+            else:
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if self._checked.get(p.key)
+                                   else Qt.CheckState.Unchecked)
+            self.data_list.addItem(item)
+        for spec, entry in self._coco.items():
+            item = QListWidgetItem(entry.label())
+            item.setToolTip(spec)
+            item.setData(Qt.ItemDataRole.UserRole, ("coco", spec))
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if self._checked.get(spec, True)
+                               else Qt.CheckState.Unchecked)
+            self.data_list.addItem(item)
+        self.data_list.blockSignals(False)
+
+        previous = self.val_combo.currentData()
+        self.val_combo.blockSignals(True)
+        self.val_combo.clear()
+        self.val_combo.addItem("none", None)
+        for p in usable:
+            self.val_combo.addItem(f"{p.group.name} ({_count(p.n_cells(), 'cell')})",
+                                   f"pair:{p.key}")
+        for spec, entry in self._coco.items():
+            self.val_combo.addItem(entry.label(), f"coco:{spec}")
+        index = self.val_combo.findData(previous) if previous is not None else 0
+        self.val_combo.setCurrentIndex(max(0, index))
+        self.val_combo.blockSignals(False)
+
+        if not self._out_user_set and self._job is None and not self.plot.steps:
+            image = next((p.image_layer for p in usable if self._checked.get(p.key)), None)
+            self.out_edit.setText(str(default_output_dir(image)))
+            self._show_out_info()
+        self._update_summary()
+
+    def _on_item_changed(self, item: QListWidgetItem) -> None:
+        _kind, key = item.data(Qt.ItemDataRole.UserRole)
+        self._checked[key] = item.checkState() == Qt.CheckState.Checked
+        self._update_summary()
+
+    def _on_add_coco(self) -> None:
+        path = self._get_dir("Folder with COCO files", str(Path.home()))
+        if path:
+            self.add_coco_folder(path)
+
+    def add_coco_folder(self, folder: str | Path) -> list[CocoEntry]:
+        """Add the COCO files of ``folder`` to the training data (ticked); [] with a message
+        when the folder holds none or their images are missing."""
+        try:
+            entries = scan_coco_folder(folder)
+        except DataError as exc:
+            self._set_status(f"Not added: {exc}", error=True)
+            return []
+        for e in entries:
+            self._coco[e.spec] = e
+            self._checked[e.spec] = True
+        self.refresh()
+        self._set_status(f"Added {_count(len(entries), 'COCO file')} from {folder}.")
+        return entries
+
+    def _on_remove_coco(self) -> None:
+        item = self.data_list.currentItem()
+        if item is None:
+            return
+        kind, key = item.data(Qt.ItemDataRole.UserRole)
+        if kind == "coco":
+            self._coco.pop(key, None)
+            self._checked.pop(key, None)
+            self.refresh()
+
+    def set_checked(self, group: InstanceGroup, checked: bool = True) -> None:
+        """Tick (or untick) a group for training."""
+        self._checked[group.id] = checked
+        self.refresh()
+
+    def set_validation(self, group: InstanceGroup | None) -> None:
+        """Choose a group (or None) as the validation image."""
+        index = 0 if group is None else self.val_combo.findData(f"pair:{group.id}")
+        if index < 0:
+            raise ValueError(f"{group} cannot be a validation image here")
+        self.val_combo.setCurrentIndex(index)
+
+    def _on_validation_changed(self, _index: int = 0) -> None:
+        """A validation image is kept out of training: untick it there."""
+        val = self._validation()
+        key = val.key if isinstance(val, Pair) else val.spec if isinstance(val, CocoEntry) \
+            else None
+        if key is not None and self._checked.get(key, isinstance(val, CocoEntry)):
+            self._checked[key] = False
+            self.refresh()
+        else:
+            self._update_summary()
+
+    def _ticked(self) -> tuple[list[Pair], list[CocoEntry]]:
+        pairs = [p for p in self._pairs if p.problem is None and self._checked.get(p.key)]
+        coco = [e for s, e in self._coco.items() if self._checked.get(s, True)]
+        return pairs, coco
+
+    def _validation(self) -> Pair | CocoEntry | None:
+        data = self.val_combo.currentData()
+        if not data:
+            return None
+        kind, _, key = str(data).partition(":")
+        if kind == "pair":
+            return next((p for p in self._pairs if p.key == key), None)
+        return self._coco.get(key)
+
+    def check_data(self) -> tuple[int, int]:
+        """(images, cells) the ticked data hold; :class:`DataError` says what is wrong."""
+        pairs, coco = self._ticked()
+        if not pairs and not coco:
+            if not self._pairs:
+                raise DataError("Nothing to train on: segment an image and correct its cells "
+                                "(or draw cells with New cell), or add a COCO folder.")
+            raise DataError("Nothing to train on: tick an image with its cells, or add a COCO "
+                            "folder.")
+        seen: dict[tuple, str] = {}
+        for p in pairs:
+            key = (p.group.image_name, p.frame)
+            if key in seen:
+                raise DataError(f"'{seen[key]}' and '{p.group.name}' are cells of the same image: "
+                                "tick only one of them.")
+            seen[key] = p.group.name
+        n_images = len(pairs) + sum(e.n_images for e in coco)
+        n_cells = sum(p.n_cells() for p in pairs) + sum(e.n_cells for e in coco)
+        if n_cells == 0:
+            raise DataError("The ticked data hold no cells: correct or draw cells first.")
+        val = self._validation()
+        if val is not None and any(val is d for d in [*pairs, *coco]):
+            name = val.group.name if isinstance(val, Pair) else val.json_path.name
+            raise DataError(f"'{name}' is ticked for training and chosen for validation: untick "
+                            "it, or choose another validation image.")
+        if isinstance(val, Pair) and val.n_cells() == 0:
+            raise DataError(f"The validation image '{val.group.name}' has no cells.")
+        info = self._model_info
+        if info is not None:
+            classes = info.config.num_classes
+            for p in pairs:
+                used = [int(c) for c in p.group.classes.values()]
+                if used and max(used) >= classes:
+                    raise DataError(f"'{p.group.name}' has cells of class {max(used)} but the "
+                                    f"model has {_count(classes, 'class')}.")
+            for e in coco:
+                if e.n_categories > classes:
+                    raise DataError(f"{e.json_path.name} has {e.n_categories} categories but the "
+                                    f"model has {_count(classes, 'class')}.")
+        return n_images, n_cells
+
+    def _update_summary(self) -> None:
+        try:
+            n_images, n_cells = self.check_data()
+        except DataError as exc:
+            self.summary.setText(f"<span style='{ERROR_STYLE}'>{exc}</span>")
+            self._data_ok = False
+        else:
+            val = self._validation()
+            text = f"Trains on {_count(n_images, 'image')}, {_count(n_cells, 'cell')}"
+            if isinstance(val, Pair):
+                text += f"; validates on {val.group.name} ({_count(val.n_cells(), 'cell')})"
+            elif isinstance(val, CocoEntry):
+                text += f"; validates on {val.json_path.name} ({_count(val.n_images, 'image')})"
+            self.summary.setText(text + ".")
+            self._data_ok = True
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ models
+    def _refresh_models(self, select: str | None = None) -> None:
+        from ..weights import list_weights
+        from .segment_widget import find_segment_widget
+
+        current = select or self.model_combo.currentData()
+        seg = find_segment_widget(self.viewer)
+        seg_path = seg.checkpoint_path if seg is not None else None
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        if seg_path:
+            self.model_combo.addItem(f"{Path(seg_path).name} (segment widget's model)",
+                                     SEGMENT_MODEL)
+        paths = [str(p) for p in list_weights()]
+        for p in self._extra_models:
+            if p not in paths:
+                paths.append(p)
+        for p in paths:
+            self.model_combo.addItem(Path(p).name, p)
+            self.model_combo.setItemData(self.model_combo.count() - 1, p,
+                                         Qt.ItemDataRole.ToolTipRole)
+        self.model_combo.addItem(BROWSE, BROWSE)
+        index = self.model_combo.findData(current) if current else -1
+        self.model_combo.setCurrentIndex(index if index >= 0 and current != BROWSE else 0)
+        self.model_combo.blockSignals(False)
+        self._show_model_info()
+
+    @property
+    def start_checkpoint(self) -> str | None:
+        """The checkpoint a new run starts from (None: none chosen)."""
+        data = self.model_combo.currentData()
+        if data == SEGMENT_MODEL:
+            from .segment_widget import find_segment_widget
+
+            seg = find_segment_widget(self.viewer)
+            return seg.checkpoint_path if seg is not None else None
+        return None if data in (None, BROWSE) else str(data)
+
+    def set_start_checkpoint(self, path: str | Path) -> None:
+        """Start the next run from ``path`` (added to the list)."""
+        path = str(Path(path).expanduser().resolve())
+        if path not in self._extra_models:
+            self._extra_models.append(path)
+        self._refresh_models(select=path)
+
+    def _on_model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) == BROWSE:
+            start = self.start_checkpoint or str(Path.home())
+            path = self._get_open_path("Start from checkpoint", str(Path(start).parent),
+                                       "Checkpoints (*.pt *.pth *.ckpt);;All files (*)")
+            if path:
+                self.set_start_checkpoint(path)
+            else:
+                self.model_combo.setCurrentIndex(0)
+                self._show_model_info()
+            return
+        self._show_model_info()
+
+    def _show_model_info(self) -> None:
+        from ..checkpoint import CheckpointError, read_checkpoint_info
+
+        path = self.start_checkpoint
+        self._model_info = None
+        if path is None:
+            self.model_info.setText("No model: choose one in the segment widget, or Browse… "
+                                    "for a checkpoint.")
+        else:
+            try:
+                info = read_checkpoint_info(path)
+            except CheckpointError as exc:
+                self.model_info.setText(f"<span style='{ERROR_STYLE}'>{exc}</span>")
+            else:
+                c = info.config
+                steps = info.metadata.get("trained_steps")
+                self.model_info.setText(
+                    f"{c.backbone}, {c.num_queries} queries, input {c.input_size} px"
+                    + (f", {steps} steps" if steps else ""))
+                self.model_info.setToolTip(info.summary())
+                if path != self._model_shown:  # a new choice: train at its input size
+                    self.size_spin.setValue(int(c.input_size))
+                self._model_shown = path
+                self._model_info = info
+        if hasattr(self, "summary"):
+            self._update_summary()
+
+    # ------------------------------------------------------------------ output folder
+    @property
+    def output_dir(self) -> Path | None:
+        text = self.out_edit.text().strip()
+        return Path(text).expanduser() if text else None
+
+    def set_output_dir(self, path: str | Path) -> None:
+        """Use ``path`` as the run folder; a folder holding a run shows it (and Resume)."""
+        self.out_edit.setText(str(path))
+        self._on_out_edited()
+
+    def _on_out_browse(self) -> None:
+        start = self.output_dir.parent if self.output_dir else Path.home()
+        path = self._get_dir("Output folder for the run", str(start))
+        if path:
+            self.set_output_dir(path)
+
+    def _on_out_edited(self) -> None:
+        self._out_user_set = True
+        run = self._show_out_info()
+        if run is not None and self._job is None:
+            self._load_run_settings(run)
+
+    def _show_out_info(self) -> dict[str, Any] | None:
+        out = self.output_dir
+        run = read_run(out) if out is not None else None
+        if out is None:
+            text = f"<span style='{ERROR_STYLE}'>Choose an output folder.</span>"
+        elif _inside_package(out):
+            text = (f"<span style='{ERROR_STYLE}'>Not inside the napari-iaunet package: choose "
+                    "another folder.</span>")
+        elif run is not None:
+            how = {"cancelled": "cancelled", "finished": "finished",
+                   "early_stopping": "stopped early"}.get(run["ended"] or "", "interrupted")
+            text = f"Holds a run: {run['step']}/{run['total']} steps, {how}."
+            if run["resumable"] and run["step"] < run["total"]:
+                text += " Resume continues it."
+            elif run["resumable"]:
+                text += " Raise steps, then Resume, to train it longer."
+        elif holds_run(out):
+            text = "Holds files of a run (no log)."
+        else:
+            text = "A new run folder."
+        self.out_info.setText(text)
+        self._update_enabled()
+        return run
+
+    def _load_run_settings(self, run: dict[str, Any]) -> None:
+        """Show an existing run: its settings in the controls, its loss so far in the plot."""
+        tc = run.get("train_config") or {}
+        if tc.get("steps"):
+            self.steps_spin.setValue(int(tc["steps"]))
+        if tc.get("lr"):
+            self.lr_combo.setCurrentText(f"{float(tc['lr']):g}")
+        if tc.get("batch_size"):
+            self.batch_spin.setValue(int(tc["batch_size"]))
+        size = tc.get("input_size") or (run.get("model_config") or {}).get("input_size")
+        if size:
+            self.size_spin.setValue(int(size))
+        if tc.get("val_every"):
+            self.every_spin.setValue(int(tc["val_every"]))
+        if "scale_range" in tc:
+            self.augment_check.setChecked(list(tc["scale_range"]) != [1.0, 1.0])
+        self._replay(run["records"])
+
+    def _replay(self, records: list[dict[str, Any]]) -> None:
+        """The loss curve and validation results of a run's log so far."""
+        self.plot.load_records(records)
+        self._best = None
+        self._last_metrics = None
+        for r in records:
+            if r.get("event") == "validation":
+                self._note_validation(int(r["step"]), r.get("metrics", {}))
+                self._last_metrics = (int(r["step"]), r.get("metrics", {}))
+        self._show_metrics()
+
+    # ------------------------------------------------------------------ settings
+    def settings(self) -> FineTuneSettings:
+        """The settings the controls stand for (ValueError for an unreadable learning rate)."""
+        text = self.lr_combo.currentText().strip()
+        try:
+            lr = float(text)
+        except ValueError:
+            raise ValueError(f"learning rate '{text}' is not a number (e.g. 5e-5)") from None
+        if not 0 < lr < 1:
+            raise ValueError(f"learning rate {lr:g} is out of range (0 < lr < 1)")
+        return FineTuneSettings(
+            steps=int(self.steps_spin.value()), lr=lr, batch_size=int(self.batch_spin.value()),
+            input_size=int(self.size_spin.value()) // 32 * 32,
+            augment=self.augment_check.isChecked(), device=str(self.device_combo.currentData()),
+            every=int(self.every_spin.value()))
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _update_enabled(self) -> None:
+        if not hasattr(self, "use_btn"):
+            return
+        running = self._worker is not None
+        out = self.output_dir
+        out_ok = out is not None and not _inside_package(out)
+        ready = getattr(self, "_data_ok", False) and self._model_info is not None and out_ok
+        self.train_btn.setEnabled(ready and not running)
+        self.cancel_btn.setEnabled(running)
+        self.resume_btn.setEnabled(not running and out_ok and getattr(self, "_data_ok", False)
+                                   and (out / "state.pt").is_file())
+        self.use_btn.setEnabled(self._usable_checkpoint() is not None)
+        for box in (self.data_box, self.settings_box):
+            box.setEnabled(not running)
+
+    def _usable_checkpoint(self) -> Path | None:
+        """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
+        validation never found a cell (AP 0 everywhere: best.pt would be the first one)."""
+        folder = self._job.out_dir if self._job is not None else self.output_dir
+        if folder is None:
+            return None
+        names = ("best.pt", "last.pt")
+        if self._best is not None and self._best[1] <= 0:
+            names = ("last.pt", "best.pt")
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+        return None
+
+    def start(self, resume: bool = False) -> Any:
+        """Start (or with ``resume`` continue) a run in a worker; the worker, or None with the
+        reason in the status line."""
+        from napari.qt.threading import create_worker
+
+        if self._worker is not None:
+            return None
+        self._refresh_timer.stop()
+        self.refresh()
+        try:
+            n_images, n_cells = self.check_data()
+            settings = self.settings()
+        except (DataError, ValueError) as exc:
+            self._set_status(f"Not started: {exc}", error=True)
+            return None
+        start = self.start_checkpoint
+        if start is not None and start != self._model_shown:
+            self._show_model_info()  # the segment widget's model changed since it was shown
+        if start is None or self._model_info is None:
+            self._set_status("Not started: choose a model to start from.", error=True)
+            return None
+        out = self.output_dir
+        if out is None:
+            self._set_status("Not started: choose an output folder.", error=True)
+            return None
+        if _inside_package(out):
+            self._set_status(f"Not started: {out} is inside the napari-iaunet package; choose a "
+                             "folder of your own.", error=True)
+            return None
+        if out.exists() and not out.is_dir():
+            self._set_status(f"Not started: {out} is a file, not a folder.", error=True)
+            return None
+        if resume and not (out / "state.pt").is_file():
+            self._set_status(f"Nothing to resume: {out} holds no training state.", error=True)
+            return None
+        if not resume and holds_run(out):
+            choice = self._ask(
+                "The output folder holds a run",
+                f"{out} already holds a training run. Resume it (continue from its last "
+                "checkpoint), or start a new run in a new folder?",
+                ["Resume", "New folder", "Cancel"])
+            if choice == "Resume":
+                if not (out / "state.pt").is_file():
+                    self._set_status(f"Nothing to resume: {out} holds no training state.",
+                                     error=True)
+                    return None
+                resume = True
+            elif choice == "New folder":
+                out = free_run_dir(out)
+                self.out_edit.setText(str(out))
+                self._out_user_set = True
+            else:
+                self._set_status("Not started.")
+                return None
+
+        data, coco, val = self._snapshot()
+        config = make_train_config(settings, out, resume=resume,
+                                   input_size=settings.input_size or
+                                   self._model_info.config.input_size)
+        job = _Job(out_dir=out, start=start, config=config, data=data, coco=coco, val=val,
+                   resume=resume, n_images=n_images, n_cells=n_cells)
+        self._cancel.clear()
+        self._job = job
+        self.last_result = None
+        self.latest_checkpoint = None
+        run = read_run(out) if resume else None
+        if run is not None:
+            self._replay(run["records"])
+        else:
+            self.plot.clear()
+            self._best = None
+            self._last_metrics = None
+        self.plot.set_total(settings.steps)
+        self.progress.setRange(0, 0)  # busy until the first step
+        self.progress.setFormat("preparing…")
+        self.metrics_label.setText("")
+        worker = create_worker(self._work, job, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        verb = "Resuming" if resume else "Starting"
+        self._set_status(f"{verb}: loading the model and {_count(n_images, 'image')} "
+                         f"({_count(n_cells, 'cell')})…")
+        self._update_enabled()
+        worker.start()
+        return worker
+
+    def _snapshot(self) -> tuple[AnnotatedImages, list[str], Any]:
+        """The ticked data as they are now (GUI thread: napari layers are read here only)."""
+        from ..training import AnnotatedImages
+
+        pairs, coco = self._ticked()
+        items, sources = [], []
+        for p in pairs:
+            item = p.snapshot()
+            items.append(item)
+            src = {"source": "napari", "group": p.group.name, "image": p.group.image_name,
+                   "instances": len(item.instances)}
+            if p.group.info.get("image_file"):
+                src["image_file"] = p.group.info["image_file"]
+            sources.append(src)
+        data = AnnotatedImages(items, sources)
+        val = self._validation()
+        if isinstance(val, Pair):
+            val = [val.snapshot()]
+        elif isinstance(val, CocoEntry):
+            val = val.spec
+        return data, [e.spec for e in coco], val
+
+    def _work(self, job: _Job) -> Any:
+        """Worker thread: library calls only (no napari or Qt widgets)."""
+        make_torch_import_safe()
+        from ..training import AnnotatedImages, train
+
+        data = job.data
+        if job.coco:
+            self._signals.stage.emit("reading the COCO files…")
+            data = data + AnnotatedImages.from_coco(job.coco)
+        self._signals.stage.emit("loading the model…")
+        result = train(data, job.val, job.config, start=job.start,
+                       callbacks=[_Relay(self._signals)], cancel=self._cancel)
+        result.model = None  # the weights are in the run folder; free the memory now
+        return result
+
+    def cancel(self) -> None:
+        """Stop the run after its current step (last.pt and state.pt are written)."""
+        if self._worker is None:
+            return
+        self._cancel.set()
+        self._set_status("Cancelling: finishing the current step and saving…")
+
+    def use_model(self) -> Path | None:
+        """Switch the segment widget (opening it if needed) to this run's best checkpoint."""
+        from .segment_widget import find_segment_widget
+
+        path = self._usable_checkpoint()
+        if path is None:
+            self._set_status("No checkpoint yet: train first (one is written every "
+                             f"{self.every_spin.value()} steps).", error=True)
+            return None
+        seg = find_segment_widget(self.viewer)
+        if seg is None:
+            with contextlib.suppress(Exception):
+                _, seg = self.viewer.window.add_plugin_dock_widget("napari-iaunet",
+                                                                   "Segment cells")
+            seg = find_segment_widget(self.viewer) or seg
+        if seg is None:
+            self._set_status("Open the Segment cells widget first (Plugins ▸ napari-iaunet).",
+                             error=True)
+            return None
+        seg.set_checkpoint(path)
+        self._refresh_models()  # "start from" the segment widget's model is now this one
+        self._set_status(f"The segment widget now uses {path.parent.name}/{path.name}: "
+                         "click Segment there to see the difference.")
+        return path
+
+    # ------------------------------------------------------------------ worker signals (GUI thread)
+    def _on_stage(self, text: str) -> None:
+        if self._job is not None and self.progress.maximum() == 0:
+            self.progress.setFormat(text)
+
+    def _on_started(self, info: dict[str, Any]) -> None:
+        job = self._job
+        if job is None:
+            return
+        total = int(info.get("total_steps", 0))
+        start_step = int(info.get("start_step", 0))
+        job.start_step = start_step
+        self.plot.set_total(total)
+        self.plot.mark_resume(start_step)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(start_step)
+        self.progress.setFormat(f"step {start_step}/{total}")
+        if start_step >= total:
+            self._set_status(f"This run already has {start_step}/{total} steps: raise steps to "
+                             "train longer.")
+            return
+        self._set_status(f"Training on {info.get('device', '?')}: {_count(job.n_images, 'image')}, "
+                         f"{_count(job.n_cells, 'cell')}, steps {start_step + 1}–{total}.")
+
+    def _on_step(self, step: int, total: int, loss: float, eta: float) -> None:
+        job = self._job
+        if job is None:
+            return
+        now = time.perf_counter()
+        if job.first_step is None:
+            job.first_step, job.first_step_time = step, now
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(step)
+        rate = ""
+        if job.first_step_time is not None and step > job.first_step:
+            rate = f" · {(now - job.first_step_time) / (step - job.first_step):.2g} s/step"
+        self.progress.setFormat(f"step {step}/{total}{rate} · {_fmt_eta(eta)} left")
+        self.plot.add_step(step, loss)
+        self._show_metrics()
+
+    def _note_validation(self, step: int, metrics: dict[str, Any]) -> None:
+        ap = metrics.get("AP")
+        if ap is not None and (self._best is None or ap > self._best[1]):
+            self._best = (step, float(ap))
+
+    def _on_validation(self, step: int, metrics: dict[str, Any]) -> None:
+        self.plot.add_validation(step, metrics)
+        self._note_validation(step, metrics)
+        self._last_metrics = (step, metrics)
+        self._show_metrics()
+
+    def _show_metrics(self) -> None:
+        parts = []
+        if self.plot.losses:
+            window = self.plot.losses[-self.plot.window:]
+            parts.append(f"loss {sum(window) / len(window):.3g} (mean of last {len(window)})")
+        last = self._last_metrics
+        if last is not None and "AP" in last[1]:
+            step, m = last
+            parts.append(f"val AP {m['AP']:.3f}, AP50 {m.get('AP50', float('nan')):.3f} "
+                         f"@ {step}")
+        if self._best is not None:
+            parts.append(f"best AP {self._best[1]:.3f} @ {self._best[0]}")
+        self.metrics_label.setText(" · ".join(parts))
+
+    def _on_checkpoint(self, path: str) -> None:
+        self.latest_checkpoint = path
+        self._update_enabled()
+
+    def _on_returned(self, result: Any) -> None:
+        self.last_result = result
+        job = self._job
+        elapsed = time.perf_counter() - job.started if job is not None else result.elapsed_s
+        done = f"{result.steps}/{result.total_steps} steps"
+        best = ""
+        with_ap = any("AP" in h.get("metrics", {}) for h in result.history)
+        if with_ap and result.best_metric is not None and result.best_metric <= 0:
+            best = " Validation found no cell yet (AP 0): Use this model takes last.pt."
+        elif result.best_path is not None and result.best_metric is not None:
+            what = "AP" if with_ap else "smoothed loss"
+            best = f" Best {what} {result.best_metric:.3g} at step {result.best_step} (best.pt)."
+        if job is not None and result.steps <= job.start_step and not result.cancelled:
+            self._set_status(f"This run already has {done}: raise steps to train longer, then "
+                             "Resume.")
+            return
+        if result.cancelled:
+            saved = "last.pt and state.pt saved" if result.last_path else "nothing to save yet"
+            text = f"Cancelled at {done} ({saved}); Resume continues.{best}"
+        elif result.stopped_early:
+            text = f"Stopped early at {done} in {_fmt_eta(elapsed)}.{best}"
+        else:
+            text = f"Done: {done} in {_fmt_eta(elapsed)}.{best}"
+        self._set_status(text + " Use this model switches the segment widget to it.")
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._set_status(f"Training failed: {exc}", error=True)
+
+    def _on_finished(self) -> None:
+        job = self._job
+        self._worker = None
+        if job is not None:
+            self.out_edit.setText(str(job.out_dir))
+        self.progress.setRange(0, max(1, self.plot.total))
+        self.progress.setValue(self.plot.steps[-1] if self.plot.steps else 0)
+        if self.progress.format() == "preparing…" or not self.plot.steps:
+            self.progress.setFormat("idle")
+        elif self._cancel.is_set():
+            self.progress.setFormat(f"cancelled at step {self.plot.steps[-1]}/{self.plot.total}")
+        elif self.last_result is not None:
+            self.progress.setFormat("step %v/%m · done")
+        self._job = None
+        self._show_out_info()
+        self._update_enabled()
+
+    def _set_status(self, text: str, error: bool = False) -> None:
+        if error:
+            self.status.setText(f"<span style='{ERROR_STYLE}'>{text}</span>")
+        else:
+            self.status.setText(text)
+
+    # ------------------------------------------------------------------ teardown
+    def showEvent(self, event: Any) -> None:
+        super().showEvent(event)
+        if self._worker is None:
+            self._refresh_models()  # the segment widget's model may have changed
+
+    def closeEvent(self, event: Any) -> None:
+        self.cancel()
+        self.cleanup()
+        super().closeEvent(event)
+
+    def event(self, event: Any) -> bool:
+        # napari's dock "x" takes the widget out of its dock (setParent(None)) without closing it:
+        # treat that as closing, or the training would go on unseen
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif getattr(self, "_docked", False):
+                self.cancel()
+                self.cleanup()
+        return super().event(event)
+
+    def cleanup(self) -> None:
+        """Disconnect from the viewer and the group hub (the dock closed)."""
+        for emitter in self._events:
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                emitter.disconnect(self._schedule_refresh)
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            HUB.changed.disconnect(self._schedule_refresh)
+
+
+def _count(n: int, word: str) -> str:
+    if word.endswith("ss"):
+        return f"{n} {word}{'' if n == 1 else 'es'}"
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

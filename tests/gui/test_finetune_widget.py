@@ -1,0 +1,468 @@
+"""The fine-tune widget with a real viewer: data checks, a short background fine-tune whose loss
+goes down, cancel + resume, the segment widget switched to the new model, and the event loop
+kept serving while the model trains.
+
+Run as a script under Xvfb it writes the docs screenshots instead (not a test)::
+
+    xvfb-run -a .venv/bin/python tests/gui/test_finetune_widget.py [--out docs/images]
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_iaunet._widgets.finetune_widget import (
+    FineTuneSettings,
+    FineTuneWidget,
+    default_output_dir,
+    free_run_dir,
+    make_train_config,
+    points_for,
+    read_run,
+)
+from napari_iaunet._widgets.layer_group import add_group_for_image, groups_for_image
+from napari_iaunet._widgets.loss_plot import LossPlot
+from napari_iaunet.instances import Instances
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Asker:
+    """Stands in for the message box: records questions, answers from a script."""
+
+    def __init__(self, *answers: str):
+        self.answers = list(answers)
+        self.questions: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def __call__(self, title, text, choices):
+        self.questions.append((title, text, tuple(choices)))
+        return self.answers.pop(0) if self.answers else choices[-1]
+
+
+def _image_with_cells(viewer, name, image, instances, source="coco"):
+    layer = viewer.add_image(image, name=name, rgb=image.ndim == 3)
+    group = add_group_for_image(viewer, layer, instances, source=source)
+    return layer, group
+
+
+def _tiny_settings(widget, steps, every):
+    """Settings for a test run on 2 shared CPU cores: 64-px input, no scale jitter, a high LR."""
+    widget.steps_spin.setValue(steps)
+    widget.every_spin.setValue(every)
+    widget.lr_combo.setCurrentText("1e-3")
+    widget.size_spin.setValue(64)
+    widget.augment_check.setChecked(False)  # flips stay; the loss curve is smoother
+    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
+
+
+# ---------------------------------------------------------------------------------- pure helpers
+def test_train_config_and_run_folders(tmp_path, monkeypatch):
+    import napari_iaunet
+
+    cfg = make_train_config(FineTuneSettings(augment=False, every=7), tmp_path / "r",
+                            input_size=512)
+    assert (cfg.steps, cfg.batch_size, cfg.lr) == (200, 2, 5e-5)
+    assert cfg.val_every == cfg.checkpoint_every == 7
+    assert cfg.scale_range == (1.0, 1.0) and cfg.normalisation == "keep"
+    assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
+    assert make_train_config(FineTuneSettings(), tmp_path, input_size=512).scale_range == (
+        0.8, 1.5)
+
+    class Src:
+        path = str(tmp_path / "plates" / "plate 1.tif")
+
+    class Layer:
+        name = "plate 1"
+        source = Src()
+
+    (tmp_path / "plates").mkdir()
+    beside = default_output_dir(Layer())
+    assert beside == tmp_path / "plates" / "plate_1_iaunet_finetune"
+    beside.mkdir()
+    (beside / "log.jsonl").write_text("")
+    assert default_output_dir(Layer()) == tmp_path / "plates" / "plate_1_iaunet_finetune_2"
+    assert free_run_dir(beside) == beside.with_name("plate_1_iaunet_finetune_2")
+    Layer.source = None
+    assert default_output_dir(Layer(), home=tmp_path) == (
+        tmp_path / "napari-iaunet" / "runs" / "plate_1_finetune")
+    # an image inside the package never puts a run there
+    Src.path = str(Path(napari_iaunet.__file__).parent / "img.png")
+    Layer.source = Src()
+    assert default_output_dir(Layer(), home=tmp_path).parent == tmp_path / "napari-iaunet" / "runs"
+
+
+def test_loss_plot_draws_loss_and_ap(qtbot):
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    plot.resize(360, 200)
+    plot.set_total(100)
+    rng = np.random.default_rng(0)
+    for s in range(1, 61):
+        plot.add_step(s, 5.0 * np.exp(-s / 30) + 0.2 * rng.random())
+    plot.add_validation(25, {"AP": 0.2, "AP50": 0.5})
+    plot.add_validation(50, {"AP": 0.35, "AP50": 0.7})
+    plot.add_validation(50, {"train_loss_ema": 1.0})  # without validation data: not an AP
+    plot.mark_resume(30)
+    image = plot.grab().toImage()
+    pixels = np.array([[image.pixelColor(x, y).getRgb()[:3] for x in range(0, 360, 3)]
+                       for y in range(0, 200, 3)])
+    blue = (pixels[..., 2] > 200) & (pixels[..., 0] < 120)
+    orange = (pixels[..., 0] > 230) & (pixels[..., 1] > 120) & (pixels[..., 2] < 120)
+    assert blue.sum() > 20 and orange.sum() > 3
+    assert len(plot.validations) == 2 and plot.resumed_at == [30]
+    assert plot.window == 10
+
+
+# ---------------------------------------------------------------------------------- data checks
+def test_training_data_counts_and_refusals(make_napari_viewer, tiny_checkpoint, synthetic,
+                                           tmp_path, no_weights_dir):
+    from qtpy.QtCore import Qt
+
+    import napari_iaunet
+    from napari_iaunet.training import write_synthetic_coco
+
+    image, truth = synthetic
+    viewer = make_napari_viewer()
+    asker = Asker("Cancel", "New folder")
+    widget = FineTuneWidget(viewer, ask=asker)
+    assert "Nothing to train on" in widget.summary.text()
+    widget.set_start_checkpoint(tiny_checkpoint)
+    assert widget.start_checkpoint == str(tiny_checkpoint.resolve())
+    assert "resnet18, 8 queries, input 256 px" in widget.model_info.text()
+    assert widget.size_spin.value() == 256
+    assert widget.start() is None and "Nothing to train on" in widget.status.text()
+
+    # the current image with its cells is ticked for you
+    _, group = _image_with_cells(viewer, "plate1", image, truth)
+    widget.refresh()
+    assert widget.data_list.count() == 1
+    item = widget.data_list.item(0)
+    assert item.checkState() == Qt.CheckState.Checked and "(current)" in item.text()
+    assert f"{len(truth)} cells" in item.text()
+    assert widget.summary.text() == f"Trains on 1 image, {len(truth)} cells."
+
+    # an image whose cells are all gone: refused with a clear message
+    _, empty = _image_with_cells(viewer, "plate2", image, Instances.empty(image.shape[:2]))
+    widget.set_checked(group, False)
+    widget.set_checked(empty, True)
+    assert "hold no cells" in widget.summary.text()
+    assert not widget.train_btn.isEnabled()
+    widget.set_checked(group, True)
+    widget.set_checked(empty, False)
+
+    # cells that do not fit their image are listed, but cannot be ticked
+    viewer.add_image(np.zeros((128, 128), np.uint8), name="small")
+    add_group_for_image(viewer, None, truth, image_name="small")
+    widget.refresh()
+    texts = [widget.data_list.item(i).text() for i in range(widget.data_list.count())]
+    assert any("the cells are 256×256 but 'small' is 128×128" in t for t in texts)
+    # two groups of one image at once: refused
+    _, second = _image_with_cells(viewer, "plate1b", image, truth)
+    second_on_plate1 = add_group_for_image(viewer, viewer.layers["plate1"], truth)
+    widget.set_checked(second_on_plate1, True)
+    assert "same image" in widget.summary.text()
+    widget.set_checked(second_on_plate1, False)
+
+    # validation: counted; choosing it unticks it for training; ticking it again is refused
+    widget.set_checked(second, True)
+    assert widget.summary.text() == f"Trains on 2 images, {2 * len(truth)} cells."
+    widget.set_validation(second)
+    assert widget.summary.text() == (f"Trains on 1 image, {len(truth)} cells; validates on "
+                                     f"{second.name} ({len(truth)} cells).")
+    widget.set_checked(second, True)
+    assert "ticked for training and chosen for validation" in widget.summary.text()
+    widget.set_checked(second, False)
+    widget.set_validation(None)
+
+    # COCO folders: counted; a folder without COCO files, or with missing images, is refused
+    write_synthetic_coco(tmp_path / "coco", n=2, size=64)
+    coco = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    (entry,) = widget.add_coco_folder(tmp_path / "coco")
+    assert entry.n_images == 2 and entry.n_cells == len(coco["annotations"])
+    assert widget.summary.text().startswith(
+        f"Trains on 3 images, {len(truth) + entry.n_cells} cells")
+    assert widget.add_coco_folder(tmp_path) == [] and "no COCO instance file" in \
+        widget.status.text()
+    (tmp_path / "coco2" / "images").mkdir(parents=True)
+    first = coco["images"][0]["file_name"]
+    (tmp_path / "coco2" / "images" / first).write_bytes(
+        (tmp_path / "coco" / "images" / first).read_bytes())
+    (tmp_path / "coco2" / "a.json").write_text(json.dumps(coco))
+    assert widget.add_coco_folder(tmp_path / "coco2") == []
+    assert "1 of 2 images are not in" in widget.status.text()
+
+    # the output folder: never inside the package; an existing run is not reused silently
+    widget.set_output_dir(Path(napari_iaunet.__file__).parent / "runs")
+    assert "Not inside the napari-iaunet package" in widget.out_info.text()
+    assert not widget.train_btn.isEnabled()
+    assert widget.start() is None and "inside the napari-iaunet package" in widget.status.text()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps(
+        {"event": "start", "time": 1.0, "total_steps": 40, "start_step": 0,
+         "train_config": {"steps": 40, "lr": 2e-4, "batch_size": 3, "input_size": 96,
+                          "val_every": 9, "scale_range": [1.0, 1.0]}}) + "\n" + json.dumps(
+        {"event": "step", "time": 2.0, "step": 1, "loss": 3.0}) + "\n")
+    widget.set_output_dir(run)
+    assert widget.out_info.text() == "Holds a run: 1/40 steps, interrupted."
+    assert not widget.resume_btn.isEnabled()  # no state.pt
+    # the run's settings and loss are shown
+    assert (widget.steps_spin.value(), widget.batch_spin.value(), widget.size_spin.value(),
+            widget.every_spin.value()) == (40, 3, 96, 9)
+    assert widget.lr_combo.currentText() == "0.0002" and not widget.augment_check.isChecked()
+    assert widget.plot.steps == [1]
+    assert widget.start() is None  # asked: Cancel
+    assert asker.questions[-1][2] == ("Resume", "New folder", "Cancel")
+    widget.settings_box.setEnabled(True)
+    widget.lr_combo.setCurrentText("fast")
+    assert widget.start() is None and "not a number" in widget.status.text()
+    assert read_run(run)["step"] == 1
+
+
+# ---------------------------------------------------------------------------------- training
+@pytest.mark.slow
+def test_finetune_in_background_cancel_resume_use_model(make_napari_viewer, tiny_checkpoint,
+                                                         synthetic, tmp_path, qtbot):
+    """The whole loop: train in a worker while the GUI keeps serving, cancel, resume, use."""
+    from qtpy.QtCore import QTimer
+
+    from napari_iaunet._widgets.segment_widget import SegmentWidget
+    from napari_iaunet.training.callbacks import read_log
+    from napari_iaunet.training.synthetic import generate_one
+
+    image, truth = synthetic
+    viewer = make_napari_viewer()
+    _, train_group = _image_with_cells(viewer, "plate1", image, truth)
+    val_image, val_truth = generate_one(np.random.default_rng(8), 256)
+    _, val_group = _image_with_cells(viewer, "plate2", val_image, val_truth)
+    segment = SegmentWidget(viewer, ask=Asker("Keep both"), with_edit_tools=False)
+    segment.set_checkpoint(tiny_checkpoint)
+    viewer.layers.selection.active = train_group.layers[0]
+
+    widget = FineTuneWidget(viewer, ask=Asker())
+    assert widget.model_combo.currentText().endswith("(segment widget's model)")
+    assert widget.start_checkpoint == str(tiny_checkpoint.resolve())
+    widget.refresh()
+    widget.set_validation(val_group)
+    _tiny_settings(widget, steps=10, every=5)
+    out = tmp_path / "run"
+    widget.set_output_dir(out)
+    assert widget.summary.text().startswith(f"Trains on 1 image, {len(truth)} cells; validates")
+
+    # ---- train in the background; cancel after step 4; measure the event loop meanwhile
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    marks: dict[str, float] = {}
+
+    def on_step(step, total, loss, eta):
+        marks.setdefault("first_step", time.perf_counter())
+        if step >= 4 and "cancel" not in marks:
+            marks["cancel"] = time.perf_counter()
+            widget.cancel()
+
+    widget._signals.step.connect(on_step)
+    # the garbage of earlier tests' viewers would make one full collection (which holds the GIL,
+    # in whichever thread triggers it) take ~0.5-1 s during the run: collect it now
+    gc.collect()
+    timer.start(10)
+    t0 = time.perf_counter()
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    worker.finished.connect(lambda: marks.setdefault("finished", time.perf_counter()))
+    assert widget.running and not widget.train_btn.isEnabled() and widget.cancel_btn.isEnabled()
+    assert not widget.settings_box.isEnabled()
+    # (each queued slot of `finished` is its own event: wait for ours too)
+    qtbot.waitUntil(lambda: not widget.running and "finished" in marks, timeout=120_000)
+    timer.stop()
+    widget._signals.step.disconnect(on_step)
+    result = widget.last_result
+    assert result is not None and result.cancelled, widget.status.text()
+    assert result.steps in (4, 5)
+    cancelled_at = result.steps
+    assert (out / "last.pt").is_file() and (out / "state.pt").is_file()
+    assert widget.status.text().startswith(f"Cancelled at {result.steps}/10 steps")
+    assert widget.resume_btn.isEnabled() and widget.use_btn.isEnabled()
+    cancel_latency = marks["finished"] - marks["cancel"]
+    assert cancel_latency < 15, f"cancel took {cancel_latency:.1f} s"
+
+    # the GUI thread kept serving a 10 ms timer while the worker loaded the model and trained
+    busy = np.array([t for t in ticks if t0 < t < marks["finished"]])
+    elapsed = marks["finished"] - t0
+    gaps = np.diff(np.concatenate([[t0], busy, [marks["finished"]]]))
+    print(f"\nevent loop while training: {len(busy)} ticks of 10 ms in {elapsed:.1f} s, "
+          f"longest gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.0f} ms; "
+          f"cancel took {cancel_latency:.2f} s")
+    assert len(busy) > 0.25 * elapsed / 0.010, f"{len(busy)} ticks in {elapsed:.1f} s"
+    assert gaps.max() < 0.5, f"event loop blocked for {gaps.max():.2f} s"
+
+    # ---- resume: continues from the saved step to the end
+    worker = widget.start(resume=True)
+    assert worker is not None, widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    result = widget.last_result
+    assert result is not None and not result.cancelled, widget.status.text()
+    assert result.steps == 10 and widget.status.text().startswith("Done: 10/10 steps")
+    records = read_log(out / "log.jsonl")
+    losses = [r["loss"] for r in records if r["event"] == "step"]
+    steps = [r["step"] for r in records if r["event"] == "step"]
+    assert steps == list(range(1, 11))  # resumed where it stopped: no step lost or repeated
+    assert [r["start_step"] for r in records if r["event"] == "start"] == [0, cancelled_at]
+    # the loss goes down (mean of the first three steps vs the last three)
+    assert np.mean(losses[-3:]) < 0.75 * np.mean(losses[:3]), losses
+    assert widget.plot.steps == steps and widget.plot.resumed_at
+    assert [v[0] for v in widget.plot.validations] == [5, 10]
+    assert "val AP" in widget.metrics_label.text()
+    assert (out / "best.pt").is_file() and (out / "loss.png").is_file()
+
+    # ---- use this model: the segment widget switches, and segmenting again uses it
+    path = widget.use_model()
+    # best.pt (best validation AP); last.pt when validation found no cell at all (AP 0 ties)
+    assert path == out / ("best.pt" if widget._best[1] > 0 else "last.pt")
+    assert segment.checkpoint_path == str(path.resolve())
+    from napari_iaunet.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(path)
+    assert info.metadata["trained_steps"] in (5, 10)
+    assert "best.pt" in widget.status.text() or "last.pt" in widget.status.text()
+    assert info.metadata["training_data"][0]["group"] == train_group.name
+    assert info.config.input_size == 64
+    viewer.layers.selection.active = viewer.layers["plate1"]
+    segment.image_combo.setCurrentText("plate1")
+    assert segment.segment() is not None
+    qtbot.waitUntil(lambda: not segment.running, timeout=60_000)
+    new = [g for g in groups_for_image(viewer, "plate1") if g.info["source"] == "model"]
+    assert len(new) == 1 and new[0].info["checkpoint"] == str(path.resolve())
+
+
+def test_widget_opens_from_the_plugin_menu(make_napari_viewer, no_weights_dir):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-iaunet", "Fine-tune model")
+    assert isinstance(widget, FineTuneWidget)
+    assert widget.viewer is viewer  # napari's PublicOnlyProxy is unwrapped
+    assert "No model" in widget.model_info.text()
+    # closing the dock (napari takes the widget out of it) cancels a running training
+    widget._worker = running = object()
+    viewer.window.remove_dock_widget(widget)
+    assert widget._cancel.is_set() and widget._worker is running
+    widget._worker = None
+
+
+# ---------------------------------------------------------------------------------- screenshots
+def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under Xvfb
+    """docs/images/finetune_*.png: the dock mid-training, and after *Use this model*."""
+    import tempfile
+
+    import napari
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    from napari_iaunet._widgets import make_torch_import_safe
+
+    viewer = napari.Viewer(show=True, title="napari-iaunet")
+    window = viewer.window._qt_window
+    window.resize(1560, 1000)
+    make_torch_import_safe()
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.model import IAUNetConfig, build_model
+    from napari_iaunet.training.synthetic import generate_one, sample_data
+
+    tmp = Path(tempfile.mkdtemp())
+    cfg = IAUNetConfig(backbone="resnet18", num_queries=20, hidden_dim=64, mask_dim=64,
+                       num_heads=4, dim_feedforward=128, dec_layers=1, input_size=256)
+    ckpt = save_checkpoint(tmp / "demo_untrained_resnet18.pt", build_model(cfg), {
+        "description": "untrained demo model (docs screenshots)", "training_data": "none"})
+
+    def pump(n: int = 5) -> None:
+        for _ in range(n):
+            QApplication.processEvents()
+
+    def shot(name: str, widget=None) -> None:
+        pump()
+        _save_png((widget or window).grab(), out_dir / f"finetune_{name}.png")
+        print("wrote", out_dir / f"finetune_{name}.png")
+
+    image, truth = sample_data(512)
+    layer = viewer.add_image(image, name="synthetic cells", rgb=True)
+    group = add_group_for_image(viewer, layer, truth, source="coco")
+    val_image, val_truth = generate_one(np.random.default_rng(11), 512)
+    val_layer = viewer.add_image(val_image, name="validation", rgb=True, visible=False)
+    val_group = add_group_for_image(viewer, val_layer, val_truth, source="coco")
+    for g in (val_group,):
+        for lay in g.layers:
+            lay.visible = False
+    _, seg = viewer.window.add_plugin_dock_widget("napari-iaunet", "Segment cells")
+    seg.set_checkpoint(ckpt)
+    _, ft = viewer.window.add_plugin_dock_widget("napari-iaunet", "Fine-tune model",
+                                                 tabify=True)
+    viewer.layers.selection.active = group.layers[0]
+    ft._refresh_models()
+    ft.set_checked(group, True)
+    ft.set_validation(val_group)
+    ft.steps_spin.setValue(60)
+    ft.every_spin.setValue(10)
+    ft.lr_combo.setCurrentText("5e-4")
+    ft.size_spin.setValue(128)
+    ft.set_output_dir(tmp / "synthetic_cells_iaunet_finetune")
+    viewer.reset_view()
+    window._activity_dialog.hide()
+    taken = []
+
+    def during(step, total, loss, eta):
+        if step == 34 and not taken:
+            taken.append(step)
+            shot("1_training")
+            shot("2_dock", ft.parentWidget() or ft)
+        if step == 40:
+            ft.cancel()
+
+    ft._signals.step.connect(during)
+    ft.start()
+    while ft.running:
+        pump(1)
+        time.sleep(0.01)
+    shot("3_cancelled", ft.parentWidget() or ft)
+    ft._signals.step.disconnect(during)
+    ft.start(resume=True)
+    while ft.running:
+        pump(1)
+        time.sleep(0.01)
+    ft.use_model()
+    seg.image_combo.setCurrentText("synthetic cells")
+    dock = seg
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()  # show the segment widget's tab: it now uses the fine-tuned model
+    shot("4_use_model")
+    viewer.close()
+
+
+def _save_png(pixmap, path: Path) -> None:
+    """PNG with a 256-colour palette (about half the bytes; the UI text stays sharp)."""
+    import io
+
+    from PIL import Image
+    from qtpy.QtCore import QBuffer, QIODevice
+
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    pixmap.save(buffer, "PNG")
+    image = Image.open(io.BytesIO(bytes(buffer.data()))).convert("RGB")
+    image.quantize(colors=256, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", default=str(REPO / "docs" / "images"))
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    _screenshots(Path(args.out))
+
