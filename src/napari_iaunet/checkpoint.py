@@ -27,6 +27,7 @@ __all__ = [
     "CheckpointInfo",
     "LoadedCheckpoint",
     "config_from_reference_state_dict",
+    "describe_training_data",
     "load_checkpoint",
     "read_checkpoint_info",
     "save_checkpoint",
@@ -66,7 +67,9 @@ class CheckpointInfo:
         ]
         for key in ("description", "training_data", "metrics", "created", "trained_steps"):
             if key in m:
-                lines.append(f"{key + ':':<12} {_fmt(m[key])}")
+                text = (describe_training_data(m[key], details=True) if key == "training_data"
+                        else _fmt(m[key]))
+                lines.append(f"{key + ':':<12} {text}")
         return "\n".join(lines)
 
 
@@ -94,6 +97,114 @@ def _fmt(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}={_fmt(v)}" for k, v in value.items())
     return str(value)
+
+
+# ---------------------------------------------------------------------------------- training data
+# keys that mark a dict as one source written by the trainer (training/dataset.py, the widget)
+_SOURCE_KEYS = ("coco", "source", "group")
+# COCO file names that say nothing: the folder names the data set instead
+_GENERIC_STEMS = {"annotations", "annotation", "coco", "instances", "labels", "train", "val",
+                  "test", "data"}
+
+
+def _plural(n: Any, word: str) -> str:
+    try:
+        one = int(n) == 1
+    except (TypeError, ValueError):
+        one = False
+    return f"{n} {word}{'' if one else 's'}"
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _counts(d: dict[str, Any]) -> list[str]:
+    parts = []
+    images = d.get("images", d.get("train_images"))
+    if isinstance(images, (int, float)) and not isinstance(images, bool):
+        parts.append(_plural(images, "image"))
+    cells = d.get("instances", d.get("cells"))
+    if isinstance(cells, (int, float)) and not isinstance(cells, bool):
+        parts.append(_plural(cells, "cell"))
+    return parts
+
+
+def _coco_name(path: str, details: bool) -> str:
+    if details:
+        return str(path)
+    p = Path(str(path))
+    if p.stem.lower() in _GENERIC_STEMS and p.parent.name:
+        return p.parent.name
+    return p.stem or str(path)
+
+
+def _describe_source(d: dict[str, Any], details: bool) -> str:
+    """One source dict of the trainer: ``name (N images, M cells)``."""
+    if "group" in d:  # the fine-tune widget: an instance group of an open image
+        name = str(d["group"])
+    elif "coco" in d:
+        name = _coco_name(d["coco"], details)
+    else:
+        name = str(d.get("name", d.get("source", "data")))
+    counts = _counts(d)
+    text = f"{name} ({', '.join(counts)})" if counts else name
+    licence = d.get("licence", d.get("license"))
+    if details and licence:
+        text += f": {licence}"
+    return _one_line(text)
+
+
+def _describe_named(name: Any, value: Any, details: bool) -> str:
+    """One entry of a ``{name: licence or description}`` mapping (the bundled model's)."""
+    if isinstance(value, dict):
+        return _describe_source({"name": name, **value}, details)
+    if isinstance(value, str):
+        return _one_line(f"{name}: {value}" if details and value else name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{name} ({_plural(value, 'image')})"
+    return _one_line(f"{name} ({value})" if value not in (None, "") else name)
+
+
+def describe_training_data(data: Any, *, limit: int | None = None, details: bool = False) -> str:
+    """A checkpoint's ``training_data`` metadata as one line for people.
+
+    Understands what napari-iaunet writes: the trainer's list of source dicts (COCO files, open
+    napari groups, in-memory pairs; e.g. ``revvity25_train (1 image, 40 cells), cells [plate1]
+    (63 cells)``; a source repeated N times reads ``... ×N``), the bundled model's mapping of data
+    set name to licence (``revvity25, isbi2014, synthetic``), and plain text (kept as it is).
+    ``details`` adds the licences and full COCO paths (``napari-iaunet info``); ``limit`` cuts
+    the line to at most that many characters, dropping whole entries first (``… + 3 more``).
+    """
+    if data is None or (isinstance(data, (str, list, tuple, dict)) and not data):
+        return "not recorded"
+    if isinstance(data, str):
+        items = [_one_line(data)]
+    elif isinstance(data, dict):
+        if any(k in data for k in _SOURCE_KEYS):
+            items = [_describe_source(data, details)]
+        else:
+            items = [_describe_named(k, v, details) for k, v in data.items()]
+    elif isinstance(data, (list, tuple)):
+        items = [_describe_source(v, details) if isinstance(v, dict) else _one_line(v)
+                 for v in data]
+    else:
+        items = [_one_line(data)]
+    counted: dict[str, int] = {}
+    for item in items:  # the same source listed N times (repeated to weight it): one entry
+        counted[item] = counted.get(item, 0) + 1
+    entries = [item if n == 1 else f"{item} ×{n}" for item, n in counted.items()]
+    sep = "; " if details else ", "
+    text = sep.join(entries)
+    if limit is None or len(text) <= limit:
+        return text
+    for keep in range(len(entries) - 1, 0, -1):
+        text = sep.join(entries[:keep]) + f" + {len(entries) - keep} more"
+        if len(text) <= limit:
+            return text
+    more = f" + {len(entries) - 1} more" if len(entries) > 1 else ""
+    room = max(1, limit - len(more) - 1)
+    return entries[0][:room].rstrip() + "…" + more
 
 
 def save_checkpoint(

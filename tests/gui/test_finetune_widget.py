@@ -71,8 +71,15 @@ def test_train_config_and_run_folders(tmp_path, monkeypatch):
     assert cfg.val_every == cfg.checkpoint_every == 7
     assert cfg.scale_range == (1.0, 1.0) and cfg.normalisation == "keep"
     assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
-    assert make_train_config(FineTuneSettings(), tmp_path, input_size=512).scale_range == (
-        0.8, 1.5)
+    on = make_train_config(FineTuneSettings(), tmp_path, input_size=512)
+    assert on.scale_range == (0.8, 1.5) and on.augment
+    # augment off is off for real: no flips and no rotations either, only the resize
+    from napari_iaunet.training.augment import AugmentConfig
+    from napari_iaunet.training.trainer import augment_config_for
+
+    assert cfg.augment is False
+    assert augment_config_for(cfg, 512) == AugmentConfig.resize_only(512)
+    assert augment_config_for(on, 512) == AugmentConfig(input_size=512, scale_range=(0.8, 1.5))
 
     class Src:
         path = str(tmp_path / "plates" / "plate 1.tif")
@@ -352,6 +359,57 @@ def test_widget_opens_from_the_plugin_menu(make_napari_viewer, no_weights_dir):
     viewer.window.remove_dock_widget(widget)
     assert widget._cancel.is_set() and widget._worker is running
     widget._worker = None
+
+
+def test_augment_checkbox_says_what_the_trainer_does(make_napari_viewer, no_weights_dir):
+    from napari_iaunet.training.augment import AugmentConfig
+
+    widget = FineTuneWidget(make_napari_viewer(), ask=Asker())
+    recipe = AugmentConfig()
+    assert min(recipe.hflip, recipe.vflip, recipe.rot90) > 0 and recipe.scale_range == (0.8, 1.5)
+    assert widget.augment_check.text() == "flips, 90° rotations, scale jitter 0.8–1.5"
+    # a run's stored setting comes back (TrainConfig.augment; older runs: the scale range)
+    widget._load_run_settings({"train_config": {"augment": False,
+                                                "scale_range": [0.8, 1.5]}, "records": []})
+    assert not widget.augment_check.isChecked()
+    widget._load_run_settings({"train_config": {"augment": True}, "records": []})
+    assert widget.augment_check.isChecked()
+    widget._load_run_settings({"train_config": {"scale_range": [1.0, 1.0]}, "records": []})
+    assert not widget.augment_check.isChecked()
+
+
+def test_start_from_follows_the_segment_widget(make_napari_viewer, tiny_checkpoint, tmp_path,
+                                               no_weights_dir):
+    import shutil
+
+    from napari_iaunet._widgets.segment_widget import SegmentWidget, find_segment_widget
+
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer, ask=Asker())
+    assert widget.start_checkpoint is None
+    segment = SegmentWidget(viewer, with_edit_tools=False)  # opened after the fine-tune dock
+    segment.set_checkpoint(tiny_checkpoint)
+    assert widget.model_combo.currentText() == f"{tiny_checkpoint.name} (segment widget's model)"
+    assert widget.start_checkpoint == str(tiny_checkpoint.resolve())
+    other = tmp_path / "other.pt"
+    shutil.copy(tiny_checkpoint, other)
+    segment.set_checkpoint(other)  # the user picks another model in the segment dock
+    assert widget.model_combo.currentText() == "other.pt (segment widget's model)"
+    assert widget.start_checkpoint == str(other.resolve())
+    assert widget.model_info.text().startswith("resnet18, 8 queries")
+    # during a run the settings on screen stay those of the run; they follow at its end
+    widget._worker = object()
+    segment.set_checkpoint(tiny_checkpoint)
+    assert widget.model_combo.currentText().startswith("other.pt")
+    widget._worker = None
+    widget._on_finished()
+    assert widget.model_combo.currentText().startswith(tiny_checkpoint.name)
+    # the segment dock closes: its model is no longer offered
+    segment._on_dock_closed()
+    assert find_segment_widget(viewer) is None
+    items = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert not any("segment widget" in text for text in items), items
+    widget.cleanup()
 
 
 # ---------------------------------------------------------------------------------- screenshots

@@ -48,12 +48,15 @@ def test_npe2_cli_validate():
     assert "valid" in result.output
 
 
-@pytest.mark.parametrize("name", ["Segment cells", "Edit cells and COCO"])
+@pytest.mark.parametrize("name", ["Segment cells", "Fine-tune model", "Edit cells and COCO"])
 def test_widgets_open_from_the_plugin_menu(make_napari_viewer, name, no_weights_dir):
     from napari_iaunet._widgets.edit_tools import EditToolsWidget
+    from napari_iaunet._widgets.finetune_widget import FineTuneWidget
     from napari_iaunet._widgets.segment_widget import SegmentWidget
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-iaunet", name)
-    assert isinstance(widget, (SegmentWidget, EditToolsWidget))
+    expected = {"Segment cells": SegmentWidget, "Fine-tune model": FineTuneWidget,
+                "Edit cells and COCO": EditToolsWidget}[name]
+    assert isinstance(widget, expected)
     assert widget.viewer is viewer  # napari's PublicOnlyProxy is unwrapped

@@ -114,6 +114,17 @@ def test_augment_drops_instances_outside_the_crop():
     assert 0 in counts or 1 in counts
 
 
+def test_resize_only_is_the_plain_resize():
+    image, inst = _scene(90, 130)
+    cfg = AugmentConfig.resize_only(64)
+    want_img, want_inst = resize_longest(image, inst, 64)
+    for seed in range(6):  # no random flip, rotation, jitter or crop, whatever the seed
+        img, out = augment(image, inst, np.random.default_rng(seed), cfg)
+        np.testing.assert_array_equal(img, want_img)
+        np.testing.assert_array_equal(out.to_dense(), want_inst.to_dense())
+        assert img.shape[:2] == (44, 64)
+
+
 def test_bad_config():
     with pytest.raises(ValueError):
         AugmentConfig(scale_range=(1.5, 0.8))

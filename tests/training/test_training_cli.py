@@ -25,3 +25,24 @@ def test_train_cli_trains_resumes_and_refuses_to_clobber(tmp_path, capsys):
           str(tmp_path / "run" / "last.pt"), "--steps", "1", "--points", "256", "--threads", "1"]
     assert main(ft) == 0
     assert load_checkpoint(tmp_path / "ft" / "last.pt").config.num_queries == 6
+
+
+def test_train_cli_no_augment_reaches_the_trainer(tmp_path, monkeypatch):
+    from napari_iaunet._cli import train as train_cli
+    from napari_iaunet.training import trainer
+    from napari_iaunet.training.trainer import TrainResult
+
+    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
+    seen = []
+
+    def fake_train(train_data, val_data, cfg, **kwargs):
+        seen.append(cfg)
+        return TrainResult(out_dir=cfg.out_dir, last_path=None, best_path=None, steps=0,
+                           total_steps=1)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(train_cli, "_install_stop_handler", lambda event: None)
+    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert main(common) == 0
+    assert main([*common, "--no-augment"]) == 0
+    assert [cfg.augment for cfg in seen] == [True, False]

@@ -73,3 +73,17 @@ def test_synth_cli(tmp_path):
     assert (tmp_path / "s" / "annotations.json").is_file()
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
     assert main(["synth", "--out", str(tmp_path / "s"), "-n", "1", "--size", "64"]) == 1
+
+
+def test_comparison_figure_draws_without_pyplot(tmp_path, monkeypatch):
+    import sys
+
+    import imageio.v3 as iio
+
+    from napari_iaunet.training.synthetic import comparison_figure
+
+    real = tmp_path / "real.png"
+    iio.imwrite(real, sample_image(96))
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # importing it now fails
+    out = comparison_figure(real, tmp_path / "cmp.png", crop=48)
+    assert out.stat().st_size > 1000

@@ -122,9 +122,116 @@ def test_early_stopping(tmp_path, tiny_pairs, tiny_config, monkeypatch):
     result = train(tiny_pairs, tiny_pairs[:1], _cfg(tmp_path, steps=20, val_every=1,
                                                      early_stopping=2),
                    model_config=tiny_config(), callbacks=[rec])
+    # ties are "no improvement" for the patience: stopped after 2 validations without a gain
     assert result.stopped_early and result.steps == 3
-    assert result.best_step == 1 and result.best_metric == 0.5
-    assert rec.ckpts.count("best.pt") == 1 and "last.pt" in rec.ckpts
+    # ... but they move best.pt to the newer weights
+    assert result.best_step == 3 and result.best_metric == 0.5
+    assert rec.ckpts.count("best.pt") == 3 and "last.pt" in rec.ckpts
+
+
+def test_best_checkpoint_takes_ties_patience_needs_a_strict_gain(tmp_path, tiny_pairs,
+                                                                 tiny_config, monkeypatch):
+    aps = iter([0.0, 0.0, 0.3, 0.3, 0.2, 0.9])
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **k: {"AP": next(aps)})
+    rec = Recorder()
+    result = train(tiny_pairs, tiny_pairs[:1], _cfg(tmp_path, steps=20, val_every=1,
+                                                     early_stopping=2),
+                   model_config=tiny_config(), callbacks=[rec])
+    # 0.0 best · 0.0 tie (best.pt, patience 1) · 0.3 gain (patience 0) · 0.3 tie (best.pt,
+    # patience 1) · 0.2 worse (patience 2: stop)
+    assert result.stopped_early and result.steps == 5
+    assert (result.best_step, result.best_metric) == (4, 0.3)
+    assert rec.ckpts.count("best.pt") == 4
+    meta = load_checkpoint(tmp_path / "run" / "best.pt").metadata
+    assert meta["trained_steps"] == 4 and meta["best_step"] == 4
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert state["bad_validations"] == 2 and state["best_step"] == 4
+
+
+def test_best_checkpoint_without_validation_data_takes_ties(tmp_path, tiny_pairs, tiny_config,
+                                                            monkeypatch):
+    # no validation images: the smoothed loss decides, lower is better, a tie counts for best.pt
+    monkeypatch.setattr(trainer_mod.SetCriterion, "forward", _constant_loss)
+    rec = Recorder()
+    result = train(tiny_pairs, None, _cfg(tmp_path, steps=3, val_every=1, early_stopping=2),
+                   model_config=tiny_config(), callbacks=[rec])
+    assert result.best_step == 3 and rec.ckpts.count("best.pt") == 3
+    assert result.stopped_early and result.steps == 3
+
+
+def _constant_loss(self, outputs, targets):
+    loss = outputs["pred_logits"].sum() * 0.0 + 1.0  # keeps the graph; always 1.0
+    return {"loss": loss, "loss_ce": loss.detach(), "loss_bce": loss.detach(),
+            "loss_dice": loss.detach()}
+
+
+def test_validate_stops_between_images_when_cancelled(tiny_pairs, tiny_config):
+    from napari_iaunet.model import build_model
+    from napari_iaunet.training import AnnotatedImages
+
+    model = build_model(tiny_config()).train()
+    data = AnnotatedImages.from_pairs(tiny_pairs).items
+    checks = []
+
+    def cancel():
+        checks.append(1)
+        return len(checks) > 2  # two images pass, then cancel
+
+    with pytest.raises(trainer_mod.ValidationCancelled, match="after 2 of 4 images"):
+        trainer_mod.validate(model, data, cancel=cancel)
+    assert len(checks) == 3 and model.training  # the mode is restored
+    metrics = trainer_mod.validate(model, data[:1], cancel=threading.Event())
+    assert "AP" in metrics
+
+
+def test_cancel_during_validation_drops_it_and_keeps_the_last_checkpoint(
+        tmp_path, tiny_pairs, tiny_config, monkeypatch):
+    stop = threading.Event()
+    real_validate = trainer_mod.validate
+    calls = []
+
+    def validate_then_cancel(*args, **kwargs):
+        calls.append(kwargs.get("cancel"))
+        if len(calls) == 2:  # the user clicks Cancel during the second validation
+            stop.set()
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "validate", validate_then_cancel)
+    rec = Recorder()
+    result = train(tiny_pairs, tiny_pairs[:2], _cfg(tmp_path, steps=8, val_every=2),
+                   model_config=tiny_config(), callbacks=[rec], cancel=stop)
+    assert calls[-1] is stop  # the trainer hands its cancel event to the validation
+    assert result.cancelled and result.steps == 4 and len(calls) == 2
+    assert [s for s, _ in rec.vals] == [2]  # the cancelled validation records nothing
+    assert [h["step"] for h in result.history] == [2]
+    assert result.best_step == 2
+    assert load_checkpoint(tmp_path / "run" / "best.pt").metadata["trained_steps"] == 2
+    assert load_checkpoint(tmp_path / "run" / "last.pt").metadata["trained_steps"] == 4
+    assert torch.load(tmp_path / "run" / "state.pt", weights_only=True)["step"] == 4
+    records = read_log(tmp_path / "run" / "log.jsonl")
+    assert [r["step"] for r in records if r["event"] == "validation"] == [2]
+    assert records[-1]["event"] == "end" and records[-1]["reason"] == "cancelled"
+
+
+def test_augment_off_only_resizes(tmp_path, tiny_pairs, tiny_config, monkeypatch):
+    from napari_iaunet.training.augment import AugmentConfig
+
+    assert trainer_mod.augment_config_for(TrainConfig(), 64) == AugmentConfig(input_size=64)
+    off = trainer_mod.augment_config_for(TrainConfig(augment=False, scale_range=(0.5, 2)), 64)
+    assert off == AugmentConfig.resize_only(64)
+    assert (off.hflip, off.vflip, off.rot90, off.scale_range) == (0, 0, 0, (1.0, 1.0))
+    seen = []
+
+    class Dataset(trainer_mod.TrainingDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen.append(self.augment_config)
+
+    monkeypatch.setattr(trainer_mod, "TrainingDataset", Dataset)
+    result = train(tiny_pairs, None, _cfg(tmp_path, steps=1, augment=False),
+                   model_config=tiny_config())
+    assert seen == [AugmentConfig.resize_only(64)]
+    assert load_checkpoint(result.last_path).metadata["train_config"]["augment"] is False
 
 
 def test_tiny_dataset_fills_the_batch_and_epochs(tmp_path, tiny_pairs, tiny_config):
@@ -156,3 +263,28 @@ def test_plot_loss_curve(tmp_path):
     recs.append({"event": "validation", "step": 39, "metrics": {"AP": 0.4, "AP50": 0.7}})
     out = plot_loss_curve(recs, tmp_path / "c.png")
     assert out.stat().st_size > 1000
+
+
+def test_plot_loss_curve_never_touches_pyplot(tmp_path, monkeypatch):
+    """The trainer draws from napari's worker thread: no pyplot, no change of the backend."""
+    import sys
+
+    import matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # importing it now fails
+    backend = matplotlib.rcParams._get("backend")
+    recs = [{"event": "step", "step": i, "loss": 10 / i} for i in range(1, 20)]
+    errors = []
+
+    def draw():
+        try:
+            plot_loss_curve(recs, tmp_path / "thread.png")
+        except Exception as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=draw)
+    worker.start()
+    worker.join()
+    assert not errors, errors
+    assert (tmp_path / "thread.png").stat().st_size > 1000
+    assert matplotlib.rcParams._get("backend") == backend

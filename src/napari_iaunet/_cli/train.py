@@ -1,8 +1,9 @@
 """``napari-iaunet train --train COCO[:IMAGES]... --out DIR``: train or fine-tune a model.
 
 Works the same under ``torchrun --nproc_per_node=N`` (DDP: gloo on the CPU, nccl on GPUs; only
-rank 0 writes). Ctrl-C (SIGINT) or SIGTERM stops between steps and writes ``last.pt`` +
-``state.pt``; ``--resume`` continues from there.
+rank 0 writes). Ctrl-C (SIGINT) or SIGTERM stops between steps (or between the images of a
+validation, which is then dropped) and writes ``last.pt`` + ``state.pt``; ``--resume`` continues
+from there.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="mixed precision (auto: on for CUDA, off on the CPU)")
     run.add_argument("--points", type=int, default=12544,
                      help="sampled points per mask for matching and mask losses")
+    run.add_argument("--no-augment", dest="augment", action="store_false",
+                     help="no random flips, 90° rotations or scale jitter (images are only "
+                          "resized to the input size and padded)")
     run.add_argument("--seed", type=int, default=3407)
     run.add_argument("--val-every", type=int, default=500, help="steps between validations")
     run.add_argument("--checkpoint-every", type=int, default=None,
@@ -97,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
         backbone_lr_multiplier=args.backbone_lr_mult, grad_clip=args.grad_clip, amp=args.amp,
         seed=args.seed, num_workers=args.workers, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, early_stopping=args.patience,
-        input_size=args.input_size, num_points=args.points, device=args.device,
-        num_threads=args.threads, resume=args.resume, overwrite=args.overwrite)
+        input_size=args.input_size, num_points=args.points, augment=args.augment,
+        device=args.device, num_threads=args.threads, resume=args.resume,
+        overwrite=args.overwrite)
     train_data = AnnotatedImages.from_coco(args.train)
     val_data = AnnotatedImages.from_coco(args.val) if args.val else None
     model_config = None

@@ -1,4 +1,5 @@
-"""Small Qt helpers shared by the widgets: questions, file dialogs, compact layout pieces.
+"""Small Qt helpers shared by the widgets: questions, file dialogs, compact layout pieces, and
+:func:`on_undocked` (napari's dock "x" takes a widget out of its dock without closing it).
 
 Every question the plugin asks goes through :func:`ask`, and every dialog can be replaced by a
 plain callable (the widgets take ``ask=`` / ``get_save_path=`` / ``get_open_path=`` arguments), so
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtGui import QFont, QFontDatabase
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -31,6 +32,7 @@ __all__ = [
     "get_save_path",
     "hbox",
     "monospace_label",
+    "on_undocked",
     "section",
     "unwrap_viewer",
 ]
@@ -122,3 +124,32 @@ def monospace_label(text: str = "") -> QLabel:
     label.setWordWrap(True)
     label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
     return label
+
+
+class _UndockWatcher(QObject):
+    """Event filter behind :func:`on_undocked` (a child of the widget it watches)."""
+
+    def __init__(self, widget: QWidget, callback: Callable[[], Any]) -> None:
+        super().__init__(widget)
+        self._callback = callback
+        self._docked = widget.parent() is not None
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._docked = False
+                self._callback()
+        return False
+
+
+def on_undocked(widget: QWidget, callback: Callable[[], Any]) -> QObject:
+    """Call ``callback`` whenever ``widget``, once it had a parent (its dock), loses it.
+
+    napari's dock "x" (``Window.remove_dock_widget``) takes the inner widget out of its dock with
+    ``setParent(None)`` and never sends it a close event, so ``closeEvent`` alone would let a
+    running job go on unseen. Returns the watcher (owned by ``widget``).
+    """
+    return _UndockWatcher(widget, callback)

@@ -8,10 +8,12 @@ running job) and calls :func:`napari_iaunet.training.train` in a napari thread w
 Threads: the worker thread runs ``train``; the trainer's callbacks (:class:`_Relay`) emit Qt
 signals, which Qt queues to the GUI thread, where the progress bar, the loss plot and the labels
 are updated. Nothing in the worker touches napari or Qt widgets. Cancel sets a
-:class:`threading.Event` that the trainer checks between steps; it then writes ``last.pt`` and
-``state.pt``, so *Resume* continues exactly where it stopped. *Use this model* switches the
-segment widget (:func:`~napari_iaunet._widgets.segment_widget.find_segment_widget`) to the run's
-best checkpoint.
+:class:`threading.Event` that the trainer checks between steps and between validation images;
+it then writes ``last.pt`` and ``state.pt``, so *Resume* continues exactly where it stopped.
+*Use this model* switches the segment widget
+(:func:`~napari_iaunet._widgets.segment_widget.find_segment_widget`) to the run's best
+checkpoint; the *start from* list follows the segment widget's model through its
+``checkpoint_changed`` signal.
 
 The run folder is the trainer's (``best.pt``, ``last.pt``, ``state.pt``, ``log.jsonl``,
 ``loss.png``); a folder that already holds a run is never reused without asking.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent, QObject, Qt, QTimer, Signal
+from qtpy.QtCore import QObject, Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -108,8 +110,6 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
                       resume: bool = False) -> TrainConfig:
     """The :class:`~napari_iaunet.training.TrainConfig` the widget runs (the benchmark uses it
     too). ``input_size`` is the size actually trained at (the settings' or the model's)."""
-    from dataclasses import fields
-
     from ..training import TrainConfig
 
     every = max(1, int(settings.every))
@@ -121,9 +121,9 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
         normalisation="keep",  # fine-tuning keeps the model's intensity normalisation
     )
     if not settings.augment:
-        kwargs["scale_range"] = (1.0, 1.0)  # no scale jitter: the image at the input size
-        if "augment" in {f.name for f in fields(TrainConfig)}:
-            kwargs["augment"] = False  # flips and rotations too, where the trainer offers it
+        # no flips, 90° rotations or scale jitter; the unused scale range is recorded as (1, 1)
+        # too, so the run's stored config reads the same to anything that looks only at it
+        kwargs.update(augment=False, scale_range=(1.0, 1.0))
     return TrainConfig(**kwargs)
 
 
@@ -447,6 +447,8 @@ class FineTuneWidget(QWidget):
         self._last_metrics: tuple[int, dict] | None = None
         self._out_user_set = False
         self._best: tuple[int, float] | None = None
+        self._segment_widget: Any = None  # the segment widget whose model "start from" follows
+        self._models_stale = False  # its model changed during a run: refresh afterwards
         self.last_result: Any = None
         self.latest_checkpoint: str | None = None
         make_torch_import_safe()
@@ -460,6 +462,11 @@ class FineTuneWidget(QWidget):
         for emitter in self._events:
             emitter.connect(self._schedule_refresh)
         HUB.changed.connect(self._schedule_refresh)
+        from .segment_widget import SEGMENT_WIDGETS_CHANGED
+
+        SEGMENT_WIDGETS_CHANGED.connect(self._on_segment_widgets_changed)
+        qtu.on_undocked(self, self._on_dock_closed)
+        self._follow_segment_widget()
         self._refresh_models()
         self.refresh()
 
@@ -571,7 +578,8 @@ class FineTuneWidget(QWidget):
         self.train_btn.setToolTip("Fine-tune in the background; napari stays usable.")
         self.train_btn.clicked.connect(lambda: self.start())
         self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setToolTip("Stop after the current step; last.pt and state.pt are "
+        self.cancel_btn.setToolTip("Stop after the current step (a validation stops after its "
+                                   "current image and is dropped); last.pt and state.pt are "
                                    "written, so Resume continues from there.")
         self.cancel_btn.clicked.connect(self.cancel)
         self.resume_btn = QPushButton("Resume")
@@ -823,6 +831,37 @@ class FineTuneWidget(QWidget):
         self.model_combo.blockSignals(False)
         self._show_model_info()
 
+    def _follow_segment_widget(self) -> None:
+        """Listen to the model changes of the viewer's segment widget (the current one)."""
+        from .segment_widget import find_segment_widget
+
+        seg = find_segment_widget(self.viewer)
+        old = self._segment_widget
+        if seg is old:
+            return
+        if old is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                old.checkpoint_changed.disconnect(self._on_segment_checkpoint_changed)
+        self._segment_widget = seg
+        if seg is not None:
+            seg.checkpoint_changed.connect(self._on_segment_checkpoint_changed)
+
+    def _on_segment_widgets_changed(self, viewer: Any) -> None:
+        if viewer is not self.viewer or not qtu.alive(self):
+            return
+        self._follow_segment_widget()
+        self._on_segment_checkpoint_changed()
+
+    def _on_segment_checkpoint_changed(self, _path: str = "") -> None:
+        """The segment widget's model changed: "start from" shows it (after a running job, whose
+        settings stay on screen until it ends)."""
+        if not qtu.alive(self):
+            return
+        if self._worker is not None:
+            self._models_stale = True
+            return
+        self._refresh_models()
+
     @property
     def start_checkpoint(self) -> str | None:
         """The checkpoint a new run starts from (None: none chosen)."""
@@ -942,7 +981,9 @@ class FineTuneWidget(QWidget):
             self.size_spin.setValue(int(size))
         if tc.get("val_every"):
             self.every_spin.setValue(int(tc["val_every"]))
-        if "scale_range" in tc:
+        if "augment" in tc:
+            self.augment_check.setChecked(bool(tc["augment"]))
+        elif "scale_range" in tc:  # runs from before TrainConfig.augment
             self.augment_check.setChecked(list(tc["scale_range"]) != [1.0, 1.0])
         self._replay(run["records"])
 
@@ -995,7 +1036,8 @@ class FineTuneWidget(QWidget):
 
     def _usable_checkpoint(self) -> Path | None:
         """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
-        validation never found a cell (AP 0 everywhere: best.pt would be the first one)."""
+        validation never found a cell (AP 0 everywhere: no validation says best.pt is better
+        than the newest weights)."""
         folder = self._job.out_dir if self._job is not None else self.output_dir
         if folder is None:
             return None
@@ -1133,11 +1175,13 @@ class FineTuneWidget(QWidget):
         return result
 
     def cancel(self) -> None:
-        """Stop the run after its current step (last.pt and state.pt are written)."""
+        """Stop the run after its current step, or a validation after its current image
+        (last.pt and state.pt are written)."""
         if self._worker is None:
             return
         self._cancel.set()
-        self._set_status("Cancelling: finishing the current step and saving…")
+        self._set_status("Cancelling: finishing the current step (or validation image) and "
+                         "saving…")
 
     def use_model(self) -> Path | None:
         """Switch the segment widget (opening it if needed) to this run's best checkpoint."""
@@ -1206,7 +1250,8 @@ class FineTuneWidget(QWidget):
 
     def _note_validation(self, step: int, metrics: dict[str, Any]) -> None:
         ap = metrics.get("AP")
-        if ap is not None and (self._best is None or ap > self._best[1]):
+        # >=: like the trainer, a tie moves best.pt to the newer checkpoint
+        if ap is not None and (self._best is None or ap >= self._best[1]):
             self._best = (step, float(ap))
 
     def _on_validation(self, step: int, metrics: dict[str, Any]) -> None:
@@ -1275,6 +1320,9 @@ class FineTuneWidget(QWidget):
         elif self.last_result is not None:
             self.progress.setFormat("step %v/%m · done")
         self._job = None
+        if self._models_stale:
+            self._models_stale = False
+            self._refresh_models()
         self._show_out_info()
         self._update_enabled()
 
@@ -1291,28 +1339,31 @@ class FineTuneWidget(QWidget):
             self._refresh_models()  # the segment widget's model may have changed
 
     def closeEvent(self, event: Any) -> None:
-        self.cancel()
-        self.cleanup()
+        self._on_dock_closed()
         super().closeEvent(event)
 
-    def event(self, event: Any) -> bool:
-        # napari's dock "x" takes the widget out of its dock (setParent(None)) without closing it:
-        # treat that as closing, or the training would go on unseen
-        if event.type() == QEvent.Type.ParentChange:
-            if self.parent() is not None:
-                self._docked = True
-            elif getattr(self, "_docked", False):
-                self.cancel()
-                self.cleanup()
-        return super().event(event)
+    def _on_dock_closed(self) -> None:
+        """The dock closed, or napari took the widget out of it (its "x" sends no close event):
+        cancel a running training (last.pt and state.pt are written) and let go of the viewer."""
+        self.cancel()
+        self.cleanup()
 
     def cleanup(self) -> None:
-        """Disconnect from the viewer and the group hub (the dock closed)."""
+        """Disconnect from the viewer, the group hub and the segment widget (the dock closed)."""
+        from .segment_widget import SEGMENT_WIDGETS_CHANGED
+
         for emitter in self._events:
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 emitter.disconnect(self._schedule_refresh)
         with contextlib.suppress(TypeError, ValueError, RuntimeError):
             HUB.changed.disconnect(self._schedule_refresh)
+        with contextlib.suppress(TypeError, ValueError, RuntimeError):
+            SEGMENT_WIDGETS_CHANGED.disconnect(self._on_segment_widgets_changed)
+        if self._segment_widget is not None:
+            with contextlib.suppress(TypeError, RuntimeError):
+                self._segment_widget.checkpoint_changed.disconnect(
+                    self._on_segment_checkpoint_changed)
+            self._segment_widget = None
 
 
 def _count(n: int, word: str) -> str:

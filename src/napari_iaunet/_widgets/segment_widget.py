@@ -5,7 +5,10 @@ all computing happens there, in a napari thread worker, so the viewer stays resp
 is shown in napari's activity dock; Cancel (here or in the activity dock) stops between batches.
 
 Other widgets (the fine-tune widget) switch the model with :meth:`SegmentWidget.set_checkpoint`,
-finding the widget with :func:`find_segment_widget`.
+finding the widget with :func:`find_segment_widget`, and follow the model through the
+:attr:`SegmentWidget.checkpoint_changed` signal; :data:`SEGMENT_WIDGETS_CHANGED` fires when a
+segment widget opens or closes. Closing the dock (napari's "x" takes the widget out of its dock
+without a close event) cancels a running segmentation.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from psygnal import SignalInstance
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -50,10 +54,13 @@ if TYPE_CHECKING:
 
     from ..instances import Instances
 
-__all__ = ["SegmentWidget", "find_segment_widget"]
+__all__ = ["SEGMENT_WIDGETS_CHANGED", "SegmentWidget", "find_segment_widget"]
 
 BROWSE = "Browse…"
+TRAINED_ON_CHARS = 72  # the "trained on:" line: longer data lists end in "… + N more"
 _WIDGETS: weakref.WeakValueDictionary[int, SegmentWidget] = weakref.WeakValueDictionary()
+SEGMENT_WIDGETS_CHANGED = SignalInstance((object,))
+"""Fires with the viewer when a segment widget of that viewer opens or closes."""
 
 
 def find_segment_widget(viewer: Viewer) -> SegmentWidget | None:
@@ -82,6 +89,8 @@ class _Signals(QObject):
 class SegmentWidget(QWidget):
     """Dock widget: model, device, thresholds, tiling, Segment / Cancel, then the edit tools.
 
+    ``checkpoint_changed(path)`` is emitted when the chosen model changes (``""``: none).
+
     Args:
         viewer: the napari viewer.
         ask: ``ask(title, text, choices) -> choice``; asked before replacing an edited group
@@ -89,6 +98,8 @@ class SegmentWidget(QWidget):
         get_open_path: file chooser for *Browse…* (default: a Qt dialog).
         with_edit_tools: embed the edit / COCO tools below (default True).
     """
+
+    checkpoint_changed = Signal(str)
 
     def __init__(self, viewer: napari.viewer.Viewer, *, ask: qtu.AskFn | None = None,
                  get_open_path: qtu.PathFn | None = None, with_edit_tools: bool = True,
@@ -107,6 +118,7 @@ class SegmentWidget(QWidget):
         self._segmenter_cache: dict[tuple, Any] = {}
         self._cache_lock = threading.Lock()
         self.last_group: InstanceGroup | None = None
+        self._announced: str | None = None  # the path checkpoint_changed last emitted
         self._build(with_edit_tools)
         self._refresh_images()
         self._refresh_models()
@@ -114,7 +126,9 @@ class SegmentWidget(QWidget):
                         viewer.layers.events.moved):
             emitter.connect(self._refresh_images)
         viewer.layers.selection.events.active.connect(self._follow_active_image)
+        qtu.on_undocked(self, self._on_dock_closed)
         _WIDGETS[id(viewer)] = self
+        SEGMENT_WIDGETS_CHANGED.emit(viewer)
 
     # ------------------------------------------------------------------ layout
     def _build(self, with_edit_tools: bool) -> None:
@@ -300,7 +314,14 @@ class SegmentWidget(QWidget):
         self._show_model_info()
 
     def _show_model_info(self) -> None:
-        from ..checkpoint import CheckpointError, read_checkpoint_info
+        self._describe_model()
+        path = self.checkpoint_path or ""
+        if path != self._announced:
+            self._announced = path
+            self.checkpoint_changed.emit(path)
+
+    def _describe_model(self) -> None:
+        from ..checkpoint import CheckpointError, describe_training_data, read_checkpoint_info
 
         path = self.checkpoint_path
         self._model_ok = False
@@ -320,8 +341,9 @@ class SegmentWidget(QWidget):
         c, m = info.config, info.metadata
         lines = [f"{c.backbone}, {c.num_queries} queries, input {c.input_size} px",
                  f"classes: {', '.join(c.class_names)}"]
-        data = m.get("training_data")
-        lines.append(f"trained on: {_short(data) if data else 'not recorded'}")
+        # one line (the tooltip, info.summary(), has all of it, with licences and paths)
+        lines.append("trained on: "
+                     + describe_training_data(m.get("training_data"), limit=TRAINED_ON_CHARS))
         for key in ("description", "metrics"):
             if key in m:
                 lines.append(f"{key}: {_short(m[key])}")
@@ -549,12 +571,20 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ teardown
     def closeEvent(self, event: Any) -> None:
-        self.cancel()
-        self.cleanup()
+        self._on_dock_closed()
         super().closeEvent(event)
 
+    def _on_dock_closed(self) -> None:
+        """The dock closed (or napari took the widget out of it): stop a running segmentation
+        (its result is dropped) and let go of the viewer."""
+        self.cancel()
+        self.cleanup()
+
     def cleanup(self) -> None:
-        """Disconnect from the viewer (the dock closed)."""
+        """Disconnect from the viewer (the dock closed); no longer the viewer's segment widget."""
+        if _WIDGETS.get(id(self.viewer)) is self:
+            del _WIDGETS[id(self.viewer)]
+            SEGMENT_WIDGETS_CHANGED.emit(self.viewer)
         for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
                         self.viewer.layers.events.moved):
             with contextlib.suppress(TypeError, ValueError, RuntimeError):

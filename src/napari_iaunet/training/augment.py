@@ -6,6 +6,9 @@ size where the image is larger (padding to the input size happens after normalis
 = the mean, bottom/right: see :mod:`napari_iaunet.training.dataset`). Instances the crop cuts away
 (nothing or fewer than ``min_area`` pixels left) are dropped.
 
+:meth:`AugmentConfig.resize_only` (``TrainConfig(augment=False)``, ``napari-iaunet train
+--no-augment``) keeps only the resize to the input size and the padding.
+
 Masks stay per-instance boolean crops throughout: flips and rotations act on the crops, and the
 resize+crop is one nearest-neighbour index lookup per instance restricted to its box, so the cost
 does not grow with the image size.
@@ -42,6 +45,13 @@ class AugmentConfig:
                              f"{self.scale_range}")
         if self.input_size < 32:
             raise ValueError("AugmentConfig: input_size must be at least 32")
+
+    @classmethod
+    def resize_only(cls, input_size: int = 512, min_area: int = 4) -> AugmentConfig:
+        """No flips, no rotations, no scale jitter: the longest side goes to ``input_size`` (the
+        image is then padded, never cropped). ``TrainConfig(augment=False)`` trains with this."""
+        return cls(input_size=input_size, hflip=0.0, vflip=0.0, rot90=0.0,
+                   scale_range=(1.0, 1.0), min_area=min_area)
 
 
 def flip(image: np.ndarray, inst: Instances, axis: int) -> tuple[np.ndarray, Instances]:

@@ -128,17 +128,22 @@ def _smooth(values: Sequence[float], window: int) -> list[float]:
 
 def plot_loss_curve(log: str | Path | Iterable[dict[str, Any]], out_png: str | Path,
                     smooth: int = 20, title: str | None = None) -> Path:
-    """Plot training loss (raw and moving average) and validation AP from a ``log.jsonl``."""
-    import matplotlib
+    """Plot training loss (raw and moving average) and validation AP from a ``log.jsonl``.
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    Drawn on a standalone :class:`matplotlib.figure.Figure` with the Agg canvas, never through
+    pyplot: the trainer calls this from napari's worker thread, where pyplot (perhaps on a Qt
+    backend in the user's session) must not be touched, and the global backend stays as it is.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = read_log(log) if isinstance(log, (str, Path)) else list(log)
     steps = [r["step"] for r in records if r.get("event") == "step"]
     loss = [r["loss"] for r in records if r.get("event") == "step"]
     vals = [r for r in records if r.get("event") == "validation"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if steps:
         ax.plot(steps, loss, color="0.75", linewidth=0.8, label="loss")
         ax.plot(steps, _smooth(loss, max(1, smooth)), color="C0",
@@ -165,5 +170,4 @@ def plot_loss_curve(log: str | Path | Iterable[dict[str, Any]], out_png: str | P
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out

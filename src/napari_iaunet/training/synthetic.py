@@ -370,10 +370,9 @@ def comparison_figure(real_image: str | Path, out_path: str | Path, seed: int = 
     the real image's mean so that only structure is compared.
     """
     import imageio.v3 as iio
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure  # not pyplot: no global backend, safe in any thread
 
     real = np.asarray(iio.imread(real_image))
     if real.ndim == 2:
@@ -384,13 +383,15 @@ def comparison_figure(real_image: str | Path, out_path: str | Path, seed: int = 
     synth, inst = generate_one(np.random.default_rng(seed), real.shape[:2], params)
     h, w = real.shape[:2]
     y0, x0 = (h - crop) // 2, (w - crop) // 2
-    fig, axes = plt.subplots(2, 3, figsize=(15, 10.4))
+    fig = Figure(figsize=(15, 10.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 3)
     axes[0, 0].imshow(real)
     axes[0, 0].set_title(f"real: {Path(real_image).name} ({h}×{w})")
     axes[0, 1].imshow(synth)
     axes[0, 1].set_title(f"synthetic (seed {seed}, {len(inst)} cells)")
     axes[0, 2].imshow(synth)
-    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    colours = colormaps["tab20"](np.linspace(0, 1, 20))
     for i in range(len(inst)):
         axes[0, 2].contour(inst.mask(i), [0.5], colors=[colours[i % 20]], linewidths=0.8)
     axes[0, 2].set_title("synthetic ground truth (overlaps kept)")
@@ -408,7 +409,6 @@ def comparison_figure(real_image: str | Path, out_path: str | Path, seed: int = 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=72)
-    plt.close(fig)
     return out_path
 
 

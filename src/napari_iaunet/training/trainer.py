@@ -4,7 +4,8 @@
 AdamW with a cosine schedule over the IAUNet set loss, validates with COCO AP, and keeps a run
 folder::
 
-    OUT/best.pt      best validation AP (lowest smoothed training loss without validation)
+    OUT/best.pt      best validation AP (lowest smoothed training loss without validation);
+                     a validation that ties the best replaces it (the later weights win)
     OUT/last.pt      the latest weights (deployable checkpoints, napari_iaunet.checkpoint format)
     OUT/state.pt     optimizer, scheduler, step, RNG, early-stopping counters (for --resume)
     OUT/log.jsonl    one JSON record per step / validation / checkpoint
@@ -12,6 +13,12 @@ folder::
 
 All files are written atomically by rank 0. A run folder that already holds a run is never
 overwritten unless ``resume`` (continue it) or ``overwrite`` (start again) is set.
+
+Best checkpoint and early stopping: a validation whose metric is at least as good as the best so
+far (``>=`` for AP, ``<=`` for the loss) rewrites ``best.pt``, so while every validation ties
+(e.g. AP 0 before the model finds a cell) ``best.pt`` follows the newest weights instead of
+staying at the first ones. Early-stopping patience counts only strict improvements: a tie is
+"no improvement", so a run whose metric has stopped moving still stops.
 """
 
 from __future__ import annotations
@@ -37,7 +44,8 @@ from .dataset import AnnotatedImage, AnnotatedImages, TrainingDataset, collate, 
 from .losses import SetCriterion
 from .matcher import NUM_POINTS
 
-__all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "train", "validate"]
+__all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "ValidationCancelled",
+           "augment_config_for", "train", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,8 @@ class TrainConfig:
     ``early_stopping`` is a patience in validations without improvement (None: off).
     ``normalisation``: ``"auto"`` computes mean/std from the training images for a new model and
     keeps a fine-tuned checkpoint's; ``"data"`` / ``"keep"`` force one or the other.
+    ``augment=False`` turns off the random flips, 90° rotations and scale jitter (``scale_range``
+    is then ignored): every image is only resized (longest side to the input size) and padded.
     """
 
     out_dir: str | Path = "runs/train"
@@ -74,6 +84,7 @@ class TrainConfig:
     early_stopping: int | None = None
     metric: str = "AP"
     input_size: int | None = None  # override the model's input size (also when fine-tuning)
+    augment: bool = True  # flips, 90° rotations, scale jitter (False: resize + pad only)
     scale_range: tuple[float, float] = (0.8, 1.5)
     num_points: int = NUM_POINTS
     weight_ce: float = 1.0
@@ -139,6 +150,13 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------------------- helpers
+def augment_config_for(cfg: TrainConfig, input_size: int) -> AugmentConfig:
+    """The augmentation ``cfg`` asks for at ``input_size``."""
+    if not cfg.augment:
+        return AugmentConfig.resize_only(input_size)
+    return AugmentConfig(input_size=input_size, scale_range=cfg.scale_range)
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -237,11 +255,20 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- validation
+class ValidationCancelled(Exception):
+    """:func:`validate` was cancelled between two images (no metrics)."""
+
+
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
              device: str | torch.device = "cpu", score_threshold: float = 0.05,
-             amp: bool = True) -> dict[str, float]:
-    """COCO AP (and friends) of ``model`` on annotated images, at the model's input size."""
+             amp: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
+             ) -> dict[str, float]:
+    """COCO AP (and friends) of ``model`` on annotated images, at the model's input size.
+
+    ``cancel`` is checked before each image; when it is set, :class:`ValidationCancelled` is
+    raised (partial metrics would be misleading, so there are none).
+    """
     from ..evaluation import evaluate
     from ..inference.postprocess import PostprocessSettings
     from ..inference.segmenter import Segmenter
@@ -249,8 +276,13 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
     was_training = model.training
     seg = Segmenter(model, device=device, settings=PostprocessSettings(
         score_threshold=score_threshold), tile_size=None, amp=amp, batch_size=1)
+    preds = []
     try:
-        preds = [seg.segment(item.load_raw()) for item in data]
+        for i, item in enumerate(data):
+            if _is_cancelled(cancel):
+                raise ValidationCancelled(f"validation cancelled after {i} of {len(data)} "
+                                          "images")
+            preds.append(seg.segment(item.load_raw()))
     finally:
         model.train(was_training)
     # AP ranks every prediction; the matching metrics (F1, PQ, ...) count only confident ones
@@ -315,8 +347,9 @@ def train(
     ``train_data`` / ``val_data``: :class:`AnnotatedImages`, ``COCO[:IMAGES]`` spec(s), or
     ``(image, Instances)`` pairs. Start from ``model_config`` (random init, optionally with local
     ``backbone_weights``) or from a checkpoint ``start`` (fine-tuning keeps its config; a new
-    ``config.input_size`` is allowed). ``cancel`` is checked between steps: the run then writes
-    ``last.pt`` + ``state.pt`` and returns with ``cancelled=True``.
+    ``config.input_size`` is allowed). ``cancel`` is checked between steps and, during a
+    validation, between its images (that validation is then dropped: no metric, no best.pt): the
+    run writes ``last.pt`` + ``state.pt`` and returns with ``cancelled=True``.
     """
     cfg = config or TrainConfig()
     if cfg.num_threads:
@@ -415,7 +448,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
 
     dataset = TrainingDataset(
         data, mcfg.pixel_mean, mcfg.pixel_std,
-        AugmentConfig(input_size=mcfg.input_size, scale_range=cfg.scale_range),
+        augment_config_for(cfg, mcfg.input_size),
         num_classes=mcfg.num_classes, seed=cfg.seed)
 
     jlog = JsonlLog(run.log) if info.is_main else None
@@ -461,33 +494,46 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
         ddp.barrier(info)
         return path
 
-    def run_validation() -> dict[str, float]:
+    def run_validation() -> dict[str, float] | None:
+        """Validate (rank 0) and keep best.pt; None when cancelled (nothing recorded)."""
         nonlocal best_metric, best_step, bad_validations
         metrics: dict[str, float] = {}
-        improved = False
+        keep_best = strict = was_cancelled = False
         if info.is_main:
+            value: float | None = None
             if val is not None:
-                metrics = validate(model, val.items, device=device,
-                                   score_threshold=cfg.score_threshold, amp=amp_dtype is not None)
-                value = metrics.get(cfg.metric)
-                if value is None:
-                    raise KeyError(f"validation gave no '{cfg.metric}' (got {sorted(metrics)})")
-                improved = best_metric is None or value > best_metric
+                try:
+                    metrics = validate(model, val.items, device=device,
+                                       score_threshold=cfg.score_threshold,
+                                       amp=amp_dtype is not None, cancel=cancel)
+                except ValidationCancelled:
+                    was_cancelled = True
+                else:
+                    value = metrics.get(cfg.metric)
+                    if value is None:
+                        raise KeyError(
+                            f"validation gave no '{cfg.metric}' (got {sorted(metrics)})")
+                    # ties keep the newer weights; only a strict gain resets the patience
+                    keep_best = best_metric is None or value >= best_metric
+                    strict = best_metric is None or value > best_metric
             else:
                 value = loss_ema if loss_ema is not None else float("inf")
                 metrics = {"train_loss_ema": value}
-                improved = best_metric is None or value < best_metric
-            if improved:
-                best_metric, best_step, bad_validations = float(value), step, 0
-            else:
-                bad_validations += 1
-            history.append({"step": step, "metrics": metrics})
-            emit("validation", step=step, metrics=metrics, best_metric=best_metric,
-                 best_step=best_step)
-            for cb in callbacks:
-                cb.on_validation(step, metrics)
-        improved = bool(ddp.broadcast_object(improved, info))
-        if improved:
+                keep_best = best_metric is None or value <= best_metric
+                strict = best_metric is None or value < best_metric
+            if not was_cancelled:
+                if keep_best:
+                    best_metric, best_step = float(value), step
+                bad_validations = 0 if strict else bad_validations + 1
+                history.append({"step": step, "metrics": metrics})
+                emit("validation", step=step, metrics=metrics, best_metric=best_metric,
+                     best_step=best_step)
+                for cb in callbacks:
+                    cb.on_validation(step, metrics)
+        keep_best, was_cancelled = ddp.broadcast_object((keep_best, was_cancelled), info)
+        if was_cancelled:
+            return None
+        if keep_best:
             save("best", metrics)
         return metrics
 
@@ -562,7 +608,11 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
 
             final = step >= total
             if (val_every and step % val_every == 0) or final:
-                metrics = run_validation()
+                validated = run_validation()
+                if validated is None:  # cancelled during the validation
+                    cancelled = True
+                    break
+                metrics = validated
                 if cfg.early_stopping is not None and bad_validations >= cfg.early_stopping:
                     stopped_early = True
                 stopped_early = bool(ddp.broadcast_object(stopped_early, info))
