@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..instances import Instances
 
@@ -77,7 +76,7 @@ def postprocess(
     if query_idx.numel() == 0:
         return Instances.empty((H, W))
 
-    selected = pred_masks[query_idx].detach().float()  # (K, Hm, Wm) mask logits
+    selected = pred_masks[query_idx].detach().float().contiguous()  # (K, Hm, Wm) mask logits
     hm, wm = selected.shape[-2:]
     hp, wp = padded_shape
     h, w = resized_shape
@@ -86,8 +85,8 @@ def postprocess(
     on_host = _host_path(selected.device)
     if on_host:
         logits_np = selected.numpy()  # probabilities are only computed inside the boxes
-        # sigmoid(x) > t  ⟺  x > log(t / (1 - t))
-        hot = logits_np > np.float32(np.log(settings.mask_threshold / (1 - settings.mask_threshold)))
+        t = settings.mask_threshold
+        hot = logits_np > np.float32(np.log(t / (1 - t)))  # sigmoid(x) > t ⟺ x > log(t/(1-t))
         first_last = np.stack([*_first_last_np(hot.any(axis=2)), *_first_last_np(hot.any(axis=1))],
                               axis=1)
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,7 +36,14 @@ class Segmenter:
             tiles of 2× the input size; an int sets the tile size in image pixels; None never tiles.
         tile_overlap: overlap between tiles as a fraction of the tile size.
         amp: mixed precision on GPUs.
-        batch_size: images (or tiles) per forward pass.
+        batch_size: images (or tiles) per forward pass; None: 4 on a GPU, 1 on the CPU (where a
+            batch of 4 cost 20% more per image than one at a time, docs/performance.md).
+        fuse: run an inference copy of the model with every BatchNorm folded into the convolution
+            before it and, on the CPU, every convolution → ReLU pair run as one oneDNN primitive
+            and the weights and activations in channels-last layout (same outputs to float32
+            rounding; see docs/performance.md for what each step saves).
+            ``model`` itself is never changed; the copy is rebuilt when its weights or device
+            change (training, ``load_state_dict``, ``.to()``).
     """
 
     def __init__(
@@ -47,7 +55,8 @@ class Segmenter:
         tile_size: int | str | None = "auto",
         tile_overlap: float = 0.25,
         amp: bool = True,
-        batch_size: int = 4,
+        batch_size: int | None = None,
+        fuse: bool = True,
     ) -> None:
         self.device = select_device(device)
         self.model = model.to(self.device).eval()
@@ -59,7 +68,11 @@ class Segmenter:
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.amp = amp
+        if batch_size is None:
+            batch_size = 1 if self.device.type == "cpu" else 4
         self.batch_size = max(1, int(batch_size))
+        self.fuse = fuse
+        self._fused: tuple[tuple, torch.nn.Module] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **kwargs) -> Segmenter:
@@ -142,6 +155,26 @@ class Segmenter:
                 progress(i + 1, len(stack))
         return results
 
+    def inference_model(self) -> torch.nn.Module:
+        """The network :meth:`segment` runs: ``model``, or (``fuse=True``) its fused inference copy,
+        made on first use and again whenever ``model``'s weights or device change."""
+        if not self.fuse:
+            return self.model
+        key = _weights_key(self.model)
+        if self._fused is None or self._fused[0] != key:
+            from ..model.fuse import fold_batchnorm, fuse_conv_relu
+
+            self._fused = None  # drop the old copy before making a new one
+            with torch.inference_mode(False):  # copies of ordinary tensors, even when called
+                fused, _ = fold_batchnorm(self.model)  # from inside inference mode
+                if self.device.type == "cpu":
+                    fused, _ = fuse_conv_relu(fused)
+                    if fused is self.model:  # nothing was rewritten: copy before converting
+                        fused = copy.deepcopy(self.model).eval()
+                    fused = fused.to(memory_format=torch.channels_last)
+            self._fused = (key, fused)
+        return self._fused[1]
+
     # ------------------------------------------------------------------ internals
     def _tile_size(self, shape: tuple[int, int]) -> int | None:
         if self.tile_size is None:
@@ -154,8 +187,10 @@ class Segmenter:
     @torch.inference_mode()
     def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
         batch = pad_batch([p.tensor for p in prepared])
+        if self.fuse and self.device.type == "cpu":  # the fused CPU copy is channels-last
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
-            outputs = self.model(batch, with_aux=False)
+            outputs = self.inference_model()(batch, with_aux=False)
         padded = tuple(batch.shape[-2:])
         return [
             postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
@@ -164,3 +199,13 @@ class Segmenter:
         ]
 
 
+def _weights_key(model: torch.nn.Module) -> tuple:
+    """Changes whenever a parameter or buffer of ``model`` is replaced or modified in place."""
+    def version(t: torch.Tensor) -> int:
+        try:
+            return t._version
+        except RuntimeError:  # inference tensors keep no version counter (and cannot change)
+            return -1
+
+    return tuple((t.data_ptr(), version(t)) for t in model.state_dict(keep_vars=True).values()
+                 if isinstance(t, torch.Tensor))
