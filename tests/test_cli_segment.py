@@ -70,6 +70,33 @@ def test_segment_errors_are_one_line(tiny_weights, tmp_path, capsys):
     assert main(["segment", str(tmp_path / "a.png"), "-w", str(tmp_path / "broken.pt"),
                  "-o", str(tmp_path / "o")]) == 1
     assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "a.png"), "-w", str(tiny_weights),
+                 "-o", str(tmp_path / "o"), "--threads", "0"]) == 1
+    assert "--threads must be at least 1" in capsys.readouterr().err
+
+
+def test_segment_threads_and_cpu_batch_default(tiny_weights, images, tmp_path, monkeypatch):
+    import torch
+
+    from napari_iaunet.inference import Segmenter
+
+    seen = {}
+    real = Segmenter.from_checkpoint.__func__
+
+    def spy(cls, *a, **kw):
+        seg = real(cls, *a, **kw)
+        seen["batch_size"] = seg.batch_size
+        return seg
+
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(spy))
+    before = torch.get_num_threads()
+    try:
+        assert main(["segment", str(images / "im0.png"), "-w", str(tiny_weights),
+                     "-o", str(tmp_path / "o"), "--device", "cpu", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen["batch_size"] == 1  # the CPU default, not a fixed 4 from the command line
 
 
 def test_info_prints_what_a_checkpoint_is(tiny_weights, capsys):

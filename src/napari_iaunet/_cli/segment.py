@@ -33,7 +33,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile-size", default="auto",
                    help="'auto', 'off' or tile size in pixels for large images")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images or tiles per forward pass (default: 4 on a GPU, 1 on the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; on a busy machine 1 can "
+                        "be faster, see docs/performance.md)")
     p.add_argument("--overlay", action="store_true",
                    help="also write a PNG picture of the instances over each image")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -78,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     from ..io.coco import instances_to_coco, write_coco
     from ..io.images import read_image
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     rank, world, local_rank = _dist()
     device = args.device
     if world > 1 and device == "auto" and torch.cuda.is_available():
