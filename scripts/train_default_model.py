@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
 
     report = evaluate_held_out(run_dir / "best.pt", args.data, data_dir, args.out)
-    report.update({"data": described, "command": "python " + shlex.join(sys.argv)})
+    report.update({"data": described, "command": "python " + shlex.join(sys.argv),
+                   "image_side": max(max(it.instances.image_shape) for it in train_data)})
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report["held_out"], indent=2))
     if args.install:
@@ -169,7 +170,9 @@ def evaluate_held_out(weights: Path, data: Path, data_dir: Path, out: Path) -> d
     from napari_iaunet.io.images import read_image
     from napari_iaunet.visualize import overlay
 
-    seg = Segmenter.from_checkpoint(weights, settings=PostprocessSettings(score_threshold=0.01))
+    # whole images, as the installed model will see them (its image_side is the Revvity 1080 px)
+    seg = Segmenter.from_checkpoint(weights, settings=PostprocessSettings(score_threshold=0.01),
+                                    tile_size=None)
     gts, preds, images = [], [], []
     for entry, inst in coco_to_instances(read_coco(data_dir / "revvity25_test.json")):
         image = read_image(data / "revvity25" / "images" / entry["file_name"])
@@ -201,6 +204,7 @@ def install(best: Path, report: dict, overwrite: bool) -> None:
         "metrics": {f"held_out_revvity_{k}": m[k] for k in ("AP", "AP50", "f1") if k in m},
         "recipe": report["command"],
     })
+    meta.setdefault("image_side", report["image_side"])  # runs from before the trainer stored it
     target = REPO / "weights" / DEFAULT_WEIGHTS_NAME
     save_checkpoint(target, loaded.model, meta, half=True, overwrite=overwrite)
     print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)

@@ -97,3 +97,24 @@ def test_real_revvity_image_end_to_end(segmenter, shared_data: Path):
     image = read_image(image_path)
     inst = segmenter.segment(image)
     assert inst.image_shape == image.shape[:2] == (1080, 1080)
+
+
+def test_auto_tiling_follows_the_training_image_size(tmp_path, segmenter):
+    """A checkpoint that records its training images' size is tiled only well beyond it."""
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.inference.segmenter import auto_tile_size
+
+    size = TINY.input_size
+    assert auto_tile_size(size, None) == 2 * size
+    assert auto_tile_size(size, 1080) == 1080
+    assert auto_tile_size(size, 10) == size  # never tiles smaller than the input
+
+    def tiles_for(path, shape):
+        seg = Segmenter.from_checkpoint(path, device="cpu")
+        return seg._tile_size(shape)
+
+    plain = save_checkpoint(tmp_path / "plain.pt", segmenter.model)
+    assert tiles_for(plain, (4 * size, 4 * size)) == 2 * size  # no record: the old rule
+    recorded = save_checkpoint(tmp_path / "side.pt", segmenter.model, {"image_side": 8 * size})
+    assert tiles_for(recorded, (4 * size, 4 * size)) is None  # within its training scale
+    assert tiles_for(recorded, (13 * size, 13 * size)) == 8 * size

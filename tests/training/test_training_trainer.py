@@ -53,6 +53,7 @@ def test_short_training_run_learns_and_writes_checkpoints(tmp_path, tiny_pairs, 
     loaded = load_checkpoint(tmp_path / "run" / "last.pt")
     meta = loaded.metadata
     assert meta["trained_steps"] == 30 and meta["training_data"][0]["images"] == 4
+    assert meta["image_side"] == max(max(inst.image_shape) for _, inst in tiny_pairs)
     assert "AP" in meta["metrics"]
     assert loaded.config.pixel_mean != tiny_config().pixel_mean  # statistics from the data
     assert load_checkpoint(tmp_path / "run" / "best.pt").metadata["trained_steps"] in (15, 30)

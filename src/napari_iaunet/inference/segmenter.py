@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from .device import autocast, select_device
 from .postprocess import PostprocessSettings, postprocess
 from .preprocess import PreparedImage, as_hwc, pad_batch, prepare
 from .tiling import merge_tiles, plan_tiles
+
+if TYPE_CHECKING:
+    from ..checkpoint import CheckpointInfo
 
 __all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter"]
 
@@ -32,8 +36,9 @@ class Segmenter:
         model: an IAUNet (its ``config`` gives input size and normalisation).
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``.
         settings: score / mask thresholds and the optional duplicate filter.
-        tile_size: ``"auto"`` tiles images whose longest side exceeds 3× the input size with
-            tiles of 2× the input size; an int sets the tile size in image pixels; None never tiles.
+        tile_size: ``"auto"`` tiles an image only when it is much larger than the images the
+            model was trained on (:func:`auto_tile_size`); an int sets the tile size in image
+            pixels; None never tiles.
         tile_overlap: overlap between tiles as a fraction of the tile size.
         amp: mixed precision on GPUs.
         batch_size: images (or tiles) per forward pass; None: 4 on a GPU, 1 on the CPU (where a
@@ -73,6 +78,7 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         self.fuse = fuse
         self._fused: tuple[tuple, torch.nn.Module] | None = None
+        self.checkpoint_info: CheckpointInfo | None = None  # set by from_checkpoint
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **kwargs) -> Segmenter:
@@ -180,9 +186,14 @@ class Segmenter:
         if self.tile_size is None:
             return None
         if self.tile_size == "auto":
-            size = self.config.input_size
-            return 2 * size if max(shape) > 3 * size else None
+            side = auto_tile_size(self.config.input_size, self._trained_image_side())
+            return side if max(shape) > 1.5 * side else None
         return int(self.tile_size) if max(shape) > int(self.tile_size) else None
+
+    def _trained_image_side(self) -> int | None:
+        info = self.checkpoint_info
+        side = info.metadata.get("image_side") if info is not None else None
+        return int(side) if isinstance(side, (int, float)) and side > 0 else None
 
     @torch.inference_mode()
     def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
@@ -197,6 +208,15 @@ class Segmenter:
                         p.resized_shape, p.original_shape, self.settings)
             for i, p in enumerate(prepared)
         ]
+
+
+def auto_tile_size(input_size: int, trained_image_side: int | None) -> int:
+    """Tile side for ``tile_size="auto"``: the longest side of the model's training images when the
+    checkpoint records it (each tile is then seen at the scale the model learnt), else 2× the input
+    size. Images are tiled only when their longest side exceeds 1.5× this."""
+    if trained_image_side:
+        return max(int(trained_image_side), int(input_size))
+    return 2 * int(input_size)
 
 
 def _weights_key(model: torch.nn.Module) -> tuple:

@@ -454,6 +454,9 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     jlog = JsonlLog(run.log) if info.is_main else None
     meta_base = {
         "training_data": data.sources,
+        # longest side of the largest training images: Segmenter's tile_size="auto" tiles only
+        # images well beyond it, so cells are seen at the scale they were learnt at
+        "image_side": max((max(it.instances.image_shape) for it in data), default=None),
         "validation_data": val.sources if val is not None else [],
         "started_from": origin,
         "train_config": cfg.to_dict(),
