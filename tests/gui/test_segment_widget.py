@@ -319,3 +319,25 @@ def test_closing_the_dock_cancels_a_running_segmentation(make_napari_viewer, tin
     assert seen and seen[-1][0] < seen[-1][1], f"segmentation did not stop early: {seen}"
     assert len(viewer.layers) == n_layers  # the result of a closed dock is dropped
     assert find_segment_widget(viewer) is None  # no longer the viewer's segment widget
+
+
+def test_plugin_opens_with_the_bundled_model_and_segments_the_sample(make_napari_viewer, qtbot):
+    """What a new user does: open the plugin, open the sample, click Segment once."""
+    from napari_iaunet.weights import DEFAULT_WEIGHTS_NAME, default_weights
+
+    try:
+        bundled = default_weights()
+    except FileNotFoundError:
+        pytest.skip("no bundled default model in weights/")
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-iaunet", "synthetic_cells")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-iaunet", "Segment cells")
+    assert widget.checkpoint_path == str(bundled.resolve())
+    assert bundled.name == DEFAULT_WEIGHTS_NAME
+    assert widget.model_combo.currentIndex() == 0  # the default is first and selected
+    assert widget.segment_btn.isEnabled()
+    result, _ = _run(qtbot, widget)  # one click
+    assert result is not None, widget.status.text()
+    (group,) = groups_for_image(viewer, "synthetic cells")
+    assert group.info["checkpoint"] == str(bundled.resolve())
+    assert len(group.to_instances()) == len(result[0]) > 0
