@@ -126,3 +126,16 @@ def test_torchrun_shards_images_and_gathers_one_file(tiny_weights, images, tmp_p
                  "--one-file", "all.json", "--score-threshold", "0.0", "--device", "cpu"]) == 0
     ref = json.loads((single / "all.json").read_text())
     assert len(ref["annotations"]) == len(coco["annotations"])
+
+
+def test_progress_bar_fills_on_a_terminal(capsys, monkeypatch):
+    from napari_iaunet._cli.segment import _ProgressBar
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    bar = _ProgressBar("[1/1] big.tif")
+    for i in range(1, 5):
+        bar(i, 4)
+    bar.finish("12 instances in 1.00 s")
+    err = capsys.readouterr().err
+    assert "[1/1] big.tif [######------------------] 1/4 tiles" in err
+    assert "4/4 tiles" in err and err.endswith("[1/1] big.tif: 12 instances in 1.00 s\n")

@@ -128,11 +128,12 @@ def run(args: argparse.Namespace) -> int:
     for k, name in enumerate(mine, 1):
         image = np.asarray(loaders[name]())
         t0 = time.perf_counter()
-        inst = segmenter.segment(image)
+        bar = _ProgressBar(f"[{k}/{len(mine)}] {name}")
+        inst = segmenter.segment(image, progress=bar)
         dt = time.perf_counter() - t0
         h, w = inst.image_shape
         records.append((name, h, w, inst))
-        print(f"[{k}/{len(mine)}] {name}: {len(inst)} instances in {dt:.2f} s", file=sys.stderr)
+        bar.finish(f"{len(inst)} instances in {dt:.2f} s")
         if args.overlay:
             from ..io.atomic import atomic_write_bytes
             from ..visualize import overlay
@@ -160,6 +161,26 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: {len(records)} images, {total} instances, "
           f"{time.perf_counter() - t_start:.1f} s → {args.out}", file=sys.stderr)
     return 0
+
+
+class _ProgressBar:
+    """One stderr line per image; on a terminal it fills as the image's tiles are segmented."""
+
+    WIDTH = 24
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.live = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.live and total > 1:
+            filled = round(self.WIDTH * done / total)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            print(f"\r{self.label} [{bar}] {done}/{total} tiles", end="", file=sys.stderr,
+                  flush=True)
+
+    def finish(self, text: str) -> None:
+        print(("\r\033[K" if self.live else "") + f"{self.label}: {text}", file=sys.stderr)
 
 
 def _to_coco(records, info, args, instances_to_coco) -> dict:
