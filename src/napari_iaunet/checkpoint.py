@@ -1,10 +1,14 @@
-"""Saving and loading IAUNet checkpoints: ours, and the authors' Lightning ``.ckpt`` files.
+"""Saving and loading model checkpoints: ours, and the IAUNet authors' Lightning ``.ckpt`` files.
 
 Our file is one ``torch.save`` dict (loaded with ``weights_only=True``, so opening a checkpoint can
 never run code)::
 
     {"format": "napari-iaunet", "format_version": 1,
-     "config": IAUNetConfig.to_dict(), "state_dict": {...}, "metadata": {...}}
+     "config": IAUNetConfig.to_dict() or MaskRCNNConfig.to_dict(), "state_dict": {...},
+     "metadata": {...}}
+
+The config's ``"family"`` key names the model family (``"maskrcnn"``); a config without one is an
+IAUNet's, as in every checkpoint written before there were two families.
 
 Every failure is reported as one :class:`CheckpointError` sentence that names the file and says
 what is wrong: missing, unreadable, not a model, or a model of another architecture.
@@ -20,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .model.config import IAUNetConfig
+from .model.config import IAUNetConfig, MaskRCNNConfig, ModelConfig, config_from_dict
 
 __all__ = [
     "CheckpointError",
@@ -49,7 +53,7 @@ class CheckpointInfo:
 
     path: Path
     source: str  # "napari-iaunet" or "iaunet-lightning" (the authors' training code)
-    config: IAUNetConfig
+    config: ModelConfig
     metadata: dict[str, Any] = field(default_factory=dict)
     num_tensors: int = 0
     dtype: str = "float32"
@@ -57,10 +61,17 @@ class CheckpointInfo:
     def summary(self) -> str:
         """A short human-readable description (used by ``napari-iaunet info`` and the widget)."""
         c, m = self.config, self.metadata
+        if isinstance(c, MaskRCNNConfig):
+            model_line = (f"model:       {c.backbone}, input {c.input_size}px, score threshold "
+                          f"{c.score_threshold:g}, NMS {c.nms_threshold:g}, at most "
+                          f"{c.detections_per_img} detections")
+        else:
+            model_line = (f"backbone:    {c.backbone}, {c.num_queries} queries, "
+                          f"input {c.input_size}px")
         lines = [
             f"file:        {self.path}",
             f"format:      {self.source}",
-            f"backbone:    {c.backbone}, {c.num_queries} queries, input {c.input_size}px",
+            model_line,
             f"classes:     {', '.join(c.class_names)}",
             f"normalise:   mean {_fmt(c.pixel_mean)}, std {_fmt(c.pixel_std)} (0-255 scale)",
             f"weights:     {self.num_tensors} tensors stored as {self.dtype}",
@@ -81,7 +92,7 @@ class LoadedCheckpoint:
     info: CheckpointInfo
 
     @property
-    def config(self) -> IAUNetConfig:
+    def config(self) -> ModelConfig:
         return self.info.config
 
     @property
@@ -223,8 +234,9 @@ def save_checkpoint(
     from .io.atomic import atomic_path
 
     config = getattr(model, "config", None)
-    if not isinstance(config, IAUNetConfig):
-        raise TypeError("save_checkpoint needs an IAUNet model with a .config (IAUNetConfig)")
+    if not isinstance(config, (IAUNetConfig, MaskRCNNConfig)):
+        raise TypeError("save_checkpoint needs a model with a .config (IAUNetConfig or "
+                        "MaskRCNNConfig)")
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
@@ -292,7 +304,7 @@ def _parse(path: Path, obj: Any, overrides: dict[str, Any] | None) -> tuple[Chec
                 "update napari-iaunet to open it"
             )
         try:
-            config = IAUNetConfig.from_dict({**obj["config"], **(overrides or {})})
+            config = config_from_dict({**obj["config"], **(overrides or {})})
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path} has an invalid model description: {exc}") from exc
         state = obj.get("state_dict")
@@ -409,8 +421,8 @@ def load_checkpoint(
             parts.append(f"{len(wrong)} of the wrong shape (e.g. '{k}': file "
                          f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
         raise CheckpointError(
-            f"{path} does not match the IAUNet it describes ({info.config.backbone}, "
-            f"{info.config.num_queries} queries): " + "; ".join(parts)
+            f"{path} does not match the model it describes ({info.config.describe()}): "
+            + "; ".join(parts)
             + " — it was saved from a different architecture or version"
         )
     model.load_state_dict(state, strict=True)

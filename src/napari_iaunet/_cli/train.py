@@ -24,11 +24,20 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                       help="validation annotations (COCO AP decides best.pt)")
     model = p.add_argument_group("model")
     model.add_argument("--weights", "-w", type=Path, default=None,
-                       help="checkpoint to fine-tune (keeps its architecture and normalisation)")
+                       help="checkpoint to fine-tune (keeps its architecture, family and "
+                            "normalisation)")
+    model.add_argument("--family", default="iaunet", choices=("iaunet", "maskrcnn"),
+                       help="model family of a new model: IAUNet or torchvision's Mask R-CNN")
+    model.add_argument("--variant", default="r50_fpn", choices=("r50_fpn", "r18_cbam"),
+                       help="Mask R-CNN variant: torchvision's ResNet-50-FPN or the LIVECell "
+                            "study's ResNet-18 + CBAM")
     model.add_argument("--backbone-weights", type=Path, default=None,
-                       help="local pretrained backbone weights (.pth/.safetensors) for a new model")
+                       help="local pretrained weights for a new model: a backbone "
+                            "(.pth/.safetensors); for Mask R-CNN a COCO Mask R-CNN or ImageNet "
+                            "ResNet state dict (nothing is downloaded)")
     model.add_argument("--backbone", default="resnet50",
-                       help="backbone of a new model: resnet18/34/50/101, swin_small, swin_base")
+                       help="IAUNet backbone of a new model: resnet18/34/50/101, swin_small, "
+                            "swin_base")
     model.add_argument("--queries", type=int, default=100, help="queries of a new model")
     model.add_argument("--hidden-dim", type=int, default=256,
                        help="decoder width of a new model (hidden and mask dimension)")
@@ -88,7 +97,7 @@ def _install_stop_handler(event: threading.Event) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..model.config import IAUNetConfig
+    from ..model.config import IAUNetConfig, MaskRCNNConfig
     from ..training import distributed as ddp
     from ..training.callbacks import PrintProgress
     from ..training.dataset import AnnotatedImages
@@ -106,13 +115,18 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite)
     train_data = AnnotatedImages.from_coco(args.train)
     val_data = AnnotatedImages.from_coco(args.val) if args.val else None
-    model_config = None
+    model_config: IAUNetConfig | MaskRCNNConfig | None = None
     if args.weights is None:
         names = train_data.class_names or ["cell"]
-        model_config = IAUNetConfig(backbone=args.backbone, num_queries=args.queries,
-                                    hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
-                                    num_classes=len(names), class_names=tuple(names),
-                                    input_size=args.input_size or 512)
+        if args.family == "maskrcnn":
+            model_config = MaskRCNNConfig(variant=args.variant, num_classes=len(names),
+                                          class_names=tuple(names),
+                                          input_size=args.input_size or 512)
+        else:
+            model_config = IAUNetConfig(backbone=args.backbone, num_queries=args.queries,
+                                        hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+                                        num_classes=len(names), class_names=tuple(names),
+                                        input_size=args.input_size or 512)
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

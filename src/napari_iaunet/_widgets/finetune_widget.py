@@ -910,7 +910,7 @@ class FineTuneWidget(QWidget):
                 c = info.config
                 steps = info.metadata.get("trained_steps")
                 self.model_info.setText(
-                    f"{c.backbone}, {c.num_queries} queries, input {c.input_size} px"
+                    f"{c.describe()}, input {c.input_size} px"
                     + (f", {steps} steps" if steps else ""))
                 self.model_info.setToolTip(info.summary())
                 if path != self._model_shown:  # a new choice: train at its input size

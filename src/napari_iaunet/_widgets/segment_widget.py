@@ -339,7 +339,7 @@ class SegmentWidget(QWidget):
             self._update_enabled()
             return
         c, m = info.config, info.metadata
-        lines = [f"{c.backbone}, {c.num_queries} queries, input {c.input_size} px",
+        lines = [f"{c.describe()}, input {c.input_size} px",
                  f"classes: {', '.join(c.class_names)}"]
         # one line (the tooltip, info.summary(), has all of it, with licences and paths)
         lines.append("trained on: "

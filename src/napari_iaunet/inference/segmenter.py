@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..instances import Instances
-from ..model.config import IAUNetConfig
+from ..model.config import ModelConfig
 from .device import autocast, select_device
 from .postprocess import PostprocessSettings, postprocess
 from .preprocess import PreparedImage, as_hwc, pad_batch, prepare
@@ -33,7 +33,8 @@ class Segmenter:
     """A model with its inference settings.
 
     Args:
-        model: an IAUNet (its ``config`` gives input size and normalisation).
+        model: an IAUNet or a Mask R-CNN (:mod:`napari_iaunet.model.maskrcnn`); its ``config``
+            gives the family, input size and normalisation.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``.
         settings: score / mask thresholds and the optional duplicate filter.
         tile_size: ``"auto"`` tiles an image only when it is much larger than the images the
@@ -48,7 +49,8 @@ class Segmenter:
             and the weights and activations in channels-last layout (same outputs to float32
             rounding; see docs/performance.md for what each step saves).
             ``model`` itself is never changed; the copy is rebuilt when its weights or device
-            change (training, ``load_state_dict``, ``.to()``).
+            change (training, ``load_state_dict``, ``.to()``). IAUNet only: a Mask R-CNN
+            runs as it is.
     """
 
     def __init__(
@@ -93,7 +95,7 @@ class Segmenter:
         return seg
 
     @property
-    def config(self) -> IAUNetConfig:
+    def config(self) -> ModelConfig:
         return self.model.config
 
     # ------------------------------------------------------------------ public API
@@ -164,7 +166,7 @@ class Segmenter:
     def inference_model(self) -> torch.nn.Module:
         """The network :meth:`segment` runs: ``model``, or (``fuse=True``) its fused inference copy,
         made on first use and again whenever ``model``'s weights or device change."""
-        if not self.fuse:
+        if not self.fuse or getattr(self.config, "family", "iaunet") != "iaunet":
             return self.model
         key = _weights_key(self.model)
         if self._fused is None or self._fused[0] != key:
@@ -197,6 +199,8 @@ class Segmenter:
 
     @torch.inference_mode()
     def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
+        if getattr(self.config, "family", "iaunet") == "maskrcnn":
+            return self._predict_detections(prepared)
         batch = pad_batch([p.tensor for p in prepared])
         if self.fuse and self.device.type == "cpu":  # the fused CPU copy is channels-last
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -207,6 +211,19 @@ class Segmenter:
             postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
                         p.resized_shape, p.original_shape, self.settings)
             for i, p in enumerate(prepared)
+        ]
+
+    def _predict_detections(self, prepared: list[PreparedImage]) -> list[Instances]:
+        """Mask R-CNN: unpadded images in, boxes + 28×28 masks out, pasted inside their boxes."""
+        from .detections import detections_to_instances
+
+        images = [p.tensor[:, :p.resized_shape[0], :p.resized_shape[1]] for p in prepared]
+        with autocast(self.device, self.amp):
+            outputs = self.model.detect(images, score_threshold=self.settings.score_threshold)
+        return [
+            detections_to_instances(o["boxes"], o["scores"], o["labels"], o["masks"],
+                                    p.resized_shape, p.original_shape, self.settings)
+            for o, p in zip(outputs, prepared)
         ]
 
 

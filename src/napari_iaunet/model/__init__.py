@@ -1,6 +1,6 @@
-"""The IAUNet network: config, encoder, decoder and complexity counts.
+"""The networks: IAUNet (config, encoder, decoder, complexity counts) and Mask R-CNN.
 
-Importing this package is cheap; torch and timm load on first use of a model name.
+Importing this package is cheap; torch, timm and torchvision load on first use of a model name.
 """
 
 from __future__ import annotations
@@ -8,17 +8,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .config import REVVITY_MEAN, REVVITY_STD, IAUNetConfig
+from .config import (
+    MODEL_FAMILIES,
+    REVVITY_MEAN,
+    REVVITY_STD,
+    IAUNetConfig,
+    MaskRCNNConfig,
+    ModelConfig,
+    config_from_dict,
+)
 
 __all__ = [
     "BACKBONES",
+    "MODEL_FAMILIES",
     "REVVITY_MEAN",
     "REVVITY_STD",
     "IAUNet",
     "IAUNetConfig",
     "IAUNetDecoder",
+    "MaskRCNNConfig",
+    "MaskRCNNModel",
+    "ModelConfig",
     "build_encoder",
+    "build_maskrcnn",
     "build_model",
+    "config_from_dict",
     "count_macs",
     "count_parameters",
     "fidelity_table",
@@ -30,6 +44,8 @@ _LAZY = {
     "IAUNetDecoder": "decoder",
     "IAUNet": "iaunet",
     "build_model": "iaunet",
+    "MaskRCNNModel": "maskrcnn",
+    "build_maskrcnn": "maskrcnn",
     "count_macs": "complexity",
     "count_parameters": "complexity",
     "fidelity_table": "complexity",

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["REVVITY_MEAN", "REVVITY_STD", "IAUNetConfig"]
+__all__ = [
+    "MASKRCNN_VARIANTS",
+    "MODEL_FAMILIES",
+    "REVVITY_MEAN",
+    "REVVITY_STD",
+    "IAUNetConfig",
+    "MaskRCNNConfig",
+    "ModelConfig",
+    "config_from_dict",
+]
 
 # Revvity-25 statistics on raw 0-255 pixel values (the authors' dataset config).
 REVVITY_MEAN = 133.488
@@ -34,6 +43,8 @@ class IAUNetConfig:
     size_divisibility: int = 32
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
+
+    family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -70,6 +81,7 @@ class IAUNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IAUNetConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error (they mean another version)."""
+        d = _pop_family(d, cls.family)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -82,4 +94,136 @@ class IAUNetConfig:
         d.update(changes)
         return IAUNetConfig.from_dict(d)
 
+    def describe(self) -> str:
+        """One line naming the architecture (e.g. ``resnet50, 100 queries``)."""
+        return f"{self.backbone}, {self.num_queries} queries"
 
+
+# ---------------------------------------------------------------------------------- Mask R-CNN
+# variant -> (display name, default box score threshold)
+MASKRCNN_VARIANTS: dict[str, tuple[str, float]] = {
+    # torchvision's maskrcnn_resnet50_fpn with its default score threshold
+    "r50_fpn": ("Mask R-CNN R50-FPN", 0.05),
+    # the LIVECell study's custom model: ResNet-18 + CBAM, score threshold 0.4
+    "r18_cbam": ("Mask R-CNN R18-CBAM-FPN", 0.4),
+}
+
+
+@dataclass
+class MaskRCNNConfig:
+    """Everything needed to rebuild a Mask R-CNN (torchvision) and feed it images.
+
+    Images are prepared exactly as for IAUNet (longest side to ``input_size``, 0-255 scale
+    normalised with ``pixel_mean`` / ``pixel_std``, padded to ``size_divisibility``); the model's
+    own transform neither resizes nor normalises again. ``num_classes`` counts foreground
+    classes (torchvision's ``num_classes`` is one more, for the background).
+    ``score_threshold`` (None: the variant's, 0.05 for ``r50_fpn``, 0.4 for ``r18_cbam``) and
+    ``nms_threshold`` apply when the model is called directly; the
+    :class:`~napari_iaunet.inference.Segmenter` uses its own settings' score threshold instead.
+    ``box_batch_size_per_image`` is the number of proposals sampled per image to train the box
+    and mask heads (a quarter of them positive at most).
+    """
+
+    variant: str = "r50_fpn"
+    num_classes: int = 1
+    class_names: tuple[str, ...] = ("cell",)
+    input_size: int = 512
+    size_divisibility: int = 32
+    pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
+    pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
+    score_threshold: float | None = None
+    nms_threshold: float = 0.5
+    detections_per_img: int = 300  # torchvision's default of 100 is low for cell images
+    box_batch_size_per_image: int = 512  # RoIs sampled per training image (torchvision: 512)
+
+    family: ClassVar[str] = "maskrcnn"
+
+    def __post_init__(self) -> None:
+        if self.variant not in MASKRCNN_VARIANTS:
+            raise ValueError(f"MaskRCNNConfig: unknown variant {self.variant!r} "
+                             f"(choose from {', '.join(MASKRCNN_VARIANTS)})")
+        self.class_names = tuple(self.class_names)
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        if len(self.class_names) != self.num_classes:
+            if self.class_names == ("cell",):
+                self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
+            else:
+                raise ValueError(f"MaskRCNNConfig: {len(self.class_names)} class names for "
+                                 f"num_classes={self.num_classes}")
+        if self.num_classes < 1:
+            raise ValueError("MaskRCNNConfig: num_classes must be ≥ 1")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError("MaskRCNNConfig: pixel_mean and pixel_std need 3 values (RGB)")
+        if min(self.pixel_std) <= 0:
+            raise ValueError("MaskRCNNConfig: pixel_std must be positive")
+        if self.input_size % self.size_divisibility:
+            raise ValueError(f"MaskRCNNConfig: input_size {self.input_size} must be a multiple "
+                             f"of {self.size_divisibility}")
+        if self.score_threshold is None:
+            self.score_threshold = MASKRCNN_VARIANTS[self.variant][1]
+        self.score_threshold = float(self.score_threshold)
+        if not 0.0 <= self.score_threshold < 1.0 or not 0.0 < self.nms_threshold <= 1.0:
+            raise ValueError("MaskRCNNConfig: thresholds must lie in [0, 1)")
+        if self.detections_per_img < 1 or self.box_batch_size_per_image < 1:
+            raise ValueError("MaskRCNNConfig: detections_per_img and box_batch_size_per_image "
+                             "must be ≥ 1")
+
+    @property
+    def backbone(self) -> str:
+        """The architecture's display name (IAUNet's field of the same name, for callers that
+        print ``config.backbone``)."""
+        return MASKRCNN_VARIANTS[self.variant][0]
+
+    @property
+    def num_queries(self) -> int:
+        """The most detections per image (the counterpart of IAUNet's queries)."""
+        return self.detections_per_img
+
+    def describe(self) -> str:
+        """One line naming the architecture (e.g. ``Mask R-CNN R50-FPN``)."""
+        return self.backbone
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict with ``"family": "maskrcnn"``."""
+        d: dict[str, Any] = {"family": self.family}
+        for k, v in asdict(self).items():
+            d[k] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MaskRCNNConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        d = _pop_family(d, cls.family)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"MaskRCNNConfig: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> MaskRCNNConfig:
+        """A copy with some fields changed."""
+        d = self.to_dict()
+        d.update(changes)
+        return MaskRCNNConfig.from_dict(d)
+
+
+ModelConfig = IAUNetConfig | MaskRCNNConfig
+MODEL_FAMILIES: dict[str, type] = {"iaunet": IAUNetConfig, "maskrcnn": MaskRCNNConfig}
+
+
+def _pop_family(d: dict[str, Any], expected: str) -> dict[str, Any]:
+    d = dict(d)
+    family = d.pop("family", "iaunet")
+    if family != expected:
+        raise ValueError(f"a {family!r} model description is not a {expected!r} one")
+    return d
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """The config a checkpoint's dict describes: its ``family`` field picks the class (none:
+    IAUNet, as in every checkpoint written before Mask R-CNN was added)."""
+    family = d.get("family", "iaunet")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model family {family!r} (known: {', '.join(MODEL_FAMILIES)})")
+    return MODEL_FAMILIES[family].from_dict(d)

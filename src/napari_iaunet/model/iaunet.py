@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import IAUNetConfig
+from .config import IAUNetConfig, ModelConfig
 from .decoder import IAUNetDecoder
 from .encoder import Encoder, build_encoder
 
@@ -42,8 +42,17 @@ class IAUNet(nn.Module):
         return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux)
 
 
-def build_model(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:
-    """A randomly initialised IAUNet for ``config``; ``backbone_weights`` loads a local backbone."""
+def build_model(config: ModelConfig, backbone_weights: str | Path | None = None) -> nn.Module:
+    """A randomly initialised model for ``config``; ``backbone_weights`` loads local weights.
+
+    The config's family picks the network: an :class:`IAUNet` for :class:`IAUNetConfig`, a
+    torchvision Mask R-CNN for :class:`~napari_iaunet.model.config.MaskRCNNConfig`
+    (``backbone_weights`` may then be a COCO Mask R-CNN or ResNet state dict).
+    """
+    if config.family == "maskrcnn":
+        from .maskrcnn import build_maskrcnn
+
+        return build_maskrcnn(config, backbone_weights)
     encoder = build_encoder(
         config.backbone, img_size=config.input_size, pretrained_path=backbone_weights
     )

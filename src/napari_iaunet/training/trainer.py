@@ -1,7 +1,8 @@
 """The headless training / fine-tuning engine (the napari widget and the CLI drive this).
 
 ``train(train_data, val_data, config, model_config=… | start=…, callbacks=…, cancel=…)`` runs
-AdamW with a cosine schedule over the IAUNet set loss, validates with COCO AP, and keeps a run
+AdamW with a cosine schedule over the model family's loss (IAUNet: the set loss; Mask R-CNN:
+torchvision's detection losses, :mod:`.maskrcnn_loss`), validates with COCO AP, and keeps a run
 folder::
 
     OUT/best.pt      best validation AP (lowest smoothed training loss without validation);
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.config import IAUNetConfig
+from ..model.config import IAUNetConfig, ModelConfig, config_from_dict
 from . import distributed as ddp
 from .augment import AugmentConfig
 from .callbacks import JsonlLog, TrainCallback, plot_loss_curve
@@ -45,7 +46,7 @@ from .losses import SetCriterion
 from .matcher import NUM_POINTS
 
 __all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "ValidationCancelled",
-           "augment_config_for", "train", "validate"]
+           "augment_config_for", "train", "training_loss", "validate"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class TrainResult:
     cancelled: bool = False
     stopped_early: bool = False
     elapsed_s: float = 0.0
-    config: IAUNetConfig | None = None
+    config: ModelConfig | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)  # the trained model (last)
 
 
@@ -190,11 +191,15 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], flo
     return fn
 
 
+# parameter-name prefixes of the backbone (IAUNet's encoder, Mask R-CNN's ResNet body)
+_BACKBONE_PREFIXES = ("encoder.", "backbone.body.")
+
+
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
     backbone, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (backbone if name.startswith("encoder.") else rest).append(p)
+            (backbone if name.startswith(_BACKBONE_PREFIXES) else rest).append(p)
     groups = [{"params": rest, "lr": cfg.lr, "name": "decoder"}]
     if backbone:
         groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_multiplier,
@@ -291,10 +296,39 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
 
 
 # ---------------------------------------------------------------------------------- training
-def _build_model(cfg: TrainConfig, model_config: IAUNetConfig | None,
+LossFn = Callable[[torch.nn.Module, torch.Tensor, list[dict[str, torch.Tensor]],
+                   Callable[[], contextlib.AbstractContextManager]], dict[str, torch.Tensor]]
+IAUNET_LOSS_KEYS = ("loss", "loss_ce", "loss_bce", "loss_dice")
+
+
+def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.device
+                  ) -> tuple[LossFn, tuple[str, ...]]:
+    """The family's training loss ``fn(net, images, targets, autocast) -> {"loss": …, …}`` and
+    the terms to report each step. ``autocast()`` opens the run's mixed-precision context."""
+    if model_config.family == "maskrcnn":
+        from .maskrcnn_loss import MASKRCNN_LOSS_KEYS, maskrcnn_training_losses
+
+        return maskrcnn_training_losses, MASKRCNN_LOSS_KEYS
+    criterion = SetCriterion(
+        model_config.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
+        weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
+        num_points=cfg.num_points).to(device)
+
+    def set_loss(net: torch.nn.Module, images: torch.Tensor,
+                 targets: list[dict[str, torch.Tensor]],
+                 autocast: Callable[[], contextlib.AbstractContextManager]
+                 ) -> dict[str, torch.Tensor]:
+        with autocast():
+            outputs = net(images)
+        return criterion(outputs, targets)
+
+    return set_loss, IAUNET_LOSS_KEYS
+
+
+def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
                  start: str | Path | None, backbone_weights: str | Path | None,
                  class_names: Sequence[str] | None = None
-                 ) -> tuple[torch.nn.Module, IAUNetConfig, str]:
+                 ) -> tuple[torch.nn.Module, ModelConfig, str]:
     from ..model import build_model
 
     if start is not None:
@@ -336,13 +370,14 @@ def train(
     val_data: AnnotatedImages | Sequence[Any] | str | Path | None = None,
     config: TrainConfig | None = None,
     *,
-    model_config: IAUNetConfig | None = None,
+    model_config: ModelConfig | None = None,
     start: str | Path | None = None,
     backbone_weights: str | Path | None = None,
     callbacks: Sequence[TrainCallback] = (),
     cancel: threading.Event | Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Train (or fine-tune) an IAUNet; see the module docstring for the run folder.
+    """Train (or fine-tune) a model (IAUNet or Mask R-CNN: the family of ``model_config`` or
+    of the checkpoint ``start``); see the module docstring for the run folder.
 
     ``train_data`` / ``val_data``: :class:`AnnotatedImages`, ``COCO[:IMAGES]`` spec(s), or
     ``(image, Instances)`` pairs. Start from ``model_config`` (random init, optionally with local
@@ -367,7 +402,7 @@ def train(
 
 
 def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: TrainConfig,
-           train_data: Any, val_data: Any, model_config: IAUNetConfig | None,
+           train_data: Any, val_data: Any, model_config: ModelConfig | None,
            start: str | Path | None, backbone_weights: str | Path | None,
            callbacks: list[TrainCallback], cancel: Any) -> TrainResult:
     t_start = time.time()
@@ -388,7 +423,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     if resume_state is not None:
         from ..model import build_model
 
-        mcfg = IAUNetConfig.from_dict(resume_state["model_config"])
+        mcfg = config_from_dict(resume_state["model_config"])
         model = build_model(mcfg)
         model.load_state_dict(resume_state["model"])
         origin = resume_state.get("origin", "resume")
@@ -403,10 +438,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             model.config = mcfg
     model.to(device).train()
 
-    criterion = SetCriterion(
-        mcfg.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
-        weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
-        num_points=cfg.num_points).to(device)
+    loss_fn, loss_keys = training_loss(mcfg, cfg, device)
     optimizer = _adamw(_param_groups(model, cfg), cfg)
     steps_per_epoch = _steps_per_epoch(len(data), info, cfg)
     total = cfg.steps or (cfg.epochs * steps_per_epoch if cfg.epochs else 1000)
@@ -575,10 +607,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()}
                        for t in targets]
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):
-                outputs = net(images)
-            losses = criterion(outputs, targets)
+            losses = loss_fn(net, images, targets, lambda: torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None))
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["loss"]).backward()
             if cfg.grad_clip:
@@ -590,10 +620,9 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             scheduler.step()
             step += 1
 
-            report = torch.stack([losses[k].detach().float() for k in
-                                  ("loss", "loss_ce", "loss_bce", "loss_dice")])
+            report = torch.stack([losses[k].detach().float() for k in loss_keys])
             report = ddp.all_reduce_mean(report, info).cpu().tolist()
-            values = dict(zip(("loss", "loss_ce", "loss_bce", "loss_dice"), report))
+            values = dict(zip(loss_keys, report))
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(
                     f"training diverged at step {step} (loss {values['loss']}); lower the "
