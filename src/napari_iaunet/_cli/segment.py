@@ -28,6 +28,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="polygon simplification tolerance in pixels (default 1.0)")
     p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--cluster-queries", type=float, nargs="?", const=0.7, default=None,
+                   metavar="IOU",
+                   help="PCTrans: merge queries whose masks overlap above IOU (default 0.7) into "
+                        "one instance with their averaged mask and score")
     p.add_argument("--duplicate-iou", type=float, default=None,
                    help="drop masks overlapping a better one above this IoU (off by default)")
     p.add_argument("--tile-size", default="auto",
@@ -117,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         args.weights, device=device, tile_size=_tile_arg(args.tile_size),
         batch_size=args.batch_size,
         settings=PostprocessSettings(score_threshold=args.score_threshold,
-                                     duplicate_iou=args.duplicate_iou),
+                                     duplicate_iou=args.duplicate_iou,
+                                     cluster_queries=args.cluster_queries is not None,
+                                     cluster_iou=args.cluster_queries or 0.7),
     )
     info = segmenter.checkpoint_info
     print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"

@@ -41,6 +41,20 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--queries", type=int, default=100, help="queries of a new model")
     model.add_argument("--hidden-dim", type=int, default=256,
                        help="decoder width of a new model (hidden and mask dimension)")
+    pct = p.add_argument_group("PCTrans options (new IAUNet models; docs/model_families.md)")
+    pct.add_argument("--centre-guidance", action="store_true",
+                     help="queries predict their instance centre (L1 loss) and it guides "
+                          "cross-attention")
+    pct.add_argument("--dynamic-mask-head", action="store_true",
+                     help="CondInst-style per-query mask head (turns on --centre-guidance)")
+    pct.add_argument("--contrast-losses", action="store_true",
+                     help="query-embedding (QEC) and mask-candidate (MCC) contrast losses")
+    pct.add_argument("--pctrans", action="store_true", help="all three options above")
+    pct.add_argument("--weight-centre", type=float, default=5.0, help="centre L1 loss weight")
+    pct.add_argument("--weight-qec", type=float, default=1.0, help="QEC loss weight")
+    pct.add_argument("--weight-mcc", type=float, default=1.0, help="MCC loss weight")
+    pct.add_argument("--contrast-temperature", type=float, default=0.1,
+                     help="temperature of both contrast losses")
     model.add_argument("--input-size", type=int, default=None,
                        help="longest image side fed to the network (default: 512 or the "
                             "checkpoint's)")
@@ -80,6 +94,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     out.add_argument("--print-every", type=int, default=10, help="progress line every N steps")
 
 
+def pctrans_options(args: argparse.Namespace) -> dict[str, bool]:
+    """The PCTrans options of a new IAUNet from the command line."""
+    dynamic = args.dynamic_mask_head or args.pctrans
+    return {"centre_guidance": args.centre_guidance or dynamic,
+            "dynamic_mask_head": dynamic,
+            "contrast_losses": args.contrast_losses or args.pctrans}
+
+
 def _install_stop_handler(event: threading.Event) -> None:
     """First Ctrl-C / SIGTERM: stop after the current step and save; the second one aborts."""
     def handler(signum, frame):
@@ -112,7 +134,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every, early_stopping=args.patience,
         input_size=args.input_size, num_points=args.points, augment=args.augment,
         device=args.device, num_threads=args.threads, resume=args.resume,
-        overwrite=args.overwrite)
+        overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
+        weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
+        mcc_temperature=args.contrast_temperature)
     train_data = AnnotatedImages.from_coco(args.train)
     val_data = AnnotatedImages.from_coco(args.val) if args.val else None
     model_config: IAUNetConfig | MaskRCNNConfig | None = None
@@ -126,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
             model_config = IAUNetConfig(backbone=args.backbone, num_queries=args.queries,
                                         hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
                                         num_classes=len(names), class_names=tuple(names),
-                                        input_size=args.input_size or 512)
+                                        input_size=args.input_size or 512,
+                                        **pctrans_options(args))
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

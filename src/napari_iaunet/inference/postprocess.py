@@ -30,7 +30,7 @@ import torch
 
 from ..instances import Instances
 
-__all__ = ["PostprocessSettings", "postprocess", "remove_duplicates"]
+__all__ = ["PostprocessSettings", "cluster_queries", "postprocess", "remove_duplicates"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class PostprocessSettings:
     mask_threshold: float = 0.5
     duplicate_iou: float | None = None  # e.g. 0.8 drops near-identical masks (off by default)
     min_area: int = 0  # drop masks smaller than this many pixels
+    # PCTrans: merge near-duplicate queries (mask IoU at 1/4 scale above cluster_iou, same class)
+    # into one instance with their averaged mask probabilities and class scores
+    cluster_queries: bool = False
+    cluster_iou: float = 0.7
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.score_threshold < 1.0:
@@ -49,6 +53,8 @@ class PostprocessSettings:
             raise ValueError("mask_threshold must be in (0, 1)")
         if self.duplicate_iou is not None and not 0.0 < self.duplicate_iou <= 1.0:
             raise ValueError("duplicate_iou must be in (0, 1] or None")
+        if not 0.0 < self.cluster_iou <= 1.0:
+            raise ValueError("cluster_iou must be in (0, 1]")
 
 
 def postprocess(
@@ -77,6 +83,9 @@ def postprocess(
         return Instances.empty((H, W))
 
     selected = pred_masks[query_idx].detach().float().contiguous()  # (K, Hm, Wm) mask logits
+    if settings.cluster_queries and len(query_idx) > 1:
+        cls_scores, labels, selected = cluster_queries(
+            cls_scores, labels, selected, settings.cluster_iou, settings.mask_threshold)
     hm, wm = selected.shape[-2:]
     hp, wp = padded_shape
     h, w = resized_shape
@@ -277,6 +286,43 @@ def _sample_boxes_batched(low: torch.Tensor, candidates: list[int],
     for i, (y0, x0, y1, x1) in enumerate(boxes):
         out.append((mask_np[i, : y1 - y0, : x1 - x0], int(counts_np[i]), float(sums_np[i])))
     return out
+
+
+def cluster_queries(scores: torch.Tensor, labels: torch.Tensor, mask_logits: torch.Tensor,
+                    iou_threshold: float, mask_threshold: float = 0.5
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge near-duplicate queries (PCTrans): ``scores (K,)`` sorted high to low, ``labels (K,)``,
+    ``mask_logits (K, h, w)``.
+
+    Greedy in score order, each query not yet taken gathers every untaken query of its class
+    whose binary mask (probability > ``mask_threshold``) overlaps its own with IoU above
+    ``iou_threshold``; a cluster becomes one query with the mean class score and the mean mask
+    probabilities (returned as logits). Returns the merged ``(scores, labels, mask_logits)``.
+    """
+    prob = mask_logits.float().sigmoid()
+    hot = (prob > mask_threshold).flatten(1).float()
+    inter = hot @ hot.T
+    area = hot.sum(1)
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
+    linked = ((iou > iou_threshold) & (labels[:, None] == labels[None, :])).cpu().numpy()
+    order = np.argsort(-scores.float().cpu().numpy(), kind="stable")
+    taken = np.zeros(len(order), dtype=bool)
+    clusters: list[np.ndarray] = []
+    for i in order:
+        if taken[i]:
+            continue
+        members = np.flatnonzero(linked[i] & ~taken)
+        members = np.union1d(members, [i])
+        taken[members] = True
+        clusters.append(members)
+    if len(clusters) == len(order):
+        return scores, labels, mask_logits
+    device = mask_logits.device
+    new_scores = torch.stack([scores[torch.as_tensor(m, device=device)].mean() for m in clusters])
+    new_labels = labels[torch.as_tensor([int(m[0]) for m in clusters], device=device)]
+    mean_prob = torch.stack([prob[torch.as_tensor(m, device=device)].mean(0) for m in clusters])
+    mean_prob = mean_prob.clamp(1e-6, 1 - 1e-6)
+    return new_scores, new_labels, torch.log(mean_prob / (1 - mean_prob)).contiguous()
 
 
 def remove_duplicates(instances: Instances, iou_threshold: float) -> Instances:

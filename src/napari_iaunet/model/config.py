@@ -43,6 +43,11 @@ class IAUNetConfig:
     size_divisibility: int = 32
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
+    # PCTrans options (docs/model_families.md), all off by default: a config without them
+    # builds exactly the original IAUNet (same parameters and state-dict keys).
+    centre_guidance: bool = False  # queries predict their centre; it guides cross-attention
+    dynamic_mask_head: bool = False  # CondInst-style per-query 1x1 convs (needs centre_guidance)
+    contrast_losses: bool = False  # QEC + MCC training losses (no parameters)
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -69,13 +74,31 @@ class IAUNetConfig:
                 f"IAUNetConfig: input_size {self.input_size} must be a multiple of "
                 f"{self.size_divisibility}"
             )
+        if self.dynamic_mask_head and not self.centre_guidance:
+            raise ValueError("IAUNetConfig: dynamic_mask_head needs centre_guidance (its relative "
+                             "coordinates are taken to each query's predicted centre)")
+
+    @property
+    def pctrans_options(self) -> tuple[str, ...]:
+        """The PCTrans options switched on (empty for a plain IAUNet)."""
+        return tuple(name for name in PCTRANS_OPTIONS if getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-safe dict (lists instead of tuples)."""
+        """Plain JSON-safe dict (lists instead of tuples).
+
+        PCTrans options that are off are left out, so a plain IAUNet's dict is exactly the one
+        written before the options existed (and older versions still read it).
+        """
         d = asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        if self.family == "iaunet":
+            for name in PCTRANS_OPTIONS:
+                if not d[name]:
+                    del d[name]
+        else:
+            d = {"family": self.family, **d}
         return d
 
     @classmethod
@@ -92,11 +115,17 @@ class IAUNetConfig:
         """A copy with some fields changed."""
         d = self.to_dict()
         d.update(changes)
-        return IAUNetConfig.from_dict(d)
+        return type(self).from_dict(d)
 
     def describe(self) -> str:
         """One line naming the architecture (e.g. ``resnet50, 100 queries``)."""
-        return f"{self.backbone}, {self.num_queries} queries"
+        text = f"{self.backbone}, {self.num_queries} queries"
+        if self.pctrans_options:
+            text += " + " + ", ".join(o.replace("_", " ") for o in self.pctrans_options)
+        return text
+
+
+PCTRANS_OPTIONS = ("centre_guidance", "dynamic_mask_head", "contrast_losses")
 
 
 # ---------------------------------------------------------------------------------- Mask R-CNN

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import DoubleConv, MaskBranch, SEBlock, coordinate_channels
+from .pctrans_heads import CentreGuidance, DynamicMaskHead
 from .position import PositionEmbeddingSine
 from .transformer import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
@@ -43,6 +44,9 @@ class IAUNetDecoder(nn.Module):
         dec_layers: int = 3,
         dim_feedforward: int = 1024,
         dropout: float = 0.1,
+        centre_guidance: bool = False,
+        dynamic_mask_head: bool = False,
+        contrast_losses: bool = False,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -97,7 +101,18 @@ class IAUNetDecoder(nn.Module):
         self.objectness = nn.Linear(hidden_dim, 1)  # unused
         self.bbox_pred = nn.Linear(hidden_dim, 4)  # unused
 
+        # --- PCTrans options (none of these exist on a plain IAUNet) ----------------------------
+        if dynamic_mask_head and not centre_guidance:
+            raise ValueError("dynamic_mask_head needs centre_guidance")
+        self.centre_guidance = CentreGuidance(num_queries, hidden_dim) if centre_guidance else None
+        self.dynamic_mask_head = (
+            DynamicMaskHead(mask_dim, hidden_dim) if dynamic_mask_head else None
+        )
+        self.output_query_embeddings = bool(contrast_losses)
+
         self._init_weights()
+        if self.dynamic_mask_head is not None:  # the dynamic head replaces the dot product
+            self.mask_embed.requires_grad_(False)
         # Never used in forward (kept for checkpoint keys); frozen so that DDP does not wait for
         # their gradients. Their values are whatever the checkpoint holds.
         for unused in (self.fc, self.objectness, self.bbox_pred):
@@ -150,13 +165,33 @@ class IAUNetDecoder(nn.Module):
         return memories, mask_features
 
     def predict(
-        self, queries: torch.Tensor, mask_features: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        mask_features: torch.Tensor,
+        centre_logits: torch.Tensor | None = None,
+        pixel_embed: torch.Tensor | None = None,
+        normed: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Class logits (B, Q, C+1) and mask logits (B, Q, h, w) of queries (B, Q, D)."""
-        normed = self.decoder_norm(queries)
-        mask_embeddings = self.mask_embed(normed)
-        masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
-        return {"pred_logits": self.class_embed(normed).float(), "pred_masks": masks.float()}
+        """Class logits (B, Q, C+1) and mask logits (B, Q, h, w) of queries (B, Q, D).
+
+        With the PCTrans options also ``pred_centres`` (B, Q, 2), normalised (x, y), and
+        ``query_embeddings`` (B, Q, D), the normed queries the contrast loss compares.
+        """
+        if normed is None:
+            normed = self.decoder_norm(queries)
+        out: dict[str, torch.Tensor] = {"pred_logits": self.class_embed(normed).float()}
+        if self.dynamic_mask_head is not None and pixel_embed is not None:
+            centres = centre_logits.sigmoid().detach()  # masks do not move the centres
+            masks = self.dynamic_mask_head(normed, pixel_embed, centres)
+        else:
+            mask_embeddings = self.mask_embed(normed)
+            masks = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+        out["pred_masks"] = masks.float()
+        if centre_logits is not None:
+            out["pred_centres"] = centre_logits.float().sigmoid()
+        if self.output_query_embeddings:
+            out["query_embeddings"] = normed.float()
+        return out
 
     def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True) -> dict[str, Any]:
         """Predictions from encoder features ``[f4, f8, f16, f32]``.
@@ -169,6 +204,10 @@ class IAUNetDecoder(nn.Module):
         batch = mask_features.shape[0]
         queries = self.query_feat.weight.unsqueeze(0).repeat(batch, 1, 1)
         query_pos = self.query_embed.weight.unsqueeze(0).repeat(batch, 1, 1)
+        guidance = self.centre_guidance
+        centres = guidance.initial(batch) if guidance is not None else None
+        pixel_embed = (self.dynamic_mask_head.pixel_embed(mask_features)
+                       if self.dynamic_mask_head is not None else None)
 
         predictions: list[dict[str, torch.Tensor]] = []
         num_layers = NUM_LEVELS * self.dec_layers
@@ -177,20 +216,24 @@ class IAUNetDecoder(nn.Module):
             memory_pos = self.pe_layer(memory_map).flatten(2).transpose(1, 2)
             for j in range(self.dec_layers):
                 k = level * self.dec_layers + j
+                cross_pos = (query_pos if guidance is None
+                             else guidance.query_position(queries, query_pos, centres))
                 queries = self.transformer_instance_cross_attention_layers[k](
-                    queries, memory, memory_pos, query_pos
+                    queries, memory, memory_pos, cross_pos
                 )
                 queries = self.transformer_instance_self_attention_layers[k](queries, query_pos)
                 queries = self.transformer_instance_ffn_layers[k](queries)
+                normed = None
+                if guidance is not None:
+                    normed = self.decoder_norm(queries)
+                    centres = guidance.refine(normed, centres)
                 if with_aux or k == num_layers - 1:
-                    predictions.append(self.predict(queries, mask_features))
+                    predictions.append(
+                        self.predict(queries, mask_features, centres, pixel_embed, normed)
+                    )
 
         final = predictions[-1]
-        return {
-            "pred_logits": final["pred_logits"],
-            "pred_masks": final["pred_masks"],
-            "aux_outputs": predictions[:-1],
-        }
+        return {**final, "aux_outputs": predictions[:-1]}
 
 
 def _upsample_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

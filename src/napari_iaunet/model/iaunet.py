@@ -66,5 +66,8 @@ def build_model(config: ModelConfig, backbone_weights: str | Path | None = None)
         dec_layers=config.dec_layers,
         dim_feedforward=config.dim_feedforward,
         dropout=config.dropout,
+        centre_guidance=config.centre_guidance,
+        dynamic_mask_head=config.dynamic_mask_head,
+        contrast_losses=config.contrast_losses,
     )
     return IAUNet(encoder, decoder, config)

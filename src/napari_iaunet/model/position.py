@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "sine_embed_points"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -62,3 +62,20 @@ class PositionEmbeddingSine(nn.Module):
     def _interleave_sin_cos(angles: torch.Tensor) -> torch.Tensor:
         """``sin`` of the even feature indices and ``cos`` of the odd ones, interleaved."""
         return torch.stack([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=2).flatten(1)
+
+
+def sine_embed_points(points: torch.Tensor, num_pos_feats: int = 128,
+                      temperature: float = 10000.0, scale: float = 2 * math.pi) -> torch.Tensor:
+    """Sine encoding of normalised ``(..., 2)`` points given as (x, y) in [0, 1].
+
+    Returns ``(..., 2 * num_pos_feats)``: y first, then x, with the same frequencies and
+    ``2π`` scale as :class:`PositionEmbeddingSine` with ``normalize=True``, so a point encodes
+    like the pixel it lies on.
+    """
+    shape = points.shape[:-1]
+    flat = points.reshape(-1, 2).float() * scale
+    dim_t = torch.arange(num_pos_feats, device=points.device, dtype=torch.float32)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_pos_feats)
+    pos_x = PositionEmbeddingSine._interleave_sin_cos(flat[:, 0:1] / dim_t)
+    pos_y = PositionEmbeddingSine._interleave_sin_cos(flat[:, 1:2] / dim_t)
+    return torch.cat([pos_y, pos_x], dim=1).reshape(*shape, 2 * num_pos_feats).to(points.dtype)

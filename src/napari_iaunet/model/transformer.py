@@ -7,11 +7,13 @@ scaled-dot-product-attention path.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["CrossAttentionLayer", "FFNLayer", "SelfAttentionLayer"]
+__all__ = ["MLP", "CrossAttentionLayer", "FFNLayer", "SelfAttentionLayer"]
 
 
 def _xavier_init(module: nn.Module) -> None:
@@ -81,3 +83,19 @@ class FFNLayer(nn.Module):
     def forward(self, queries: torch.Tensor) -> torch.Tensor:
         hidden = self.dropout(F.relu(self.linear1(queries)))
         return self.norm(queries + self.dropout(self.linear2(hidden)))
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (DETR's box-head MLP)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x

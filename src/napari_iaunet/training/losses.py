@@ -15,6 +15,11 @@ Weights are applied explicitly: ``loss = Σ_outputs (w_ce·ce + w_bce·bce + w_d
 1.0 / 5.0 / 2.0 by default. (The reference code renamed its mask-loss keys without renaming the
 weights, so its BCE and Dice silently ran at weight 1.0; here the weight of every term is looked
 up by the same name that produces it, and an unknown term is an error.)
+
+PCTrans terms (:mod:`.pctrans_losses`) join when the outputs carry what they need:
+``loss_centre`` (+ ``.i``) with ``pred_centres``, ``loss_mcc`` (+ ``.i``) and ``loss_qec`` (once,
+across all outputs) with ``query_embeddings``; weights ``weight_centre`` / ``weight_qec`` /
+``weight_mcc`` (5.0 / 1.0 / 1.0).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .matcher import NUM_POINTS, HungarianMatcher, point_sample, point_sample_indexed
+from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
 __all__ = ["SetCriterion", "num_masks_across_processes", "sample_uncertain_points"]
 
@@ -74,18 +80,28 @@ class SetCriterion(torch.nn.Module):
     (padded) network input resolution; predictions may be at any resolution (usually H/4).
     """
 
-    TERMS = ("ce", "bce", "dice")
+    TERMS = ("ce", "bce", "dice", "centre", "qec", "mcc")
 
     def __init__(self, num_classes: int = 1, *, weight_ce: float = 1.0, weight_bce: float = 5.0,
                  weight_dice: float = 2.0, no_object_weight: float = 0.1,
                  num_points: int = NUM_POINTS, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75, deep_supervision: bool = True,
-                 matcher: HungarianMatcher | None = None) -> None:
+                 matcher: HungarianMatcher | None = None, weight_centre: float = 5.0,
+                 weight_qec: float = 1.0, weight_mcc: float = 1.0,
+                 qec_temperature: float = 0.1, mcc_temperature: float = 0.1,
+                 mcc_points: int = 4096) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.weights = {"ce": float(weight_ce), "bce": float(weight_bce),
-                        "dice": float(weight_dice)}
-        self.matcher = matcher or HungarianMatcher(weight_ce, weight_bce, weight_dice, num_points)
+                        "dice": float(weight_dice), "centre": float(weight_centre),
+                        "qec": float(weight_qec), "mcc": float(weight_mcc)}
+        if qec_temperature <= 0 or mcc_temperature <= 0:
+            raise ValueError("SetCriterion: contrast temperatures must be positive")
+        self.qec_temperature = float(qec_temperature)
+        self.mcc_temperature = float(mcc_temperature)
+        self.mcc_points = int(mcc_points)
+        self.matcher = matcher or HungarianMatcher(weight_ce, weight_bce, weight_dice, num_points,
+                                                   cost_centre=weight_centre)
         self.num_points = int(num_points)
         self.oversample_ratio = float(oversample_ratio)
         self.importance_sample_ratio = float(importance_sample_ratio)
@@ -139,6 +155,7 @@ class SetCriterion(torch.nn.Module):
 
         Keys: ``loss_ce``, ``loss_bce``, ``loss_dice`` for the final output and ``loss_ce.{i}``…
         for auxiliary output ``i``; every term is unweighted, ``loss`` is the weighted total.
+        With the PCTrans outputs also ``loss_centre``, ``loss_mcc`` (per output) and ``loss_qec``.
         """
         device = outputs["pred_logits"].device
         with torch.autocast(device_type=device.type, enabled=False):
@@ -150,6 +167,13 @@ class SetCriterion(torch.nn.Module):
             if self.deep_supervision:
                 levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
             losses: dict[str, torch.Tensor] = {}
+            gt_centres = ([centre_of_mass(g) for g in gt_masks]
+                          if "pred_centres" in outputs else None)
+            if gt_centres is not None:  # the matcher adds an L1 centre cost
+                for t, c in zip(match_targets, gt_centres):
+                    t["centres"] = c
+            contrast = "query_embeddings" in outputs
+            embeddings, all_matches = [], []
             for suffix, out in levels:
                 matches = self.matcher(out, match_targets, generator)
                 losses["loss_ce" + suffix] = self.loss_ce(out["pred_logits"], matches,
@@ -158,6 +182,17 @@ class SetCriterion(torch.nn.Module):
                                             generator)
                 losses["loss_bce" + suffix] = bce
                 losses["loss_dice" + suffix] = dice
+                if gt_centres is not None:
+                    losses["loss_centre" + suffix] = loss_centre(out["pred_centres"], matches,
+                                                                 gt_centres, num_masks)
+                if contrast:
+                    losses["loss_mcc" + suffix] = loss_mcc(
+                        out["pred_masks"], matches, gt_masks, num_masks, self.mcc_temperature,
+                        self.mcc_points, generator)
+                    embeddings.append(out["query_embeddings"])
+                    all_matches.append(matches)
+            if contrast:
+                losses["loss_qec"] = loss_qec(embeddings, all_matches, self.qec_temperature)
             losses["loss"] = self.weighted_total(losses)
         return losses
 

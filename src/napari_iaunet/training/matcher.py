@@ -4,6 +4,8 @@ Costs follow the IAUNet/Mask2Former recipe: ``cost_class`` × (−p(class)) + ``
 sigmoid BCE + ``cost_dice`` × pairwise Dice loss, the mask terms evaluated on ``num_points``
 uniformly random points shared by all predictions and ground truths of an image (bilinear
 ``grid_sample`` with ``align_corners=False``, so masks of any resolution compare consistently).
+With PCTrans centre guidance (outputs carry ``pred_centres`` and targets ``centres``) the cost
+adds ``cost_centre`` × the L1 distance between predicted and ground-truth centres.
 Everything runs in float32 with autocast off; the assignment is scipy's
 ``linear_sum_assignment``.
 """
@@ -85,7 +87,7 @@ class HungarianMatcher(torch.nn.Module):
     """One-to-one assignment of queries to targets minimising the weighted matching cost."""
 
     def __init__(self, cost_class: float = 1.0, cost_bce: float = 5.0, cost_dice: float = 2.0,
-                 num_points: int = NUM_POINTS) -> None:
+                 num_points: int = NUM_POINTS, cost_centre: float = 0.0) -> None:
         super().__init__()
         if cost_class == 0 and cost_bce == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all cost weights are zero")
@@ -93,6 +95,7 @@ class HungarianMatcher(torch.nn.Module):
         self.cost_bce = float(cost_bce)
         self.cost_dice = float(cost_dice)
         self.num_points = int(num_points)
+        self.cost_centre = float(cost_centre)
 
     def cost_matrix(self, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
                     gt_masks: torch.Tensor, generator: torch.Generator | None = None
@@ -134,6 +137,9 @@ class HungarianMatcher(torch.nn.Module):
                     continue
                 cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b],
                                         labels, tgt["masks"], generator)
+                if self.cost_centre and "pred_centres" in outputs and "centres" in tgt:
+                    cost = cost + self.cost_centre * torch.cdist(
+                        outputs["pred_centres"][b].float(), tgt["centres"].float(), p=1)
                 rows, cols = linear_sum_assignment(cost.cpu().numpy())
                 result.append((torch.as_tensor(rows, dtype=torch.int64),
                                torch.as_tensor(np.asarray(cols), dtype=torch.int64)))

@@ -92,6 +92,12 @@ class TrainConfig:
     weight_bce: float = 5.0
     weight_dice: float = 2.0
     no_object_weight: float = 0.1
+    # PCTrans terms: used only when the model's config switches the matching option on
+    weight_centre: float = 5.0
+    weight_qec: float = 1.0
+    weight_mcc: float = 1.0
+    qec_temperature: float = 0.1
+    mcc_temperature: float = 0.1
     normalisation: str = "auto"
     score_threshold: float = 0.05  # validation post-processing
     device: str = "auto"
@@ -312,7 +318,14 @@ def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
     criterion = SetCriterion(
         model_config.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
         weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
-        num_points=cfg.num_points).to(device)
+        num_points=cfg.num_points, weight_centre=cfg.weight_centre, weight_qec=cfg.weight_qec,
+        weight_mcc=cfg.weight_mcc, qec_temperature=cfg.qec_temperature,
+        mcc_temperature=cfg.mcc_temperature).to(device)
+    keys = IAUNET_LOSS_KEYS
+    if getattr(model_config, "centre_guidance", False):
+        keys += ("loss_centre",)
+    if getattr(model_config, "contrast_losses", False):
+        keys += ("loss_qec", "loss_mcc")
 
     def set_loss(net: torch.nn.Module, images: torch.Tensor,
                  targets: list[dict[str, torch.Tensor]],
@@ -322,7 +335,7 @@ def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
             outputs = net(images)
         return criterion(outputs, targets)
 
-    return set_loss, IAUNET_LOSS_KEYS
+    return set_loss, keys
 
 
 def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
