@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 __all__ = [
     "MASKRCNN_VARIANTS",
@@ -16,13 +16,37 @@ __all__ = [
     "config_from_dict",
 ]
 
+_C = TypeVar("_C", bound="_FromDict")
+
 # Revvity-25 statistics on raw 0-255 pixel values (the authors' dataset config).
 REVVITY_MEAN = 133.488
 REVVITY_STD = 26.903
 
 
+class _FromDict:
+    """``from_dict`` / ``replace`` shared by the model configs (dataclasses with ``to_dict``)."""
+
+    family: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
+        """Inverse of ``to_dict``; unknown keys are an error (they mean another version)."""
+        d = _pop_family(d, cls.family)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self: _C, **changes: Any) -> _C:
+        """A copy with some fields changed."""
+        d = self.to_dict()
+        d.update(changes)
+        return type(self).from_dict(d)
+
+
 @dataclass
-class IAUNetConfig:
+class IAUNetConfig(_FromDict):
     """Everything needed to rebuild an IAUNet and feed it images.
 
     ``pixel_mean`` / ``pixel_std`` act on images scaled to the 0-255 range (see
@@ -101,22 +125,6 @@ class IAUNetConfig:
             d = {"family": self.family, **d}
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IAUNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (they mean another version)."""
-        d = _pop_family(d, cls.family)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"IAUNetConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> IAUNetConfig:
-        """A copy with some fields changed."""
-        d = self.to_dict()
-        d.update(changes)
-        return type(self).from_dict(d)
-
     def describe(self) -> str:
         """One line naming the architecture (e.g. ``resnet50, 100 queries``)."""
         text = f"{self.backbone}, {self.num_queries} queries"
@@ -139,7 +147,7 @@ MASKRCNN_VARIANTS: dict[str, tuple[str, float]] = {
 
 
 @dataclass
-class MaskRCNNConfig:
+class MaskRCNNConfig(_FromDict):
     """Everything needed to rebuild a Mask R-CNN (torchvision) and feed it images.
 
     Images are prepared exactly as for IAUNet (longest side to ``input_size``, 0-255 scale
@@ -220,21 +228,6 @@ class MaskRCNNConfig:
             d[k] = list(v) if isinstance(v, tuple) else v
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MaskRCNNConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        d = _pop_family(d, cls.family)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"MaskRCNNConfig: unknown keys {sorted(unknown)}")
-        return cls(**d)
-
-    def replace(self, **changes: Any) -> MaskRCNNConfig:
-        """A copy with some fields changed."""
-        d = self.to_dict()
-        d.update(changes)
-        return MaskRCNNConfig.from_dict(d)
 
 
 ModelConfig = IAUNetConfig | MaskRCNNConfig
