@@ -13,30 +13,21 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from qtpy.QtCore import QPointF, QRectF, QSize, Qt
 from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-__all__ = ["LossPlot", "moving_mean", "nice_ticks"]
+from ..training.callbacks import moving_mean  # torch-free; the same smoothing as loss.png
+
+__all__ = ["LossPlot", "nice_ticks"]
 
 RAW = QColor(150, 150, 150, 170)
 MEAN = QColor(79, 163, 255)
 AP = QColor(255, 160, 60)
 AP50 = QColor(255, 205, 140)
-
-
-def moving_mean(values: Sequence[float], window: int) -> list[float]:
-    """Mean of the last ``window`` values at every position (fewer at the start)."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
 
 
 def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:

@@ -14,6 +14,7 @@ __all__ = [
     "JsonlLog",
     "PrintProgress",
     "TrainCallback",
+    "moving_mean",
     "plot_loss_curve",
     "read_log",
 ]
@@ -116,7 +117,8 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def _smooth(values: Sequence[float], window: int) -> list[float]:
+def moving_mean(values: Sequence[float], window: int) -> list[float]:
+    """Mean of the last ``window`` values at every position (fewer at the start)."""
     out, acc = [], 0.0
     for i, v in enumerate(values):
         acc += v
@@ -146,7 +148,7 @@ def plot_loss_curve(log: str | Path | Iterable[dict[str, Any]], out_png: str | P
     ax = fig.add_subplot()
     if steps:
         ax.plot(steps, loss, color="0.75", linewidth=0.8, label="loss")
-        ax.plot(steps, _smooth(loss, max(1, smooth)), color="C0",
+        ax.plot(steps, moving_mean(loss, max(1, smooth)), color="C0",
                 label=f"loss ({smooth}-step mean)")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
