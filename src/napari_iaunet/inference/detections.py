@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..instances import Instances
-from .postprocess import PostprocessSettings, _tighten, remove_duplicates
+from .postprocess import PostprocessSettings, _tighten, assemble_instances
 
 __all__ = ["detections_to_instances", "paste_in_box"]
 
@@ -97,18 +97,4 @@ def detections_to_instances(
         crops.append(crop)
         kept_scores.append(float(score))
         classes.append(int(label))
-    if not crops:
-        return Instances.empty((H, W))
-    order = np.argsort(-np.asarray(kept_scores), kind="stable")
-    inst = Instances(
-        image_shape=(H, W),
-        boxes=np.asarray(kept_boxes, np.int64)[order],
-        crops=[crops[i] for i in order],
-        scores=np.asarray(kept_scores, np.float32)[order],
-        class_ids=np.asarray(classes, np.int64)[order],
-        ids=np.arange(1, len(crops) + 1),
-    )
-    if settings.duplicate_iou is not None:
-        inst = remove_duplicates(inst, settings.duplicate_iou)
-        inst = inst.with_ids(np.arange(1, len(inst) + 1))
-    return inst
+    return assemble_instances((H, W), kept_boxes, crops, kept_scores, classes, settings)

@@ -30,7 +30,8 @@ import torch
 
 from ..instances import Instances
 
-__all__ = ["PostprocessSettings", "cluster_queries", "postprocess", "remove_duplicates"]
+__all__ = ["PostprocessSettings", "assemble_instances", "cluster_queries", "postprocess",
+           "remove_duplicates"]
 
 
 @dataclass(frozen=True)
@@ -139,17 +140,24 @@ def postprocess(
         scores.append(score)
         classes.append(int(labels_np[k]))
 
+    return assemble_instances((H, W), kept_boxes, crops, scores, classes, settings)
+
+
+def assemble_instances(image_shape: tuple[int, int], boxes: list, crops: list[np.ndarray],
+                       scores: list[float], classes: list[int], settings: PostprocessSettings
+                       ) -> Instances:
+    """Kept masks (box + crop each) → :class:`Instances` ordered by score, ids 1…N, with the
+    optional duplicate filter of ``settings`` applied (shared by every model family)."""
     if not crops:
-        return Instances.empty((H, W))
+        return Instances.empty(image_shape)
     order = np.argsort(-np.asarray(scores), kind="stable")
-    n_kept = len(crops)
     inst = Instances(
-        image_shape=(H, W),
-        boxes=np.asarray(kept_boxes, np.int64)[order],
+        image_shape=image_shape,
+        boxes=np.asarray(boxes, np.int64)[order],
         crops=[crops[i] for i in order],
         scores=np.asarray(scores, np.float32)[order],
         class_ids=np.asarray(classes, np.int64)[order],
-        ids=np.arange(1, n_kept + 1),
+        ids=np.arange(1, len(crops) + 1),
     )
     if settings.duplicate_iou is not None:
         inst = remove_duplicates(inst, settings.duplicate_iou)
