@@ -28,6 +28,26 @@ class _FromDict:
 
     family: ClassVar[str]
 
+    def _check_common(self) -> None:
+        """Normalise and check the fields every family has: classes, mean/std, input size."""
+        name = type(self).__name__
+        self.class_names = tuple(self.class_names)
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        if len(self.class_names) != self.num_classes:
+            if self.class_names == ("cell",):
+                self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
+            else:
+                raise ValueError(f"{name}: {len(self.class_names)} class names for "
+                                 f"num_classes={self.num_classes}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
+            raise ValueError(f"{name}: pixel_mean and pixel_std need 3 values (RGB)")
+        if min(self.pixel_std) <= 0:
+            raise ValueError(f"{name}: pixel_std must be positive")
+        if self.input_size % self.size_divisibility:
+            raise ValueError(f"{name}: input_size {self.input_size} must be a multiple of "
+                             f"{self.size_divisibility}")
+
     @classmethod
     def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
         """Inverse of ``to_dict``; unknown keys are an error (they mean another version)."""
@@ -76,28 +96,9 @@ class IAUNetConfig(_FromDict):
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
     def __post_init__(self) -> None:
-        self.class_names = tuple(self.class_names)
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
-        if len(self.class_names) != self.num_classes:
-            if self.class_names == ("cell",):
-                self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
-            else:
-                raise ValueError(
-                    f"IAUNetConfig: {len(self.class_names)} class names for "
-                    f"num_classes={self.num_classes}"
-                )
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError("IAUNetConfig: pixel_mean and pixel_std need 3 values (RGB)")
-        if min(self.pixel_std) <= 0:
-            raise ValueError("IAUNetConfig: pixel_std must be positive")
+        self._check_common()
         if self.hidden_dim % self.num_heads:
             raise ValueError("IAUNetConfig: hidden_dim must be divisible by num_heads")
-        if self.input_size % self.size_divisibility:
-            raise ValueError(
-                f"IAUNetConfig: input_size {self.input_size} must be a multiple of "
-                f"{self.size_divisibility}"
-            )
         if self.dynamic_mask_head and not self.centre_guidance:
             raise ValueError("IAUNetConfig: dynamic_mask_head needs centre_guidance (its relative "
                              "coordinates are taken to each query's predicted centre)")
@@ -179,24 +180,9 @@ class MaskRCNNConfig(_FromDict):
         if self.variant not in MASKRCNN_VARIANTS:
             raise ValueError(f"MaskRCNNConfig: unknown variant {self.variant!r} "
                              f"(choose from {', '.join(MASKRCNN_VARIANTS)})")
-        self.class_names = tuple(self.class_names)
-        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
-        self.pixel_std = tuple(float(v) for v in self.pixel_std)
-        if len(self.class_names) != self.num_classes:
-            if self.class_names == ("cell",):
-                self.class_names = tuple(f"class_{i}" for i in range(self.num_classes))
-            else:
-                raise ValueError(f"MaskRCNNConfig: {len(self.class_names)} class names for "
-                                 f"num_classes={self.num_classes}")
         if self.num_classes < 1:
             raise ValueError("MaskRCNNConfig: num_classes must be ≥ 1")
-        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3:
-            raise ValueError("MaskRCNNConfig: pixel_mean and pixel_std need 3 values (RGB)")
-        if min(self.pixel_std) <= 0:
-            raise ValueError("MaskRCNNConfig: pixel_std must be positive")
-        if self.input_size % self.size_divisibility:
-            raise ValueError(f"MaskRCNNConfig: input_size {self.input_size} must be a multiple "
-                             f"of {self.size_divisibility}")
+        self._check_common()
         if self.score_threshold is None:
             self.score_threshold = MASKRCNN_VARIANTS[self.variant][1]
         self.score_threshold = float(self.score_threshold)
