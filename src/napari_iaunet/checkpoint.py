@@ -65,6 +65,8 @@ class CheckpointInfo:
             model_line = (f"model:       {c.backbone}, input {c.input_size}px, score threshold "
                           f"{c.score_threshold:g}, NMS {c.nms_threshold:g}, at most "
                           f"{c.detections_per_img} detections")
+        elif c.family == "pctrans":
+            model_line = f"model:       {c.describe()}, input {c.input_size}px"
         else:
             model_line = (f"backbone:    {c.backbone}, {c.num_queries} queries, "
                           f"input {c.input_size}px")

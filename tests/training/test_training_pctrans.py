@@ -136,3 +136,62 @@ def test_train_cli_flags_reach_the_model_and_loss(tmp_path, monkeypatch):
         (), ("centre_guidance", "dynamic_mask_head"), tuple(ALL)]
     cfg = seen[-1][0]
     assert (cfg.weight_qec, cfg.qec_temperature, cfg.mcc_temperature) == (0.5, 0.2, 0.2)
+
+
+def _tiny_family_config():
+    from napari_iaunet.model import PCTransConfig
+
+    return PCTransConfig(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32,
+                         num_heads=2, dec_layers=1, dim_feedforward=64, enc_layers=2,
+                         enc_points=2, enc_dim_feedforward=64, input_size=64)
+
+
+def test_pctrans_family_overfits_and_resumes(tmp_path, tiny_pairs):
+    from napari_iaunet.model import PCTransConfig
+
+    rec = _Losses()
+    cfg = TrainConfig(out_dir=tmp_path / "run", steps=30, batch_size=1, lr=1e-3, val_every=0,
+                      augment=False, seed=1, plot=False, num_points=256)
+    result = train(tiny_pairs[:1], None, cfg, model_config=_tiny_family_config(),
+                   callbacks=[rec])
+    assert set(rec.values[0]) == {*IAUNET_LOSS_KEYS, "loss_centre", "loss_qec", "loss_mcc"}
+    series = [v["loss"] for v in rec.values]
+    print("loss", [round(x, 3) for x in series])
+    assert sum(series[-6:]) / 6 < 0.8 * sum(series[:6]) / 6
+    loaded = load_checkpoint(result.last_path)
+    assert isinstance(loaded.config, PCTransConfig) and loaded.config.enc_layers == 2
+    # deformable-attention offsets learnt something (they start as a fixed pattern)
+    start = build_model(_tiny_family_config()).state_dict()
+    key = "pixel_decoder.layers.0.self_attn.sampling_offsets.weight"
+    assert not torch.equal(loaded.model.state_dict()[key], start[key])
+    more = train(tiny_pairs[:1], None, TrainConfig(**{**cfg.to_dict(), "steps": 31,
+                                                      "resume": True}))
+    assert more.steps == 31 and isinstance(more.config, PCTransConfig)
+
+
+@pytest.mark.slow
+def test_cli_train_segment_evaluate_pctrans_family(tmp_path, capsys):
+    import json
+
+    from napari_iaunet.cli import main
+    from napari_iaunet.training.synthetic import SynthParams, write_synthetic_coco
+
+    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.2))
+    assert main(["train", "--train", str(ann), "--val", str(ann), "--out", str(tmp_path / "run"),
+                 "--family", "pctrans", "--backbone", "resnet18", "--hidden-dim", "32",
+                 "--queries", "8", "--enc-layers", "1", "--enc-points", "2",
+                 "--input-size", "64", "--steps", "2", "--batch-size", "1", "--threads", "1",
+                 "--print-every", "1"]) == 0
+    out = capsys.readouterr()
+    assert "step 2/2" in out.err and "best.pt" in out.out
+    best = tmp_path / "run" / "best.pt"
+    config = load_checkpoint(best).config
+    assert config.family == "pctrans" and config.enc_layers == 1 and config.enc_points == 2
+    assert main(["segment", str(tmp_path / "d" / "images"), "--weights", str(best), "--out",
+                 str(tmp_path / "seg"), "--score-threshold", "0.0", "--device", "cpu"]) == 0
+    assert json.loads(next((tmp_path / "seg").glob("*.json")).read_text())["images"]
+    assert main(["evaluate", "--gt", str(ann), "--weights", str(best), "--device", "cpu",
+                 "--json", str(tmp_path / "metrics.json")]) == 0
+    assert "AP" in json.loads((tmp_path / "metrics.json").read_text())
+    assert main(["info", str(best)]) == 0
+    assert "PCTrans resnet18" in capsys.readouterr().out

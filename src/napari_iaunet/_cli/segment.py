@@ -30,8 +30,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--cluster-queries", type=float, nargs="?", const=0.7, default=None,
                    metavar="IOU",
-                   help="PCTrans: merge queries whose masks overlap above IOU (default 0.7) into "
-                        "one instance with their averaged mask and score")
+                   help="merge queries whose masks overlap above IOU (default 0.7) into one "
+                        "instance with their averaged mask and score (PCTrans' inference; on "
+                        "by default for PCTrans models, 0 turns it off)")
     p.add_argument("--duplicate-iou", type=float, default=None,
                    help="drop masks overlapping a better one above this IoU (off by default)")
     p.add_argument("--tile-size", default="auto",
@@ -122,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         settings=PostprocessSettings(score_threshold=args.score_threshold,
                                      duplicate_iou=args.duplicate_iou,
-                                     cluster_queries=args.cluster_queries is not None,
+                                     cluster_queries=(None if args.cluster_queries is None
+                                                      else args.cluster_queries > 0),
                                      cluster_iou=args.cluster_queries or 0.7),
     )
     info = segmenter.checkpoint_info

@@ -26,8 +26,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", "-w", type=Path, default=None,
                        help="checkpoint to fine-tune (keeps its architecture, family and "
                             "normalisation)")
-    model.add_argument("--family", default="iaunet", choices=("iaunet", "maskrcnn"),
-                       help="model family of a new model: IAUNet or torchvision's Mask R-CNN")
+    model.add_argument("--family", default="iaunet", choices=("iaunet", "pctrans", "maskrcnn"),
+                       help="model family of a new model: IAUNet, PCTrans (deformable-attention "
+                            "pixel decoder + all PCTrans options) or torchvision's Mask R-CNN")
     model.add_argument("--variant", default="r50_fpn", choices=("r50_fpn", "r18_cbam"),
                        help="Mask R-CNN variant: torchvision's ResNet-50-FPN or the LIVECell "
                             "study's ResNet-18 + CBAM")
@@ -36,12 +37,17 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                             "(.pth/.safetensors); for Mask R-CNN a COCO Mask R-CNN or ImageNet "
                             "ResNet state dict (nothing is downloaded)")
     model.add_argument("--backbone", default="resnet50",
-                       help="IAUNet backbone of a new model: resnet18/34/50/101, swin_small, "
-                            "swin_base")
+                       help="IAUNet / PCTrans backbone of a new model: resnet18/34/50/101, "
+                            "swin_small, swin_base")
+    model.add_argument("--enc-layers", type=int, default=6,
+                       help="PCTrans: deformable-attention encoder layers (default 6)")
+    model.add_argument("--enc-points", type=int, default=4,
+                       help="PCTrans: sampling points per head and level (default 4)")
     model.add_argument("--queries", type=int, default=100, help="queries of a new model")
     model.add_argument("--hidden-dim", type=int, default=256,
                        help="decoder width of a new model (hidden and mask dimension)")
-    pct = p.add_argument_group("PCTrans options (new IAUNet models; docs/model_families.md)")
+    pct = p.add_argument_group("PCTrans options (new IAUNet models; a PCTrans model has them "
+                               "all; docs/model_families.md)")
     pct.add_argument("--centre-guidance", action="store_true",
                      help="queries predict their instance centre (L1 loss) and it guides "
                           "cross-attention")
@@ -119,7 +125,7 @@ def _install_stop_handler(event: threading.Event) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..model.config import IAUNetConfig, MaskRCNNConfig
+    from ..model.config import IAUNetConfig, MaskRCNNConfig, PCTransConfig
     from ..training import distributed as ddp
     from ..training.callbacks import PrintProgress
     from ..training.dataset import AnnotatedImages
@@ -147,11 +153,15 @@ def run(args: argparse.Namespace) -> int:
                                           class_names=tuple(names),
                                           input_size=args.input_size or 512)
         else:
-            model_config = IAUNetConfig(backbone=args.backbone, num_queries=args.queries,
-                                        hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
-                                        num_classes=len(names), class_names=tuple(names),
-                                        input_size=args.input_size or 512,
-                                        **pctrans_options(args))
+            common = dict(backbone=args.backbone, num_queries=args.queries,
+                          hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+                          num_classes=len(names), class_names=tuple(names),
+                          input_size=args.input_size or 512)
+            if args.family == "pctrans":
+                model_config = PCTransConfig(**common, enc_layers=args.enc_layers,
+                                             enc_points=args.enc_points)
+            else:
+                model_config = IAUNetConfig(**common, **pctrans_options(args))
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

@@ -43,8 +43,9 @@ class PostprocessSettings:
     duplicate_iou: float | None = None  # e.g. 0.8 drops near-identical masks (off by default)
     min_area: int = 0  # drop masks smaller than this many pixels
     # PCTrans: merge near-duplicate queries (mask IoU at 1/4 scale above cluster_iou, same class)
-    # into one instance with their averaged mask probabilities and class scores
-    cluster_queries: bool = False
+    # into one instance with their averaged mask probabilities and class scores. None: as the
+    # model family does (the Segmenter turns it on for PCTrans, off for the others).
+    cluster_queries: bool | None = None
     cluster_iou: float = 0.7
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,6 +99,14 @@ class Segmenter:
     def config(self) -> ModelConfig:
         return self.model.config
 
+    def effective_settings(self) -> PostprocessSettings:
+        """``settings`` with the family's defaults filled in (``cluster_queries=None`` → on for
+        PCTrans, whose inference clusters near-duplicate queries; off otherwise)."""
+        if self.settings.cluster_queries is not None:
+            return self.settings
+        family = getattr(self.config, "family", "iaunet")
+        return dataclasses.replace(self.settings, cluster_queries=family == "pctrans")
+
     # ------------------------------------------------------------------ public API
     def segment(
         self,
@@ -166,7 +175,7 @@ class Segmenter:
     def inference_model(self) -> torch.nn.Module:
         """The network :meth:`segment` runs: ``model``, or (``fuse=True``) its fused inference copy,
         made on first use and again whenever ``model``'s weights or device change."""
-        if not self.fuse or getattr(self.config, "family", "iaunet") != "iaunet":
+        if not self.fuse or getattr(self.config, "family", "iaunet") == "maskrcnn":
             return self.model
         key = _weights_key(self.model)
         if self._fused is None or self._fused[0] != key:
@@ -207,9 +216,10 @@ class Segmenter:
         with autocast(self.device, self.amp):
             outputs = self.inference_model()(batch, with_aux=False)
         padded = tuple(batch.shape[-2:])
+        settings = self.effective_settings()
         return [
             postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
-                        p.resized_shape, p.original_shape, self.settings)
+                        p.resized_shape, p.original_shape, settings)
             for i, p in enumerate(prepared)
         ]
 

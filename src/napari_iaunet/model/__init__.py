@@ -1,4 +1,4 @@
-"""The networks: IAUNet (config, encoder, decoder, complexity counts) and Mask R-CNN.
+"""The networks: IAUNet (config, encoder, decoder, complexity counts), PCTrans and Mask R-CNN.
 
 Importing this package is cheap; torch, timm and torchvision load on first use of a model name.
 """
@@ -15,6 +15,7 @@ from .config import (
     IAUNetConfig,
     MaskRCNNConfig,
     ModelConfig,
+    PCTransConfig,
     config_from_dict,
 )
 
@@ -29,6 +30,8 @@ __all__ = [
     "MaskRCNNConfig",
     "MaskRCNNModel",
     "ModelConfig",
+    "PCTrans",
+    "PCTransConfig",
     "build_encoder",
     "build_maskrcnn",
     "build_model",
@@ -46,6 +49,7 @@ _LAZY = {
     "build_model": "iaunet",
     "MaskRCNNModel": "maskrcnn",
     "build_maskrcnn": "maskrcnn",
+    "PCTrans": "pctrans",
     "count_macs": "complexity",
     "count_parameters": "complexity",
     "fidelity_table": "complexity",

@@ -13,6 +13,7 @@ __all__ = [
     "IAUNetConfig",
     "MaskRCNNConfig",
     "ModelConfig",
+    "PCTransConfig",
     "config_from_dict",
 ]
 
@@ -137,6 +138,42 @@ class IAUNetConfig(_FromDict):
 PCTRANS_OPTIONS = ("centre_guidance", "dynamic_mask_head", "contrast_losses")
 
 
+@dataclass
+class PCTransConfig(IAUNetConfig):
+    """PCTrans (Chen et al., ICCVW 2023) as a family of its own: IAUNet's backbone, queries and
+    transformer decoder, with PCTrans' multi-scale deformable-attention pixel decoder
+    (``enc_layers`` layers over the 1/8-1/32 features, ``enc_points`` samples per head and
+    level) in place of the U-Net pixel decoder, and its three other pieces switched on by
+    default: centre guidance, the dynamic mask head and the QEC/MCC contrast losses. The
+    Segmenter clusters near-duplicate queries for this family (PCTrans' inference).
+    """
+
+    centre_guidance: bool = True
+    dynamic_mask_head: bool = True
+    contrast_losses: bool = True
+    enc_layers: int = 6
+    enc_points: int = 4
+    enc_dim_feedforward: int = 1024
+
+    family: ClassVar[str] = "pctrans"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.enc_layers < 1 or self.enc_points < 1 or self.enc_dim_feedforward < 1:
+            raise ValueError("PCTransConfig: enc_layers, enc_points and enc_dim_feedforward "
+                             "must be ≥ 1")
+        if self.hidden_dim % 32:
+            raise ValueError("PCTransConfig: hidden_dim must be a multiple of 32 (GroupNorm "
+                             "groups of the pixel decoder)")
+
+    def describe(self) -> str:
+        """One line naming the architecture (e.g. ``PCTrans resnet50, 100 queries``)."""
+        text = (f"PCTrans {self.backbone}, {self.num_queries} queries, "
+                f"{self.enc_layers} deformable encoder layers")
+        off = [o.replace("_", " ") for o in PCTRANS_OPTIONS if not getattr(self, o)]
+        return text + (f" (without {', '.join(off)})" if off else "")
+
+
 # ---------------------------------------------------------------------------------- Mask R-CNN
 # variant -> (display name, default box score threshold)
 MASKRCNN_VARIANTS: dict[str, tuple[str, float]] = {
@@ -216,8 +253,9 @@ class MaskRCNNConfig(_FromDict):
 
 
 
-ModelConfig = IAUNetConfig | MaskRCNNConfig
-MODEL_FAMILIES: dict[str, type] = {"iaunet": IAUNetConfig, "maskrcnn": MaskRCNNConfig}
+ModelConfig = IAUNetConfig | MaskRCNNConfig  # PCTransConfig is an IAUNetConfig
+MODEL_FAMILIES: dict[str, type] = {"iaunet": IAUNetConfig, "maskrcnn": MaskRCNNConfig,
+                                   "pctrans": PCTransConfig}
 
 
 def _pop_family(d: dict[str, Any], expected: str) -> dict[str, Any]:
@@ -230,7 +268,7 @@ def _pop_family(d: dict[str, Any], expected: str) -> dict[str, Any]:
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """The config a checkpoint's dict describes: its ``family`` field picks the class (none:
-    IAUNet, as in every checkpoint written before Mask R-CNN was added)."""
+    IAUNet, as in every checkpoint written before the other families were added)."""
     family = d.get("family", "iaunet")
     if family not in MODEL_FAMILIES:
         raise ValueError(f"unknown model family {family!r} (known: {', '.join(MODEL_FAMILIES)})")

@@ -47,6 +47,7 @@ class IAUNetDecoder(nn.Module):
         centre_guidance: bool = False,
         dynamic_mask_head: bool = False,
         contrast_losses: bool = False,
+        unet_pixel_decoder: bool = True,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -58,25 +59,11 @@ class IAUNetDecoder(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.dec_layers = dec_layers
-        skip_channels = list(encoder_channels[1:])[::-1]  # f32, f16, f8
 
-        # --- pixel decoder -------------------------------------------------------------------
-        self.skip_conv_layers = nn.ModuleList(nn.Conv2d(c, hidden_dim, 1) for c in skip_channels)
-        first_level_in = COORD_CHANNELS + hidden_dim  # [coords, skip]
-        later_level_in = COORD_CHANNELS + 2 * hidden_dim  # [up2x([coords, X]), skip]
-        level_in = [first_level_in] + [later_level_in] * (NUM_LEVELS - 1)
-        self.up_conv_layers = nn.ModuleList(
-            nn.Sequential(DoubleConv(c, hidden_dim), SEBlock(hidden_dim)) for c in level_in
-        )
-        self.mask_branch = nn.ModuleList(MaskBranch(hidden_dim) for _ in range(NUM_LEVELS))
-        self.lateral_conv = nn.Sequential(
-            nn.Conv2d(encoder_channels[0], mask_dim, 1), nn.BatchNorm2d(mask_dim)
-        )
-        self.output_conv = nn.Sequential(
-            nn.Conv2d(mask_dim, mask_dim, 3, padding=1),
-            nn.BatchNorm2d(mask_dim),
-            nn.ReLU(inplace=True),
-        )
+        # --- pixel decoder (PCTrans brings its own: unet_pixel_decoder=False) ------------------
+        self.has_pixel_decoder = unet_pixel_decoder
+        if unet_pixel_decoder:
+            self._build_pixel_decoder(encoder_channels, hidden_dim, mask_dim)
 
         # --- transformer decoder -------------------------------------------------------------
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
@@ -118,16 +105,38 @@ class IAUNetDecoder(nn.Module):
         for unused in (self.fc, self.objectness, self.bbox_pred):
             unused.requires_grad_(False)
 
+    def _build_pixel_decoder(self, encoder_channels: Sequence[int], hidden_dim: int,
+                             mask_dim: int) -> None:
+        """IAUNet's U-Net pixel decoder: skip convs, up-convs + SE, mask branch, 1/4 output."""
+        skip_channels = list(encoder_channels[1:])[::-1]  # f32, f16, f8
+        self.skip_conv_layers = nn.ModuleList(nn.Conv2d(c, hidden_dim, 1) for c in skip_channels)
+        first_level_in = COORD_CHANNELS + hidden_dim  # [coords, skip]
+        later_level_in = COORD_CHANNELS + 2 * hidden_dim  # [up2x([coords, X]), skip]
+        level_in = [first_level_in] + [later_level_in] * (NUM_LEVELS - 1)
+        self.up_conv_layers = nn.ModuleList(
+            nn.Sequential(DoubleConv(c, hidden_dim), SEBlock(hidden_dim)) for c in level_in
+        )
+        self.mask_branch = nn.ModuleList(MaskBranch(hidden_dim) for _ in range(NUM_LEVELS))
+        self.lateral_conv = nn.Sequential(
+            nn.Conv2d(encoder_channels[0], mask_dim, 1), nn.BatchNorm2d(mask_dim)
+        )
+        self.output_conv = nn.Sequential(
+            nn.Conv2d(mask_dim, mask_dim, 3, padding=1),
+            nn.BatchNorm2d(mask_dim),
+            nn.ReLU(inplace=True),
+        )
+
     def _init_weights(self) -> None:
         """Initialisation of the reference (memo section 2.6); the rest keeps PyTorch defaults."""
-        for module in [*self.skip_conv_layers.modules(), *self.up_conv_layers.modules()]:
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
-        for module in self.mask_branch.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        if self.has_pixel_decoder:
+            for module in [*self.skip_conv_layers.modules(), *self.up_conv_layers.modules()]:
+                if isinstance(module, nn.Conv2d):
+                    nn.init.normal_(module.weight, std=0.01)
+                    nn.init.zeros_(module.bias)
+            for module in self.mask_branch.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                    nn.init.zeros_(module.bias)
         # Attention/FFN layers are Xavier-initialised in their constructors.
         nn.init.normal_(self.class_embed.weight, std=0.01)
         prior_bias = -math.log((1 - CLASS_PRIOR_PROB) / CLASS_PRIOR_PROB)
@@ -200,7 +209,16 @@ class IAUNetDecoder(nn.Module):
         predictions of the earlier transformer blocks (empty when ``with_aux`` is False; the
         final outputs do not depend on it).
         """
+        if not self.has_pixel_decoder:
+            raise RuntimeError("this decoder has no pixel decoder: call decode(memories, "
+                               "mask_features) with another pixel decoder's outputs")
         memories, mask_features = self.pixel_decoder(features)
+        return self.decode(memories, mask_features, with_aux)
+
+    def decode(self, memories: Sequence[torch.Tensor], mask_features: torch.Tensor,
+               with_aux: bool = True) -> dict[str, Any]:
+        """The transformer decoder and heads over pixel memories at strides 32, 16, 8
+        (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4."""
         batch = mask_features.shape[0]
         queries = self.query_feat.weight.unsqueeze(0).repeat(batch, 1, 1)
         query_pos = self.query_embed.weight.unsqueeze(0).repeat(batch, 1, 1)

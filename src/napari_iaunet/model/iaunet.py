@@ -46,13 +46,19 @@ def build_model(config: ModelConfig, backbone_weights: str | Path | None = None)
     """A randomly initialised model for ``config``; ``backbone_weights`` loads local weights.
 
     The config's family picks the network: an :class:`IAUNet` for :class:`IAUNetConfig`, a
-    torchvision Mask R-CNN for :class:`~napari_iaunet.model.config.MaskRCNNConfig`
-    (``backbone_weights`` may then be a COCO Mask R-CNN or ResNet state dict).
+    :class:`~napari_iaunet.model.pctrans.PCTrans` for
+    :class:`~napari_iaunet.model.config.PCTransConfig`, a torchvision Mask R-CNN for
+    :class:`~napari_iaunet.model.config.MaskRCNNConfig` (``backbone_weights`` may then be a
+    COCO Mask R-CNN or ResNet state dict).
     """
     if config.family == "maskrcnn":
         from .maskrcnn import build_maskrcnn
 
         return build_maskrcnn(config, backbone_weights)
+    if config.family == "pctrans":
+        from .pctrans import build_pctrans
+
+        return build_pctrans(config, backbone_weights)
     encoder = build_encoder(
         config.backbone, img_size=config.input_size, pretrained_path=backbone_weights
     )
