@@ -73,6 +73,8 @@ def test_train_config_and_run_folders(tmp_path, monkeypatch):
     assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
     on = make_train_config(FineTuneSettings(), tmp_path, input_size=512)
     assert on.scale_range == (0.8, 1.5) and on.augment
+    assert make_train_config(FineTuneSettings(), tmp_path, input_size=512,
+                             new_model=True).normalisation == "data"
     # augment off is off for real: no flips and no rotations either, only the resize
     from napari_iaunet.training.augment import AugmentConfig
     from napari_iaunet.training.trainer import augment_config_for
@@ -409,6 +411,45 @@ def test_start_from_follows_the_segment_widget(make_napari_viewer, tiny_checkpoi
     assert find_segment_widget(viewer) is None
     items = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
     assert not any("segment widget" in text for text in items), items
+    widget.cleanup()
+
+
+def test_train_a_new_model_of_another_family(make_napari_viewer, synthetic, tmp_path,
+                                             no_weights_dir, monkeypatch, qtbot):
+    """"start from" offers new models of every family; a new PCTrans trains in the background."""
+    from napari_iaunet._widgets import finetune_widget as fw
+    from napari_iaunet.checkpoint import read_checkpoint_info
+
+    tiny = dict(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32, num_heads=2,
+                dec_layers=1, dim_feedforward=64, enc_layers=1, enc_points=2,
+                enc_dim_feedforward=64, input_size=64)
+    monkeypatch.setitem(fw.NEW_MODELS, "pctrans", ("new PCTrans-R18 (test)", "pctrans", tiny))
+    image, truth = synthetic
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer, ask=Asker())
+    assert widget.start_checkpoint is None and widget.new_model is None  # never by default
+    labels = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
+    assert {"new IAUNet-R50 (random weights)", "new Mask R-CNN R18-CBAM (random weights)",
+            "new Mask R-CNN R50-FPN (random weights)"} <= set(labels)
+    widget.model_combo.setCurrentIndex(widget.model_combo.findData(fw.NEW_MODEL + "pctrans"))
+    widget._show_model_info()
+    assert widget.new_model.family == "pctrans"
+    assert widget.model_info.text().startswith("PCTrans resnet18, 8 queries")
+    assert "random weights" in widget.model_info.text()
+    _image_with_cells(viewer, "plate", image, truth)
+    widget.refresh()
+    _tiny_settings(widget, steps=3, every=3)
+    widget.set_output_dir(tmp_path / "new_pctrans")
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    result = widget.last_result
+    assert result is not None and result.steps == 3, widget.status.text()
+    info = read_checkpoint_info(tmp_path / "new_pctrans" / "last.pt")
+    assert info.config.family == "pctrans" and info.config.enc_layers == 1
+    assert info.config.pixel_mean != fw.new_model_config("iaunet").pixel_mean  # from the data
+    with pytest.raises(ValueError, match="unknown new model"):
+        fw.new_model_config("unet")
     widget.cleanup()
 
 

@@ -68,12 +68,21 @@ __all__ = [
     "default_output_dir",
     "find_pairs",
     "make_train_config",
+    "new_model_config",
     "points_for",
     "read_run",
 ]
 
 BROWSE = "Browse…"
 SEGMENT_MODEL = "<segment widget>"
+NEW_MODEL = "new:"  # prefix of the "start from" entries that build a model from random weights
+# key -> (label, keyword arguments of the family's config)
+NEW_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "iaunet": ("new IAUNet-R50", "iaunet", {}),
+    "pctrans": ("new PCTrans-R50", "pctrans", {}),
+    "maskrcnn_r18_cbam": ("new Mask R-CNN R18-CBAM", "maskrcnn", {"variant": "r18_cbam"}),
+    "maskrcnn_r50_fpn": ("new Mask R-CNN R50-FPN", "maskrcnn", {"variant": "r50_fpn"}),
+}
 RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")  # the trainer's
 LR_CHOICES = ("1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3")
 PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
@@ -107,9 +116,11 @@ def points_for(input_size: int) -> int:
 
 
 def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_size: int,
-                      resume: bool = False) -> TrainConfig:
+                      resume: bool = False, new_model: bool = False) -> TrainConfig:
     """The :class:`~napari_iaunet.training.TrainConfig` the widget runs (the benchmark uses it
-    too). ``input_size`` is the size actually trained at (the settings' or the model's)."""
+    too). ``input_size`` is the size actually trained at (the settings' or the model's).
+    Fine-tuning keeps the model's intensity normalisation; a ``new_model`` takes the training
+    images' statistics."""
     from ..training import TrainConfig
 
     every = max(1, int(settings.every))
@@ -118,7 +129,7 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
         lr=float(settings.lr), min_lr=min(1e-6, float(settings.lr) / 10),
         input_size=int(input_size), num_points=points_for(int(input_size)),
         val_every=every, checkpoint_every=every, device=settings.device, resume=resume,
-        normalisation="keep",  # fine-tuning keeps the model's intensity normalisation
+        normalisation="data" if new_model else "keep",
     )
     if not settings.augment:
         # no flips, 90° rotations or scale jitter; the unused scale range is recorded as (1, 1)
@@ -388,12 +399,29 @@ class _Relay(TrainCallback):
         pass
 
 
+def new_model_config(key: str) -> Any:
+    """The config of the "start from" entry ``new:<key>`` (one class, "cell")."""
+    from ..model.config import MODEL_FAMILIES
+
+    if key not in NEW_MODELS:
+        raise ValueError(f"unknown new model {key!r} (known: {', '.join(NEW_MODELS)})")
+    _, family, kwargs = NEW_MODELS[key]
+    return MODEL_FAMILIES[family](**kwargs)
+
+
+@dataclass
+class _NewModelInfo:
+    """Stands for a checkpoint's info while the start model is a new one."""
+
+    config: Any
+
+
 @dataclass
 class _Job:
     """One Train / Resume click: everything the worker needs, fixed at the click."""
 
     out_dir: Path
-    start: str
+    start: str | None  # checkpoint to fine-tune (None: a new model from model_config)
     config: TrainConfig
     data: AnnotatedImages
     coco: list[str]
@@ -401,6 +429,7 @@ class _Job:
     resume: bool
     n_images: int
     n_cells: int
+    model_config: Any = None
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -826,6 +855,13 @@ class FineTuneWidget(QWidget):
             self.model_combo.setItemData(self.model_combo.count() - 1, p,
                                          Qt.ItemDataRole.ToolTipRole)
         self.model_combo.addItem(BROWSE, BROWSE)
+        self.model_combo.insertSeparator(self.model_combo.count())
+        for key, (label, _, _) in NEW_MODELS.items():  # never chosen unless the user picks it
+            self.model_combo.addItem(f"{label} (random weights)", NEW_MODEL + key)
+            self.model_combo.setItemData(
+                self.model_combo.count() - 1, "Train a new model of this family from random "
+                "weights (no pretrained weights are downloaded): it needs many annotated cells "
+                "and steps.", Qt.ItemDataRole.ToolTipRole)
         index = self.model_combo.findData(current) if current else -1
         self.model_combo.setCurrentIndex(index if index >= 0 and current != BROWSE else 0)
         self.model_combo.blockSignals(False)
@@ -871,7 +907,17 @@ class FineTuneWidget(QWidget):
 
             seg = find_segment_widget(self.viewer)
             return seg.checkpoint_path if seg is not None else None
-        return None if data in (None, BROWSE) else str(data)
+        if data in (None, BROWSE) or str(data).startswith(NEW_MODEL):
+            return None
+        return str(data)
+
+    @property
+    def new_model(self) -> Any:
+        """The config of the new model a run builds (a "new …" entry), else None."""
+        data = self.model_combo.currentData()
+        if isinstance(data, str) and data.startswith(NEW_MODEL):
+            return new_model_config(data[len(NEW_MODEL):])
+        return None
 
     def set_start_checkpoint(self, path: str | Path) -> None:
         """Start the next run from ``path`` (added to the list)."""
@@ -898,7 +944,18 @@ class FineTuneWidget(QWidget):
 
         path = self.start_checkpoint
         self._model_info = None
-        if path is None:
+        new = self.new_model
+        if new is not None:
+            self.model_info.setText(f"{new.describe()}, input {new.input_size} px, random "
+                                    "weights: train long, on many cells")
+            self.model_info.setToolTip("A new model: normalisation statistics come from the "
+                                       "training images; nothing is downloaded.")
+            key = self.model_combo.currentData()
+            if key != self._model_shown:
+                self.size_spin.setValue(int(new.input_size))
+            self._model_shown = key
+            self._model_info = _NewModelInfo(new)
+        elif path is None:
             self.model_info.setText("No model: choose one in the segment widget, or Browse… "
                                     "for a checkpoint.")
         else:
@@ -1067,7 +1124,8 @@ class FineTuneWidget(QWidget):
         start = self.start_checkpoint
         if start is not None and start != self._model_shown:
             self._show_model_info()  # the segment widget's model changed since it was shown
-        if start is None or self._model_info is None:
+        new = self.new_model
+        if (start is None and new is None) or self._model_info is None:
             self._set_status("Not started: choose a model to start from.", error=True)
             return None
         out = self.output_dir
@@ -1105,11 +1163,11 @@ class FineTuneWidget(QWidget):
                 return None
 
         data, coco, val = self._snapshot()
-        config = make_train_config(settings, out, resume=resume,
+        config = make_train_config(settings, out, resume=resume, new_model=new is not None,
                                    input_size=settings.input_size or
                                    self._model_info.config.input_size)
         job = _Job(out_dir=out, start=start, config=config, data=data, coco=coco, val=val,
-                   resume=resume, n_images=n_images, n_cells=n_cells)
+                   resume=resume, n_images=n_images, n_cells=n_cells, model_config=new)
         self._cancel.clear()
         self._job = job
         self.last_result = None
@@ -1170,7 +1228,8 @@ class FineTuneWidget(QWidget):
             data = data + AnnotatedImages.from_coco(job.coco)
         self._signals.stage.emit("loading the model…")
         result = train(data, job.val, job.config, start=job.start,
-                       callbacks=[_Relay(self._signals)], cancel=self._cancel)
+                       model_config=job.model_config, callbacks=[_Relay(self._signals)],
+                       cancel=self._cancel)
         result.model = None  # the weights are in the run folder; free the memory now
         return result
 
