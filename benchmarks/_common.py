@@ -376,14 +376,16 @@ def md_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str
     return "\n".join(lines)
 
 
-def write_results(name: str, payload: Mapping[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``docs/benchmarks/<name>.json`` and ``.md``; returns both paths."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    json_path = RESULTS_DIR / f"{name}.json"
-    md_path = RESULTS_DIR / f"{name}.md"
+def write_results(name: str, payload: Mapping[str, Any], markdown: str,
+                  out_dir: str | Path = RESULTS_DIR) -> tuple[Path, Path]:
+    """Write ``<out_dir>/<name>.json`` and ``.md`` (default ``docs/benchmarks``); returns both."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{name}.json"
+    md_path = out_dir / f"{name}.md"
     json_path.write_text(json.dumps(payload, indent=1, default=_jsonable) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
-    print(f"wrote {json_path.relative_to(REPO)} and {md_path.relative_to(REPO)}")
+    print(f"wrote {json_path} and {md_path}")
     return json_path, md_path
 
 

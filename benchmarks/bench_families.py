@@ -46,6 +46,7 @@ from _common import (
     machine_info,
     md_table,
     reset_peak_rss,
+    write_results,
 )
 
 DATA = REPO.parent / "shared" / "data" / "isbi2014"
@@ -265,11 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    if k not in ("one", "workdir")},
                "data": {"path": str(data), **counts}, "results": results,
                "load_average_start": load0, "machine": machine_info()}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (out / f"{NAME}.md").write_text(_markdown(payload))
-    print(f"wrote {out / (NAME + '.json')} and {out / (NAME + '.md')}")
+    write_results(NAME, payload, _markdown(payload), args.out)
     return 0
 
 

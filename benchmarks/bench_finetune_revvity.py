@@ -26,7 +26,6 @@ Writes ``docs/benchmarks/finetune_revvity.json`` and ``.md`` (``--out`` for anot
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -37,7 +36,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS_DIR, command_line, loadavg, machine_info, md_table
+from _common import (
+    REPO,
+    RESULTS_DIR,
+    command_line,
+    loadavg,
+    machine_info,
+    md_table,
+    write_results,
+)
 
 DATA = REPO.parent / "shared" / "data" / "revvity25"
 NAME = "finetune_revvity"
@@ -238,11 +245,7 @@ def main() -> int:
         "ap_score_threshold": AP_SCORE, "match_score_threshold": MATCH_SCORE,
         "folds": folds, "machine": machine_info(),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{NAME}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    (out / f"{NAME}.md").write_text(_markdown(payload))
-    print(f"wrote {out / (NAME + '.json')} and {out / (NAME + '.md')}")
+    write_results(NAME, payload, _markdown(payload), args.out)
     return 0
 
 

@@ -10,12 +10,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_agrees(tmp_path):
+@pytest.mark.parametrize("family", ["iaunet", "pctrans", "maskrcnn"])
+def test_two_process_ddp_on_cpu_agrees(tmp_path, family):
     """torchrun with 2 CPU processes (gloo): both ranks end with identical weights; only rank 0
-    writes the run folder."""
+    writes the run folder. Every model family trains through the same DDP path."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(WORKER), str(tmp_path)]
+           str(WORKER), str(tmp_path), family]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())

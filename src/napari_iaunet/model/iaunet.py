@@ -12,7 +12,7 @@ from .config import IAUNetConfig, ModelConfig
 from .decoder import IAUNetDecoder
 from .encoder import Encoder, build_encoder
 
-__all__ = ["IAUNet", "build_model"]
+__all__ = ["IAUNet", "build_model", "check_images"]
 
 
 class IAUNet(nn.Module):
@@ -33,13 +33,20 @@ class IAUNet(nn.Module):
         self.with_aux = True
 
     def forward(self, images: torch.Tensor, with_aux: bool | None = None) -> dict[str, Any]:
-        if images.dim() != 4:
-            raise ValueError(f"IAUNet expects (B, 3, H, W) images, got shape {tuple(images.shape)}")
-        height, width = images.shape[-2:]
-        if height % 32 or width % 32:
-            raise ValueError(f"IAUNet needs H and W divisible by 32, got {height}x{width}")
+        check_images(images, "IAUNet")
         features = self.encoder(images)
         return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux)
+
+
+def check_images(images: torch.Tensor, model_name: str) -> None:
+    """Raise a clear ``ValueError`` unless ``images`` is ``(B, C, H, W)`` with ``H``, ``W``
+    multiples of 32 (what the query-based models take)."""
+    if images.dim() != 4:
+        raise ValueError(f"{model_name} expects (B, 3, H, W) images, got shape "
+                         f"{tuple(images.shape)}")
+    height, width = images.shape[-2:]
+    if height % 32 or width % 32:
+        raise ValueError(f"{model_name} needs H and W divisible by 32, got {height}x{width}")
 
 
 def build_model(config: ModelConfig, backbone_weights: str | Path | None = None) -> nn.Module:

@@ -13,6 +13,7 @@ from .config import PCTransConfig
 from .decoder import IAUNetDecoder
 from .deformable import DeformablePixelDecoder
 from .encoder import Encoder, build_encoder
+from .iaunet import check_images
 
 __all__ = ["PCTrans", "build_pctrans"]
 
@@ -37,12 +38,7 @@ class PCTrans(nn.Module):
         self.with_aux = True
 
     def forward(self, images: torch.Tensor, with_aux: bool | None = None) -> dict[str, Any]:
-        if images.dim() != 4:
-            raise ValueError(f"PCTrans expects (B, 3, H, W) images, got shape "
-                             f"{tuple(images.shape)}")
-        height, width = images.shape[-2:]
-        if height % 32 or width % 32:
-            raise ValueError(f"PCTrans needs H and W divisible by 32, got {height}x{width}")
+        check_images(images, "PCTrans")
         memories, mask_features = self.pixel_decoder(self.encoder(images))
         return self.decoder.decode(memories, mask_features,
                                    with_aux=self.with_aux if with_aux is None else with_aux)
