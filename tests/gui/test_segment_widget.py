@@ -341,3 +341,34 @@ def test_plugin_opens_with_the_bundled_model_and_segments_the_sample(make_napari
     (group,) = groups_for_image(viewer, "synthetic cells")
     assert group.info["checkpoint"] == str(bundled.resolve())
     assert len(group.to_instances()) == len(result[0]) > 0
+
+
+@pytest.mark.parametrize("family", ["pctrans", "maskrcnn"])
+def test_other_families_segment_in_the_widget(make_napari_viewer, synthetic, tmp_path, qtbot,
+                                              family):
+    """A PCTrans or Mask R-CNN checkpoint loads, describes itself and segments like IAUNet's."""
+    from napari_iaunet._widgets import make_torch_import_safe
+
+    make_torch_import_safe()
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.model import MaskRCNNConfig, PCTransConfig, build_model
+
+    if family == "pctrans":
+        config = PCTransConfig(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32,
+                               num_heads=2, dec_layers=1, dim_feedforward=64, enc_layers=1,
+                               enc_points=2, enc_dim_feedforward=64, input_size=128)
+        described = "PCTrans resnet18"
+    else:
+        config = MaskRCNNConfig(variant="r18_cbam", input_size=128)
+        described = "Mask R-CNN R18-CBAM-FPN"
+    path = save_checkpoint(tmp_path / f"{family}.pt", build_model(config).eval())
+    viewer, widget, _ = _make(make_napari_viewer, path, image=synthetic[0])
+    assert described in widget.model_info.text()
+    widget.score_spin.setValue(0.0)  # an untrained model: keep every detection
+    result, _ = _run(qtbot, widget)
+    assert result is not None, widget.status.text()
+    instances, _ = result
+    assert instances.image_shape == synthetic[0].shape[:2]
+    (group,) = groups_for_image(viewer, "plate1")
+    assert group.info["checkpoint"] == str(path.resolve())
+    assert len(group.to_instances()) == len(instances)
