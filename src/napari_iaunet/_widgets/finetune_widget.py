@@ -76,7 +76,7 @@ __all__ = [
 BROWSE = "Browse…"
 SEGMENT_MODEL = "<segment widget>"
 NEW_MODEL = "new:"  # prefix of the "start from" entries that build a model from random weights
-# key -> (label, keyword arguments of the family's config)
+# key -> (label, family, keyword arguments of the family's config)
 NEW_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "iaunet": ("new IAUNet-R50", "iaunet", {}),
     "pctrans": ("new PCTrans-R50", "pctrans", {}),
