@@ -210,6 +210,9 @@ def test_settings_reach_the_library(make_napari_viewer, tiny_checkpoint):
     assert s["settings"].min_area == 12
     assert s["settings"].duplicate_iou == pytest.approx(0.7)
     assert s["tile_size"] == 512 and s["device"] == "auto"
+    assert s["settings"].cluster_queries is False  # an IAUNet: off by default
+    widget.cluster_check.setChecked(True)
+    assert widget.settings()["settings"].cluster_queries is True
 
 
 def _with_training_data(tiny_checkpoint, path, training_data):
@@ -364,6 +367,9 @@ def test_other_families_segment_in_the_widget(make_napari_viewer, synthetic, tmp
     path = save_checkpoint(tmp_path / f"{family}.pt", build_model(config).eval())
     viewer, widget, _ = _make(make_napari_viewer, path, image=synthetic[0])
     assert described in widget.model_info.text()
+    # query clustering: PCTrans's default; Mask R-CNN has no queries to merge
+    assert widget.cluster_check.isChecked() == (family == "pctrans")
+    assert widget.cluster_check.isEnabled() == (family == "pctrans")
     widget.score_spin.setValue(0.0)  # an untrained model: keep every detection
     result, _ = _run(qtbot, widget)
     assert result is not None, widget.status.text()

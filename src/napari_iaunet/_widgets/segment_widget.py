@@ -203,6 +203,13 @@ class SegmentWidget(QWidget):
         self.dedup_check.toggled.connect(self.dedup_spin.setEnabled)
         form.addRow("min area", self.min_area_spin)
         form.addRow(qtu.hbox(self.dedup_check, self.dedup_spin, stretch_last=True))
+        self.cluster_check = QCheckBox("merge duplicate queries")
+        self.cluster_check.setToolTip(
+            "PCTrans's inference: queries whose masks overlap with IoU ≥ 0.7 become one instance "
+            "with their averaged mask and score. On by default for PCTrans models; Mask R-CNN "
+            "has no queries.")
+        self._cluster_default_for: str | None = None
+        form.addRow(self.cluster_check)
         lay.addLayout(form)
 
         self.segment_btn = QPushButton("Segment")
@@ -349,6 +356,11 @@ class SegmentWidget(QWidget):
                 lines.append(f"{key}: {_short(m[key])}")
         self.model_info.setText("\n".join(lines))
         self.model_info.setToolTip(info.summary())
+        family = getattr(c, "family", "iaunet")
+        if path != self._cluster_default_for:  # a new model: its family's default
+            self._cluster_default_for = path
+            self.cluster_check.setChecked(family == "pctrans")
+        self.cluster_check.setEnabled(family != "maskrcnn")
         self._model_info = info
         self._model_ok = True
         self._update_enabled()
@@ -372,6 +384,7 @@ class SegmentWidget(QWidget):
                 min_area=int(self.min_area_spin.value()),
                 duplicate_iou=float(self.dedup_spin.value()) if self.dedup_check.isChecked()
                 else None,
+                cluster_queries=self.cluster_check.isChecked(),
             ),
             "tile_size": int(self.tile_spin.value()) if tile == "fixed" else tile,
         }
