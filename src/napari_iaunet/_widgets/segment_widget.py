@@ -356,11 +356,12 @@ class SegmentWidget(QWidget):
                 lines.append(f"{key}: {_short(m[key])}")
         self.model_info.setText("\n".join(lines))
         self.model_info.setToolTip(info.summary())
-        family = getattr(c, "family", "iaunet")
         if path != self._cluster_default_for:  # a new model: its family's default
+            from ..inference.segmenter import clusters_queries_by_default
+
             self._cluster_default_for = path
-            self.cluster_check.setChecked(family == "pctrans")
-        self.cluster_check.setEnabled(family != "maskrcnn")
+            self.cluster_check.setChecked(clusters_queries_by_default(c))
+        self.cluster_check.setEnabled(getattr(c, "family", "iaunet") != "maskrcnn")
         self._model_info = info
         self._model_ok = True
         self._update_enabled()

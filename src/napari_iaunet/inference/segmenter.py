@@ -21,13 +21,18 @@ from .tiling import merge_tiles, plan_tiles
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
 
-__all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter"]
+__all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter", "clusters_queries_by_default"]
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
 
 class SegmentationCancelled(Exception):
     """Raised when the ``cancel`` callable of a segmentation returned True."""
+
+
+def clusters_queries_by_default(config: ModelConfig) -> bool:
+    """Whether a model family's inference merges near-duplicate queries (PCTrans does)."""
+    return getattr(config, "family", "iaunet") == "pctrans"
 
 
 class Segmenter:
@@ -104,8 +109,8 @@ class Segmenter:
         PCTrans, whose inference clusters near-duplicate queries; off otherwise)."""
         if self.settings.cluster_queries is not None:
             return self.settings
-        family = getattr(self.config, "family", "iaunet")
-        return dataclasses.replace(self.settings, cluster_queries=family == "pctrans")
+        return dataclasses.replace(self.settings,
+                                   cluster_queries=clusters_queries_by_default(self.config))
 
     # ------------------------------------------------------------------ public API
     def segment(
