@@ -26,6 +26,7 @@ Writes ``docs/benchmarks/finetune_revvity.json`` and ``.md`` (``--out`` for anot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -69,6 +70,11 @@ def _args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--input-size", type=int, default=None, help="default: the model's")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--free-batchnorm", action="store_true",
+                   help="let the BatchNorm statistics move (the widget keeps them fixed)")
+    p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=None,
+                   help="brightness matching for the start model and the fine-tune (default: "
+                        "the start model's)")
     p.add_argument("--every", type=int, default=d.every, help="checkpoint every N steps")
     p.add_argument("--device", default=d.device)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -92,10 +98,10 @@ def _evaluate(seg: Any, item: Any) -> dict[str, Any]:
     return out
 
 
-def _segmenter(path: Path, device: str) -> Any:
+def _segmenter(path: Path, device: str, match_brightness: bool | None = None) -> Any:
     from napari_iaunet.inference import PostprocessSettings, Segmenter
 
-    return Segmenter.from_checkpoint(path, device=device,
+    return Segmenter.from_checkpoint(path, device=device, match_brightness=match_brightness,
                                      settings=PostprocessSettings(score_threshold=AP_SCORE))
 
 
@@ -114,8 +120,12 @@ def _fold(args: argparse.Namespace, weights: Path, train_item: Any, test_item: A
     input_size = args.input_size or info.config.input_size
     out_dir = runs / f"train_on_{Path(train_item.name).stem}"
     config = make_train_config(settings, out_dir, input_size=input_size)
+    if args.match_brightness is not None:  # the fine-tuned model keeps it in its config
+        config = dataclasses.replace(config, match_brightness=args.match_brightness)
+    if args.free_batchnorm:  # the widget freezes the BatchNorm statistics of a start model
+        config = dataclasses.replace(config, freeze_batchnorm=False)
 
-    seg = _segmenter(weights, args.device)
+    seg = _segmenter(weights, args.device, args.match_brightness)
     before = {"test": _evaluate(seg, test_item), "train": _evaluate(seg, train_item)}
     device = str(seg.device)
     del seg
@@ -184,8 +194,10 @@ def _markdown(payload: dict[str, Any]) -> str:
 * Start model: `{payload['weights']}` ({payload['start_model']}).
 * Fine-tuning: the fine-tune widget's settings — {f0['steps']} steps, batch
   {f0['train_config']['batch_size']}, lr {f0['train_config']['lr']:g}, input {f0['input_size']} px,
-  scale jitter {f0['train_config']['scale_range']} — on `{f0['device']}`. The wall time covers
-  loading the model, every step and the checkpoints.
+  scale jitter {f0['train_config']['scale_range']}, BatchNorm statistics
+  {'frozen' if f0['train_config'].get('freeze_batchnorm') else 'updated'}, brightness matching
+  {f0['train_config'].get('match_brightness') or "as the start model's"} — on `{f0['device']}`.
+  The wall time covers loading the model, every step and the checkpoints.
 * Test: the image not trained on (1080×1080, {f0['test_cells']} cells). AP: COCO mask AP over
   detections with score > {AP_SCORE}; F1: score ≥ {MATCH_SCORE}, IoU 0.5.
 * best.pt: the lowest smoothed training loss (there is no validation image), which is what

@@ -21,6 +21,7 @@ Writes ``docs/benchmarks/inference.json`` and ``inference.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -150,8 +151,6 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def memory_case(args: argparse.Namespace) -> None:
     """Child process: build one case, print its peak RSS as a JSON line."""
-    import json
-
     torch.set_num_threads(args.threads)
     s = Setup(args.size, args.backbone, net_input=args.input)
     cases = cpu_cases(s, with_maskrcnn="maskrcnn" in args.memory_case)
@@ -186,6 +185,7 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
             rows[name] = {**st.summary(), "peak_mb": round(C.cuda_peak_mb(fn), 1)}
         except Exception as exc:  # one failing variant must not hide the others
             rows[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        print("row " + json.dumps({name: rows[name]}), flush=True)  # survives a killed run
 
     precisions = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     for label, dtype in precisions.items():
@@ -240,7 +240,10 @@ def run_gpu(args: argparse.Namespace) -> dict[str, Any]:
                     return fx.mask_rcnn_segment(m, x)
             record(f"maskrcnn image → masks ({label}, {'bf16' if amp else 'fp32'})", run,
                    events=False)
-    return {"device": torch.cuda.get_device_name(0), "rows": rows}
+    return {"device": torch.cuda.get_device_name(0), "rows": rows,
+            "note": f"CUDA events, median of {args.gpu_repeats} calls after 5 warm-up calls "
+                    "(end-to-end rows: host clock after synchronising, 3 warm-up calls); peak "
+                    "MiB = torch.cuda.max_memory_allocated above what was allocated before"}
 
 
 # ----------------------------------------------------------------------------------- report
@@ -304,9 +307,23 @@ def markdown(payload: dict[str, Any]) -> str:
         f"Command: `{payload['command']}`  ",
         f"Date (UTC): {info['date_utc']}; torch {info['torch']}, torchvision "
         f"{info['torchvision']}, timm {info['timm']}.  ",
-        f"Image: {payload['size']}×{payload['size']} RGB, instances {cpu['instances']}; "
-        f"{cpu['image']}.",
+        f"Image: {payload['size']}×{payload['size']} RGB"
+        + (f", instances {cpu['instances']}; {cpu['image']}." if cpu["instances"] else "."),
         "",
+    ]
+    if cpu["stats"]:  # a --no-cpu run has GPU rows only
+        lines += _cpu_section(cpu, info)
+    lines += ["## GPU", ""]
+    if payload.get("gpu") is None:
+        lines.append(C.NO_GPU + ".")
+    else:
+        lines += [f"Device: {payload['gpu']['device']}; {payload['gpu'].get('note', '')}", "",
+                  _gpu_table(payload["gpu"])]
+    return "\n".join(lines)
+
+
+def _cpu_section(cpu: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    return [
         f"## {cpu['device']} — {info['host_cpu']}, {info['logical_cpus']} logical CPUs, shared",
         "",
         f"Load average before/after: {cpu['run']['load_before']} / {cpu['run']['load_after']}; "
@@ -323,19 +340,10 @@ def markdown(payload: dict[str, Any]) -> str:
         "IAUNet returns `Instances` (per-cell crops) at 1080×1080. Peak RSS Δ: one call in a "
         "fresh process after one warm-up call.",
         "",
-        "## GPU",
-        "",
     ]
-    if payload.get("gpu") is None:
-        lines.append(C.NO_GPU + ".")
-    else:
-        lines += [f"Device: {payload['gpu']['device']}", "", _gpu_table(payload["gpu"])]
-    return "\n".join(lines)
 
 
 def render(name: str) -> None:
-    import json
-
     payload = json.loads((C.RESULTS_DIR / f"{name}.json").read_text())
     cpu = payload["cpu"]
     cpu["stats"] = {k: C.stats_from_summary(v) for k, v in cpu["stats"].items()}

@@ -96,6 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revvity-repeats", type=int, default=20,
                    help="how often the one Revvity training image appears per epoch")
     p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this checkpoint (e.g. weights/iaunet_default.pt) instead of "
+                        "random weights; its architecture is kept, --input-size still applies")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes for the synthetic images and for data loading")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="steps between checkpoints (default: with every validation)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="only write the data splits and the synthetic images")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true")
@@ -119,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     params = SynthParams()
     if not synth_train.exists():
         print(f"writing {args.synthetic} synthetic images ...", file=sys.stderr)
-        write_synthetic_coco(synth_train.parent, args.synthetic, size=540, seed=0, params=params)
+        write_synthetic_coco(synth_train.parent, args.synthetic, size=540, seed=0, params=params,
+                             workers=args.workers)
     if not synth_val.exists():
-        write_synthetic_coco(synth_val.parent, 12, size=540, seed=10_000, params=params)
+        write_synthetic_coco(synth_val.parent, 12, size=540, seed=10_000, params=params,
+                             workers=args.workers)
     described["synthetic"] = {"train_images": args.synthetic, "val_images": 12, "size": 540,
                               "licence": LICENCES["synthetic"]}
+    if args.prepare_only:
+        return 0
 
     train_data = AnnotatedImages.from_coco([*train_specs, str(synth_train)])
     revvity = AnnotatedImages.from_coco(revvity_train)
@@ -140,18 +153,27 @@ def main(argv: list[str] | None = None) -> int:
             train_data, val_data,
             TrainConfig(out_dir=run_dir, steps=args.steps, batch_size=args.batch_size,
                         lr=args.lr, warmup_steps=200, grad_clip=1.0, num_points=args.points,
-                        val_every=args.val_every, device=args.device,
-                        num_threads=args.threads, resume=args.resume),
-            model_config=IAUNetConfig(backbone=args.backbone, input_size=args.input_size,
-                                      num_queries=args.queries, hidden_dim=args.hidden_dim,
-                                      mask_dim=args.hidden_dim),
+                        val_every=args.val_every, checkpoint_every=args.checkpoint_every,
+                        device=args.device, num_threads=args.threads, resume=args.resume,
+                        num_workers=args.workers,
+                        # a start checkpoint keeps its architecture; the input size may change
+                        input_size=args.input_size if args.init else None),
+            model_config=None if args.init else IAUNetConfig(
+                backbone=args.backbone, input_size=args.input_size, num_queries=args.queries,
+                hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim),
+            start=args.init,
             callbacks=[PrintProgress(every=20)],
         )
         print(f"training took {(time.time() - t0) / 3600:.2f} h; best {result.best_metric}",
               file=sys.stderr)
 
+    command = "python " + shlex.join(sys.argv)
+    if args.skip_training and (args.out / "report.json").exists():
+        # keep the command that trained the run (e.g. on a GPU machine), not this evaluation's
+        command = json.loads((args.out / "report.json").read_text()).get("command", command)
     report = evaluate_held_out(run_dir / "best.pt", args.data, data_dir, args.out)
-    report.update({"data": described, "command": "python " + shlex.join(sys.argv),
+    report.update({"data": described, "command": command,
+                   "evaluated_by": "python " + shlex.join(sys.argv),
                    "image_side": max(max(it.instances.image_shape) for it in train_data)})
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report["held_out"], indent=2))

@@ -33,6 +33,18 @@ def test_save_load_roundtrip_is_exact(tmp_path, tiny_model):
     assert not loaded.model.training
 
 
+def test_brightness_matching_is_stored_only_when_on(tmp_path, tiny_model):
+    assert "match_brightness" not in TINY.to_dict()  # older versions still read plain configs
+    on = TINY.replace(match_brightness=True)
+    assert on.to_dict()["match_brightness"] is True
+    model = build_model(on)
+    model.load_state_dict(tiny_model.state_dict())
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "m.pt", model, {}))
+    assert loaded.config.match_brightness
+    assert not load_checkpoint(tmp_path / "m.pt",
+                               overrides={"match_brightness": False}).config.match_brightness
+
+
 def test_half_storage_halves_the_file_and_loads_as_float32(tmp_path, tiny_model):
     full = save_checkpoint(tmp_path / "full.pt", tiny_model)
     half = save_checkpoint(tmp_path / "half.pt", tiny_model, half=True)

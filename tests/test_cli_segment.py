@@ -86,6 +86,7 @@ def test_segment_threads_and_cpu_batch_default(tiny_weights, images, tmp_path, m
     def spy(cls, *a, **kw):
         seg = real(cls, *a, **kw)
         seen["batch_size"] = seg.batch_size
+        seen.setdefault("match", []).append(seg.effective_match_brightness())
         return seg
 
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(spy))
@@ -94,9 +95,12 @@ def test_segment_threads_and_cpu_batch_default(tiny_weights, images, tmp_path, m
         assert main(["segment", str(images / "im0.png"), "-w", str(tiny_weights),
                      "-o", str(tmp_path / "o"), "--device", "cpu", "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
+        assert main(["segment", str(images / "im0.png"), "-w", str(tiny_weights), "--overwrite",
+                     "-o", str(tmp_path / "o"), "--device", "cpu", "--match-brightness"]) == 0
     finally:
         torch.set_num_threads(before)
     assert seen["batch_size"] == 1  # the CPU default, not a fixed 4 from the command line
+    assert seen["match"] == [False, True]  # the model's (off), then the flag
 
 
 def test_info_prints_what_a_checkpoint_is(tiny_weights, capsys):

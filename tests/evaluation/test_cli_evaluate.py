@@ -66,9 +66,10 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
         """Stands in for the model; everything after segment() is the real code path."""
 
         @classmethod
-        def from_checkpoint(cls, path, device="auto", settings=None):
+        def from_checkpoint(cls, path, device="auto", settings=None, match_brightness=None):
             calls["path"], calls["device"] = str(path), device
             calls["score_threshold"] = settings.score_threshold
+            calls["match_brightness"] = match_brightness
             return cls()
 
         def segment(self, image):
@@ -82,6 +83,10 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
                str(tmp_path / "w.pt"), "--device", "cpu", "--json", str(tmp_path / "m.json")])
     assert rc == 0
     assert calls == {"path": str(tmp_path / "w.pt"), "device": "cpu", "shape": (40, 50),
-                     "score_threshold": 0.01}  # AP needs every detection
+                     "score_threshold": 0.01,  # AP needs every detection
+                     "match_brightness": None}  # the model's own setting
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
+                 str(tmp_path / "w.pt"), "--no-match-brightness"]) == 0
+    assert calls["match_brightness"] is False
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["tp"] == 2 and saved["fn"] == 1 and saved["precision"] == 1.0

@@ -73,8 +73,9 @@ def test_train_config_and_run_folders(tmp_path, monkeypatch):
     assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
     on = make_train_config(FineTuneSettings(), tmp_path, input_size=512)
     assert on.scale_range == (0.8, 1.5) and on.augment
-    assert make_train_config(FineTuneSettings(), tmp_path, input_size=512,
-                             new_model=True).normalisation == "data"
+    new = make_train_config(FineTuneSettings(), tmp_path, input_size=512, new_model=True)
+    assert new.normalisation == "data"
+    assert on.freeze_batchnorm and not new.freeze_batchnorm  # a start model keeps its statistics
     # augment off is off for real: no flips and no rotations either, only the resize
     from napari_iaunet.training.augment import AugmentConfig
     from napari_iaunet.training.trainer import augment_config_for

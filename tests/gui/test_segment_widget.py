@@ -213,6 +213,28 @@ def test_settings_reach_the_library(make_napari_viewer, tiny_checkpoint):
     assert s["settings"].cluster_queries is False  # an IAUNet: off by default
     widget.cluster_check.setChecked(True)
     assert widget.settings()["settings"].cluster_queries is True
+    assert s["match_brightness"] is False  # the tiny model's own setting
+    widget.brightness_check.setChecked(True)
+    assert widget.settings()["match_brightness"] is True
+
+
+def test_match_brightness_follows_the_chosen_model_and_reaches_the_segmenter(
+        make_napari_viewer, tiny_checkpoint, tmp_path, qtbot):
+    import torch
+
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    payload["config"]["match_brightness"] = True
+    matched = tmp_path / "matched.pt"
+    torch.save(payload, matched)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    _, widget, _ = _make(make_napari_viewer, tiny_checkpoint, image=image)
+    assert not widget.brightness_check.isChecked()
+    widget.set_checkpoint(matched)
+    assert widget.brightness_check.isChecked()  # a new model: its own setting
+    widget.brightness_check.setChecked(False)  # the person's choice wins
+    _run(qtbot, widget)
+    (seg,) = widget._segmenter_cache.values()
+    assert seg.config.match_brightness and not seg.effective_match_brightness()
 
 
 def _with_training_data(tiny_checkpoint, path, training_data):
@@ -378,3 +400,9 @@ def test_other_families_segment_in_the_widget(make_napari_viewer, synthetic, tmp
     (group,) = groups_for_image(viewer, "plate1")
     assert group.info["checkpoint"] == str(path.resolve())
     assert len(group.to_instances()) == len(instances)
+
+
+def test_model_panel_rounds_metrics():
+    from napari_iaunet._widgets.segment_widget import _short
+
+    assert _short({"AP": 0.25721, "steps": 1500, "name": "x"}) == "AP=0.257, steps=1500, name=x"

@@ -4,6 +4,7 @@ import torch
 
 from napari_iaunet.inference.preprocess import (
     as_hwc,
+    brightness_offset,
     pad_batch,
     prepare,
     resized_shape,
@@ -76,3 +77,18 @@ def test_pad_batch():
     batch = pad_batch([a, b])
     assert batch.shape == (2, 3, 64, 64)
     assert batch[0, :, 40:, :].abs().sum() == 0
+
+
+def test_brightness_offset_moves_the_mean_to_the_models_and_keeps_contrast():
+    rgb = to_model_range(np.random.default_rng(0).integers(50, 90, (40, 50), dtype=np.uint8))
+    off = brightness_offset(rgb, (110.0, 114.0, 118.0))
+    assert rgb.mean() + off == pytest.approx(114.0)
+    plain = prepare(rgb.astype(np.uint8), 64, (114.0,) * 3, (30.0,) * 3)
+    shifted = prepare(rgb.astype(np.uint8), 64, (114.0,) * 3, (30.0,) * 3, offset=off)
+    h, w = shifted.resized_shape
+    diff = (shifted.tensor - plain.tensor)[:, :h, :w]
+    torch.testing.assert_close(diff, torch.full_like(diff, off / 30.0))  # one shift, same contrast
+    assert shifted.tensor[:, :h, :w].mean().abs() < 1e-3  # the image now sits at the model's mean
+    own = prepare(rgb.astype(np.uint8), 64, (110.0, 114.0, 118.0), (30.0,) * 3, offset=None)
+    torch.testing.assert_close(own.tensor, prepare(rgb.astype(np.uint8), 64, (110.0, 114.0, 118.0),
+                                                   (30.0,) * 3, offset=off).tensor)

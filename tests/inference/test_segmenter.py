@@ -118,3 +118,36 @@ def test_auto_tiling_follows_the_training_image_size(tmp_path, segmenter):
     recorded = save_checkpoint(tmp_path / "side.pt", segmenter.model, {"image_side": 8 * size})
     assert tiles_for(recorded, (4 * size, 4 * size)) is None  # within its training scale
     assert tiles_for(recorded, (13 * size, 13 * size)) == 8 * size
+
+
+def test_brightness_matching_makes_a_darker_plate_look_like_the_brighter_one(segmenter):
+    """A model with ``match_brightness`` sees an image and a uniformly darker copy alike;
+    without it the two differ. Tiles share the whole image's offset."""
+    rng = np.random.default_rng(7)
+    bright = rng.integers(100, 140, (64, 64), dtype=np.uint8)
+    dark = bright - np.uint8(50)
+    cfg = segmenter.config
+    assert not cfg.match_brightness
+    off = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings)
+    on = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings,
+                   match_brightness=True)
+    assert on.effective_match_brightness() and not off.effective_match_brightness()
+    a, b = on.segment(bright), on.segment(dark)
+    np.testing.assert_allclose(a.scores, b.scores, rtol=1e-4)
+    np.testing.assert_array_equal(a.to_dense(), b.to_dense())
+    s1, s2 = off.segment(bright).scores, off.segment(dark).scores
+    assert len(s1) != len(s2) or not np.allclose(s1, s2, rtol=1e-3)  # unmatched: they differ
+    # the setting follows the model config when not given
+    model = build_model(cfg.replace(match_brightness=True))
+    model.load_state_dict(segmenter.model.state_dict())
+    follows = Segmenter(model, device="cpu", settings=segmenter.settings)
+    assert follows.effective_match_brightness()
+    np.testing.assert_allclose(follows.segment(dark).scores, b.scores, rtol=1e-4)
+    tiled = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings, tile_size=64,
+                      match_brightness=True)
+    big = rng.integers(100, 140, (150, 130), dtype=np.uint8)
+    seen = []
+    tiled.segment_batch = lambda crops, offsets=None, **kw: (  # record what the tiles get
+        seen.append(offsets) or Segmenter.segment_batch(tiled, crops, offsets=offsets, **kw))
+    tiled.segment(big)
+    assert len(set(seen[0])) == 1 and seen[0][0] == pytest.approx(cfg.pixel_mean[0] - big.mean())

@@ -46,3 +46,6 @@ def test_train_cli_no_augment_reaches_the_trainer(tmp_path, monkeypatch):
     assert main(common) == 0
     assert main([*common, "--no-augment"]) == 0
     assert [cfg.augment for cfg in seen] == [True, False]
+    assert main([*common, "--match-brightness", "--freeze-batchnorm"]) == 0
+    assert [cfg.match_brightness for cfg in seen] == [None, None, True]
+    assert [cfg.freeze_batchnorm for cfg in seen] == [False, False, True]

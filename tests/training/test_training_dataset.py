@@ -123,6 +123,18 @@ def test_training_dataset_samples(tiny_pairs):
     assert batch.shape == (2, 3, 64, 64) and len(targets) == 2
 
 
+def test_training_dataset_matches_brightness_like_inference(tiny_pairs):
+    image, inst = tiny_pairs[0]
+    dark = AnnotatedImages.from_pairs([(image // 2, inst)])
+    bright = AnnotatedImages.from_pairs([(image // 2 + 60, inst)])
+    aug = AugmentConfig.resize_only(64)
+    plain = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug)[(0, 1)][0] for d in (dark, bright)]
+    assert (plain[1] - plain[0]).mean() > 1.0  # 60 grey levels apart
+    matched = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug, match_brightness=True)[(0, 1)][0]
+               for d in (dark, bright)]
+    torch.testing.assert_close(matched[0], matched[1], atol=0.05, rtol=0)
+
+
 def test_class_ids_beyond_the_model_are_an_error(tiny_pairs):
     image, inst = tiny_pairs[0]
     inst = Instances(inst.image_shape, inst.boxes, inst.crops, class_ids=np.full(len(inst), 2))

@@ -66,10 +66,24 @@ def test_write_synthetic_coco_roundtrip(tmp_path):
     write_synthetic_coco(tmp_path / "ds", 1, 64, overwrite=True)
 
 
+def test_write_synthetic_coco_in_processes_writes_the_same_data_set(tmp_path):
+    from napari_iaunet.io.coco import read_coco
+
+    one = write_synthetic_coco(tmp_path / "one", 3, 64, seed=5)
+    three = write_synthetic_coco(tmp_path / "three", 3, 64, seed=5, workers=3)
+    assert read_coco(one)["annotations"] == read_coco(three)["annotations"]
+    names = sorted(p.name for p in (tmp_path / "one" / "images").glob("*.png"))
+    assert len(names) == 3
+    for name in names:
+        assert (tmp_path / "one" / "images" / name).read_bytes() == \
+            (tmp_path / "three" / "images" / name).read_bytes()
+
+
 def test_synth_cli(tmp_path):
     from napari_iaunet.cli import main
 
-    assert main(["synth", "--out", str(tmp_path / "s"), "-n", "2", "--size", "64"]) == 0
+    assert main(["synth", "--out", str(tmp_path / "s"), "-n", "2", "--size", "64",
+                 "--workers", "2"]) == 0
     assert (tmp_path / "s" / "annotations.json").is_file()
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
     assert main(["synth", "--out", str(tmp_path / "s"), "-n", "1", "--size", "64"]) == 1

@@ -115,6 +115,34 @@ def test_finetune_keeps_config_and_allows_new_input_size(tmp_path, tiny_pairs, t
     assert result.config.num_queries == first.config.num_queries
     meta = load_checkpoint(result.last_path).metadata
     assert meta["started_from"].startswith("checkpoint:")
+    assert not result.config.match_brightness
+    matched = train(tiny_pairs[2:], None, _cfg(tmp_path, "c", steps=1, match_brightness=True),
+                    start=first.last_path)
+    assert load_checkpoint(matched.last_path).config.match_brightness  # stored for inference
+
+
+def test_freeze_batchnorm_keeps_the_start_models_statistics(tmp_path, tiny_pairs, tiny_config):
+    from napari_iaunet.training.trainer import freeze_batchnorm
+
+    first = train(tiny_pairs[:2], None, _cfg(tmp_path, "a", steps=1), model_config=tiny_config())
+
+    def stats(path):
+        sd = load_checkpoint(path).model.state_dict()
+        return {k: v for k, v in sd.items() if k.endswith(("running_mean", "running_var"))}
+
+    start = stats(first.last_path)
+    assert start and freeze_batchnorm(load_checkpoint(first.last_path).model) > 0
+    # a validation in between (val_every=1) puts the model back in train mode: still frozen
+    kept = train(tiny_pairs[2:], tiny_pairs[:1],
+                 _cfg(tmp_path, "b", steps=2, val_every=1, freeze_batchnorm=True),
+                 start=first.last_path)
+    moved = train(tiny_pairs[2:], None, _cfg(tmp_path, "c", steps=2), start=first.last_path)
+    assert all(torch.equal(start[k], v) for k, v in stats(kept.last_path).items())
+    assert any(not torch.equal(start[k], v) for k, v in stats(moved.last_path).items())
+    weights = load_checkpoint(kept.last_path).model.state_dict()
+    first_weights = load_checkpoint(first.last_path).model.state_dict()
+    assert any(not torch.equal(first_weights[k], v) for k, v in weights.items()
+               if k.endswith("weight"))  # the rest still learns
 
 
 def test_early_stopping(tmp_path, tiny_pairs, tiny_config, monkeypatch):

@@ -20,6 +20,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         "'images' folder beside --gt, else the folder of --gt)")
     p.add_argument("--device", default="auto",
                    help="with --weights: auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --weights: brightness matching on or off (default: the model's)")
     p.add_argument("--json", type=Path, default=None, help="also write all results as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--iou-threshold", type=float, default=0.5,
@@ -63,7 +65,8 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     # AP ranks every detection, so keep them all as the reference evaluator does (score > 0.01);
     # the matching metrics apply --score-threshold afterwards.
     segmenter = Segmenter.from_checkpoint(args.weights, device=args.device,
-                                          settings=PostprocessSettings(score_threshold=0.01))
+                                          settings=PostprocessSettings(score_threshold=0.01),
+                                          match_brightness=args.match_brightness)
     predictions = []
     for k, image_entry in enumerate(gt["images"]):
         path = folder / image_entry.get("file_name", "")

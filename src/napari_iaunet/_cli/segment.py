@@ -37,6 +37,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="drop masks overlapping a better one above this IoU (off by default)")
     p.add_argument("--tile-size", default="auto",
                    help="'auto', 'off' or tile size in pixels for large images")
+    p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=None,
+                   help="shift each image's mean intensity to the model's training mean first "
+                        "(default: as the model was trained)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images or tiles per forward pass (default: 4 on a GPU, 1 on the CPU)")
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     segmenter = Segmenter.from_checkpoint(
         args.weights, device=device, tile_size=_tile_arg(args.tile_size),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, match_brightness=args.match_brightness,
         settings=PostprocessSettings(score_threshold=args.score_threshold,
                                      duplicate_iou=args.duplicate_iou,
                                      cluster_queries=(None if args.cluster_queries is None

@@ -64,6 +64,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--input-size", type=int, default=None,
                        help="longest image side fed to the network (default: 512 or the "
                             "checkpoint's)")
+    model.add_argument("--freeze-batchnorm", action="store_true",
+                       help="keep the BatchNorm running statistics fixed (fine-tuning on a few "
+                            "images with small batches)")
+    model.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=None,
+                       help="shift each image's mean intensity to the training mean, in training "
+                            "and at inference (default: off, or the checkpoint's)")
     run = p.add_argument_group("schedule")
     length = run.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help="optimisation steps")
@@ -138,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         backbone_lr_multiplier=args.backbone_lr_mult, grad_clip=args.grad_clip, amp=args.amp,
         seed=args.seed, num_workers=args.workers, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, early_stopping=args.patience,
-        input_size=args.input_size, num_points=args.points, augment=args.augment,
+        input_size=args.input_size, match_brightness=args.match_brightness,
+        freeze_batchnorm=args.freeze_batchnorm,
+        num_points=args.points, augment=args.augment,
         device=args.device, num_threads=args.threads, resume=args.resume,
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,

@@ -119,8 +119,9 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
                       resume: bool = False, new_model: bool = False) -> TrainConfig:
     """The :class:`~napari_iaunet.training.TrainConfig` the widget runs (the benchmark uses it
     too). ``input_size`` is the size actually trained at (the settings' or the model's).
-    Fine-tuning keeps the model's intensity normalisation; a ``new_model`` takes the training
-    images' statistics."""
+    Fine-tuning keeps the model's intensity normalisation and its BatchNorm statistics (batches of
+    two images of one plate would drag them towards that plate); a ``new_model`` takes the
+    training images' statistics and learns its BatchNorm statistics."""
     from ..training import TrainConfig
 
     every = max(1, int(settings.every))
@@ -129,7 +130,7 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
         lr=float(settings.lr), min_lr=min(1e-6, float(settings.lr) / 10),
         input_size=int(input_size), num_points=points_for(int(input_size)),
         val_every=every, checkpoint_every=every, device=settings.device, resume=resume,
-        normalisation="data" if new_model else "keep",
+        normalisation="data" if new_model else "keep", freeze_batchnorm=not new_model,
     )
     if not settings.augment:
         # no flips, 90° rotations or scale jitter; the unused scale range is recorded as (1, 1)

@@ -210,6 +210,12 @@ class SegmentWidget(QWidget):
             "has no queries.")
         self._cluster_default_for: str | None = None
         form.addRow(self.cluster_check)
+        self.brightness_check = QCheckBox("match brightness")
+        self.brightness_check.setToolTip(
+            "Shift the image's mean intensity to that of the model's training images first, so "
+            "a plate imaged darker or brighter looks like them. Set to the model's own setting "
+            "when a model is chosen.")
+        form.addRow(self.brightness_check)
         lay.addLayout(form)
 
         self.segment_btn = QPushButton("Segment")
@@ -361,6 +367,7 @@ class SegmentWidget(QWidget):
 
             self._cluster_default_for = path
             self.cluster_check.setChecked(clusters_queries_by_default(c))
+            self.brightness_check.setChecked(bool(getattr(c, "match_brightness", False)))
         self.cluster_check.setEnabled(getattr(c, "family", "iaunet") != "maskrcnn")
         self._model_info = info
         self._model_ok = True
@@ -388,6 +395,7 @@ class SegmentWidget(QWidget):
                 cluster_queries=self.cluster_check.isChecked(),
             ),
             "tile_size": int(self.tile_spin.value()) if tile == "fixed" else tile,
+            "match_brightness": self.brightness_check.isChecked(),
         }
 
     # ------------------------------------------------------------------ run
@@ -470,6 +478,7 @@ class SegmentWidget(QWidget):
             return None
         seg.settings = kwargs["settings"]
         seg.tile_size = kwargs["tile_size"]
+        seg.match_brightness = kwargs["match_brightness"]
         self._signals.stage.emit(f"IAUNet: segmenting on {seg.device}")
         try:
             instances = seg.segment(
@@ -614,8 +623,10 @@ def _count(n: int, word: str) -> str:
 
 
 def _short(value: Any, limit: int = 160) -> str:
+    """One line for the model panel; floats (metrics) to 3 decimals."""
     if isinstance(value, dict):
-        text = ", ".join(f"{k}={v}" for k, v in value.items())
+        text = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in value.items())
     elif isinstance(value, (list, tuple)):
         text = ", ".join(str(v) for v in value)
     else:

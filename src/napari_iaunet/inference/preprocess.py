@@ -6,13 +6,15 @@ thing in both.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PreparedImage", "as_hwc", "pad_batch", "prepare", "resized_shape", "to_model_range"]
+__all__ = ["PreparedImage", "as_hwc", "brightness_offset", "pad_batch", "prepare", "resized_shape",
+           "to_model_range"]
 
 # Robust percentiles used to map non-8-bit images onto 0-255.
 LOW_PERCENTILE = 0.1
@@ -93,6 +95,16 @@ class PreparedImage:
     resized_shape: tuple[int, int]  # (h, w) after the longest-side resize, before padding
 
 
+def brightness_offset(rgb: np.ndarray, pixel_mean: Sequence[float]) -> float:
+    """What to add to ``rgb`` (0-255 scale, from :func:`to_model_range`) so that its mean equals
+    the mean of ``pixel_mean``: brightness matching (``match_brightness`` in a model config).
+
+    One offset for every channel and pixel, so contrast and colour balance are kept; the shifted
+    values may leave 0-255 (they are normalised next, never stored).
+    """
+    return float(np.mean(pixel_mean)) - float(rgb.mean(dtype=np.float64))
+
+
 def prepare(
     image: np.ndarray,
     input_size: int,
@@ -100,9 +112,18 @@ def prepare(
     pixel_std: tuple[float, float, float],
     size_divisibility: int = 32,
     device: torch.device | str = "cpu",
+    offset: float | None = 0.0,
 ) -> PreparedImage:
-    """Resize the longest side to ``input_size``, normalise and pad to a multiple of 32."""
+    """Resize the longest side to ``input_size``, normalise and pad to a multiple of 32.
+
+    ``offset`` is added to the 0-255 values first (brightness matching); None matches the image's
+    own brightness to ``pixel_mean`` (:func:`brightness_offset` of its pixels).
+    """
     rgb = to_model_range(image)
+    if offset is None:
+        offset = brightness_offset(rgb, pixel_mean)
+    if offset:
+        rgb = rgb + np.float32(offset)
     h0, w0 = rgb.shape[:2]
     h, w = resized_shape((h0, w0), input_size)
     t = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None]

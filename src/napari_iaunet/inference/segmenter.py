@@ -15,7 +15,14 @@ from ..instances import Instances
 from ..model.config import ModelConfig
 from .device import autocast, select_device
 from .postprocess import PostprocessSettings, postprocess
-from .preprocess import PreparedImage, as_hwc, pad_batch, prepare
+from .preprocess import (
+    PreparedImage,
+    as_hwc,
+    brightness_offset,
+    pad_batch,
+    prepare,
+    to_model_range,
+)
 from .tiling import merge_tiles, plan_tiles
 
 if TYPE_CHECKING:
@@ -57,6 +64,8 @@ class Segmenter:
             ``model`` itself is never changed; the copy is rebuilt when its weights or device
             change (training, ``load_state_dict``, ``.to()``). IAUNet only: a Mask R-CNN
             runs as it is.
+        match_brightness: shift each image's mean intensity to the model's before normalising
+            (the model config's ``match_brightness``); None follows the model config.
     """
 
     def __init__(
@@ -70,8 +79,10 @@ class Segmenter:
         amp: bool = True,
         batch_size: int | None = None,
         fuse: bool = True,
+        match_brightness: bool | None = None,
     ) -> None:
         self.device = select_device(device)
+        self.match_brightness = match_brightness
         self.model = model.to(self.device).eval()
         self.settings = settings or PostprocessSettings()
         if not (tile_size in ("auto", None) or (isinstance(tile_size, int) and tile_size >= 64)):
@@ -112,6 +123,12 @@ class Segmenter:
         return dataclasses.replace(self.settings,
                                    cluster_queries=clusters_queries_by_default(self.config))
 
+    def effective_match_brightness(self) -> bool:
+        """Whether images are brightness-matched: the setting, else the model config's."""
+        if self.match_brightness is not None:
+            return bool(self.match_brightness)
+        return bool(getattr(self.config, "match_brightness", False))
+
     # ------------------------------------------------------------------ public API
     def segment(
         self,
@@ -127,7 +144,10 @@ class Segmenter:
             return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
-        results = self.segment_batch(crops, progress=progress, cancel=cancel)
+        offset = (brightness_offset(to_model_range(hwc), self.config.pixel_mean)
+                  if self.effective_match_brightness() else 0.0)  # the whole image's, per tile
+        results = self.segment_batch(crops, progress=progress, cancel=cancel,
+                                     offsets=[offset] * len(crops))
         return merge_tiles(tiles, results, hwc.shape[:2])
 
     def segment_batch(
@@ -136,8 +156,14 @@ class Segmenter:
         *,
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | None = None,
+        offsets: Sequence[float] | None = None,
     ) -> list[Instances]:
-        """Segment several images (no tiling), ``batch_size`` per forward pass."""
+        """Segment several images (no tiling), ``batch_size`` per forward pass.
+
+        ``offsets``: brightness offsets to use instead of each image's own (tiles of one image
+        share the whole image's); without them each image is matched to the model's brightness
+        when brightness matching is on (:meth:`effective_match_brightness`).
+        """
         cfg = self.config
         out: list[Instances] = []
         total = len(images)
@@ -145,8 +171,12 @@ class Segmenter:
             if cancel is not None and cancel():
                 raise SegmentationCancelled("segmentation cancelled")
             chunk = images[start:start + self.batch_size]
+            own = None if self.effective_match_brightness() else 0.0  # None: prepare() matches
+            shifts = (offsets[start:start + len(chunk)] if offsets is not None
+                      else [own] * len(chunk))
             prepared = [prepare(im, cfg.input_size, cfg.pixel_mean, cfg.pixel_std,
-                                cfg.size_divisibility, self.device) for im in chunk]
+                                cfg.size_divisibility, self.device, offset=off)
+                        for im, off in zip(chunk, shifts, strict=True)]
             out.extend(self._predict(prepared))
             if progress is not None:
                 progress(min(start + len(chunk), total), total)

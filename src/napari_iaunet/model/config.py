@@ -72,6 +72,9 @@ class IAUNetConfig(_FromDict):
 
     ``pixel_mean`` / ``pixel_std`` act on images scaled to the 0-255 range (see
     :func:`napari_iaunet.inference.preprocess.to_model_range`), one value per channel.
+    ``match_brightness``: shift every image's mean intensity to the mean of ``pixel_mean`` before
+    normalising (training and inference alike), so a plate imaged brighter or darker than the
+    training images looks like them (:func:`~napari_iaunet.inference.preprocess.brightness_offset`).
     """
 
     backbone: str = "resnet50"
@@ -88,6 +91,7 @@ class IAUNetConfig(_FromDict):
     size_divisibility: int = 32
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
+    match_brightness: bool = False
     # PCTrans options (docs/model_families.md), all off by default: a config without them
     # builds exactly the original IAUNet (same parameters and state-dict keys).
     centre_guidance: bool = False  # queries predict their centre; it guides cross-attention
@@ -119,6 +123,8 @@ class IAUNetConfig(_FromDict):
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        if not d["match_brightness"]:
+            del d["match_brightness"]  # a dict without it reads in older versions
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:
@@ -206,6 +212,7 @@ class MaskRCNNConfig(_FromDict):
     size_divisibility: int = 32
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
+    match_brightness: bool = False  # as IAUNetConfig's
     score_threshold: float | None = None
     nms_threshold: float = 0.5
     detections_per_img: int = 300  # torchvision's default of 100 is low for cell images
@@ -249,6 +256,8 @@ class MaskRCNNConfig(_FromDict):
         d: dict[str, Any] = {"family": self.family}
         for k, v in asdict(self).items():
             d[k] = list(v) if isinstance(v, tuple) else v
+        if not d["match_brightness"]:
+            del d["match_brightness"]
         return d
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inference.preprocess import to_model_range
+from ..inference.preprocess import brightness_offset, to_model_range
 from ..instances import Instances
 from .augment import AugmentConfig, augment
 
@@ -235,12 +235,14 @@ class TrainingDataset(torch.utils.data.Dataset):
     def __init__(self, data: AnnotatedImages | Sequence[AnnotatedImage],
                  pixel_mean: Sequence[float], pixel_std: Sequence[float],
                  augment_config: AugmentConfig | None = None, num_classes: int = 1,
-                 seed: int = 0, cache_images: bool | None = None) -> None:
+                 seed: int = 0, cache_images: bool | None = None,
+                 match_brightness: bool = False) -> None:
         self.items = list(data)
         if not self.items:
             raise ValueError("TrainingDataset: no training images")
         self.mean = np.asarray(pixel_mean, np.float32).reshape(1, 1, 3)
         self.std = np.asarray(pixel_std, np.float32).reshape(1, 1, 3)
+        self.match_brightness = bool(match_brightness)  # as the model config's (inference too)
         self.augment_config = augment_config or AugmentConfig()
         self.seed = int(seed)
         for it in self.items:
@@ -267,6 +269,8 @@ class TrainingDataset(torch.utils.data.Dataset):
         index, seed = (key, self.seed) if isinstance(key, (int, np.integer)) else key
         item = self.items[int(index)]
         image = to_model_range(self._raw(int(index)))
+        if self.match_brightness:  # the whole image's mean, before any crop (as at inference)
+            image = image + np.float32(brightness_offset(image, self.mean.ravel()))
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])
         image, inst = augment(image, item.instances, rng, self.augment_config)
         return self.to_tensors(image, inst)

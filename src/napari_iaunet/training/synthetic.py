@@ -328,29 +328,41 @@ def sample_image(size: int = 512) -> np.ndarray:
     return sample_data(size)[0]
 
 
+def _write_one(img_dir: Path, seed: int, i: int, size: int | tuple[int, int],
+               params: SynthParams | None) -> tuple[dict, Instances]:
+    """Render image ``i`` of ``seed``, write its PNG, return its COCO entry and instances."""
+    import imageio.v3 as iio
+
+    image, inst = generate_one(np.random.default_rng([seed, i]), size, params)
+    name = f"synth_{seed}_{i:05d}.png"
+    iio.imwrite(img_dir / name, image)
+    return ({"id": i + 1, "file_name": name, "height": image.shape[0],
+             "width": image.shape[1]}, inst)
+
+
 def write_synthetic_coco(out_dir: str | Path, n: int, size: int | tuple[int, int] = 256,
                          seed: int = 0, *, overwrite: bool = False,
-                         params: SynthParams | None = None) -> Path:
+                         params: SynthParams | None = None, workers: int = 1) -> Path:
     """Write ``n`` images to ``out_dir/images/`` and their masks to ``out_dir/annotations.json``.
 
     Masks are stored as RLE (exact). Returns the annotation path. An existing annotation file is
-    only replaced with ``overwrite=True``.
+    only replaced with ``overwrite=True``. ``workers > 1`` renders in that many processes; the
+    data set is the same for any number of workers (image ``i`` depends only on ``(seed, i)``).
     """
-    import imageio.v3 as iio
-
     out_dir = Path(out_dir)
     ann_path = out_dir / "annotations.json"
     if ann_path.exists() and not overwrite:
         raise FileExistsError(f"{ann_path} exists; pass overwrite=True (CLI: --overwrite)")
     img_dir = out_dir / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
-    entries: list[tuple[dict, Instances]] = []
-    for i in range(n):
-        image, inst = generate_one(np.random.default_rng([seed, i]), size, params)
-        name = f"synth_{seed}_{i:05d}.png"
-        iio.imwrite(img_dir / name, image)
-        entries.append(({"id": i + 1, "file_name": name, "height": image.shape[0],
-                         "width": image.shape[1]}, inst))
+    jobs = [(img_dir, seed, i, size, params) for i in range(n)]
+    if workers > 1 and n > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, n)) as pool:
+            entries = list(pool.map(_write_one, *zip(*jobs, strict=True)))
+    else:
+        entries = [_write_one(*job) for job in jobs]
     from ..io.coco import instances_to_coco, write_coco
 
     coco = instances_to_coco([inst for _, inst in entries], [e for e, _ in entries],

@@ -85,6 +85,8 @@ class TrainConfig:
     early_stopping: int | None = None
     metric: str = "AP"
     input_size: int | None = None  # override the model's input size (also when fine-tuning)
+    match_brightness: bool | None = None  # override the model's brightness matching (None: keep)
+    freeze_batchnorm: bool = False  # keep BatchNorm running statistics (fine-tuning, tiny batches)
     augment: bool = True  # flips, 90° rotations, scale jitter (False: resize + pad only)
     scale_range: tuple[float, float] = (0.8, 1.5)
     num_points: int = NUM_POINTS
@@ -338,6 +340,15 @@ def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
     return set_loss, keys
 
 
+def freeze_batchnorm(model: torch.nn.Module) -> int:
+    """Put every BatchNorm layer of ``model`` in eval mode: its running mean and variance stop
+    moving (its scale and shift still learn). Returns how many layers were frozen."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in layers:
+        m.eval()
+    return len(layers)
+
+
 def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
                  start: str | Path | None, backbone_weights: str | Path | None,
                  class_names: Sequence[str] | None = None
@@ -347,14 +358,18 @@ def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
     if start is not None:
         from ..checkpoint import load_checkpoint
 
-        overrides = {"input_size": cfg.input_size} if cfg.input_size else None
-        loaded = load_checkpoint(start, overrides=overrides)
+        overrides: dict[str, Any] = {"input_size": cfg.input_size} if cfg.input_size else {}
+        if cfg.match_brightness is not None:
+            overrides["match_brightness"] = cfg.match_brightness
+        loaded = load_checkpoint(start, overrides=overrides or None)
         return loaded.model, loaded.config, f"checkpoint:{start}"
     if model_config is None and class_names:
         model_config = IAUNetConfig(num_classes=len(class_names), class_names=tuple(class_names))
     mc = model_config or IAUNetConfig()
     if cfg.input_size:
         mc = mc.replace(input_size=cfg.input_size)
+    if cfg.match_brightness is not None:
+        mc = mc.replace(match_brightness=cfg.match_brightness)
     model = build_model(mc, backbone_weights=backbone_weights)
     origin = f"backbone:{backbone_weights}" if backbone_weights else "scratch"
     return model, mc, origin
@@ -494,7 +509,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     dataset = TrainingDataset(
         data, mcfg.pixel_mean, mcfg.pixel_std,
         augment_config_for(cfg, mcfg.input_size),
-        num_classes=mcfg.num_classes, seed=cfg.seed)
+        num_classes=mcfg.num_classes, seed=cfg.seed,
+        match_brightness=getattr(mcfg, "match_brightness", False))
 
     jlog = JsonlLog(run.log) if info.is_main else None
     meta_base = {
@@ -617,6 +633,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
                 cancelled = True
                 break
             t0 = time.time()
+            if cfg.freeze_batchnorm:  # each step: a validation's model.train() unfreezes them
+                freeze_batchnorm(model)
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()}
                        for t in targets]
