@@ -169,6 +169,10 @@ def _fold(args: argparse.Namespace, weights: Path, train_item: Any, test_item: A
     }
 
 
+def _brightness(setting: bool | None) -> str:
+    return "as the start model's" if setting is None else ("on" if setting else "off")
+
+
 def _markdown(payload: dict[str, Any]) -> str:
     rows = []
     for f in payload["folds"]:
@@ -196,7 +200,7 @@ def _markdown(payload: dict[str, Any]) -> str:
   {f0['train_config']['batch_size']}, lr {f0['train_config']['lr']:g}, input {f0['input_size']} px,
   scale jitter {f0['train_config']['scale_range']}, BatchNorm statistics
   {'frozen' if f0['train_config'].get('freeze_batchnorm') else 'updated'}, brightness matching
-  {f0['train_config'].get('match_brightness') or "as the start model's"} — on `{f0['device']}`.
+  {_brightness(f0['train_config'].get('match_brightness'))} — on `{f0['device']}`.
   The wall time covers loading the model, every step and the checkpoints.
 * Test: the image not trained on (1080×1080, {f0['test_cells']} cells). AP: COCO mask AP over
   detections with score > {AP_SCORE}; F1: score ≥ {MATCH_SCORE}, IoU 0.5.
