@@ -208,7 +208,7 @@ class SegmentWidget(QWidget):
             "PCTrans's inference: queries whose masks overlap with IoU ≥ 0.7 become one instance "
             "with their averaged mask and score. On by default for PCTrans models; Mask R-CNN "
             "has no queries.")
-        self._cluster_default_for: str | None = None
+        self._defaults_for: str | None = None
         form.addRow(self.cluster_check)
         self.brightness_check = QCheckBox("match brightness")
         self.brightness_check.setToolTip(
@@ -362,12 +362,12 @@ class SegmentWidget(QWidget):
                 lines.append(f"{key}: {_short(m[key])}")
         self.model_info.setText("\n".join(lines))
         self.model_info.setToolTip(info.summary())
-        if path != self._cluster_default_for:  # a new model: its family's default
+        if path != self._defaults_for:  # a new model: its own defaults
             from ..inference.segmenter import clusters_queries_by_default
 
-            self._cluster_default_for = path
+            self._defaults_for = path
             self.cluster_check.setChecked(clusters_queries_by_default(c))
-            self.brightness_check.setChecked(bool(getattr(c, "match_brightness", False)))
+            self.brightness_check.setChecked(c.match_brightness)
         self.cluster_check.setEnabled(getattr(c, "family", "iaunet") != "maskrcnn")
         self._model_info = info
         self._model_ok = True

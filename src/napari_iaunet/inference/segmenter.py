@@ -127,7 +127,7 @@ class Segmenter:
         """Whether images are brightness-matched: the setting, else the model config's."""
         if self.match_brightness is not None:
             return bool(self.match_brightness)
-        return bool(getattr(self.config, "match_brightness", False))
+        return self.config.match_brightness
 
     # ------------------------------------------------------------------ public API
     def segment(

@@ -510,7 +510,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
         data, mcfg.pixel_mean, mcfg.pixel_std,
         augment_config_for(cfg, mcfg.input_size),
         num_classes=mcfg.num_classes, seed=cfg.seed,
-        match_brightness=getattr(mcfg, "match_brightness", False))
+        match_brightness=mcfg.match_brightness)
 
     jlog = JsonlLog(run.log) if info.is_main else None
     meta_base = {
