@@ -134,3 +134,38 @@ def test_optimising_free_predictions_with_the_loss_recovers_the_ground_truth():
                        PostprocessSettings(score_threshold=0.05))
     metrics = evaluate([Instances.from_masks(tgt[0]["masks"].numpy())], [pred])
     assert metrics["AP50"] > 0.95, metrics
+
+
+@pytest.mark.parametrize("queries", [6, 2])  # 2 < 3 targets: outputs match different subsets
+def test_batched_mask_losses_equal_one_output_at_a_time(queries):
+    """The 9 outputs share their random points, so each output's terms equal what that output
+    alone gives with the same generator state (nothing else couples the outputs)."""
+    out, tgt = _outputs(q=queries), _targets()
+    crit = SetCriterion(num_points=256)
+    gt = [t["masks"].float() for t in tgt]
+    levels = [out, *out["aux_outputs"]]
+    matches = crit.matcher.match_outputs(levels, tgt, torch.Generator().manual_seed(5))
+    batched = crit.mask_losses([o["pred_masks"] for o in levels], matches, gt, 4.0,
+                               torch.Generator().manual_seed(9))
+    for level, (o, m) in enumerate(zip(levels, matches)):
+        alone = crit.loss_masks(o["pred_masks"], m, gt, 4.0, torch.Generator().manual_seed(9))
+        torch.testing.assert_close(torch.stack(batched[level]), torch.stack(alone))
+    assert len({round(b.item(), 6) for b, _ in batched}) > 1  # the outputs do differ
+
+
+def test_match_outputs_equals_matching_each_output():
+    out, tgt = _outputs(), _targets()
+    levels = [out, *out["aux_outputs"]]
+    matcher = HungarianMatcher(num_points=300)
+    together = matcher.match_outputs(levels, tgt, torch.Generator().manual_seed(2))
+    for o, both in zip(levels, together):
+        alone = matcher(o, tgt, torch.Generator().manual_seed(2))
+        for (r1, c1), (r2, c2) in zip(both, alone):
+            assert r1.tolist() == r2.tolist() and c1.tolist() == c2.tolist()
+    costs = matcher.cost_matrices(torch.stack([o["pred_logits"][0] for o in levels]),
+                                  torch.stack([o["pred_masks"][0] for o in levels]),
+                                  tgt[0]["labels"], tgt[0]["masks"],
+                                  torch.Generator().manual_seed(4))
+    one = matcher.cost_matrix(levels[3]["pred_logits"][0], levels[3]["pred_masks"][0],
+                              tgt[0]["labels"], tgt[0]["masks"], torch.Generator().manual_seed(4))
+    torch.testing.assert_close(costs[3], one)

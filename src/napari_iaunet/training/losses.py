@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .matcher import NUM_POINTS, HungarianMatcher, point_sample, point_sample_indexed
+from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
 __all__ = ["SetCriterion", "num_masks_across_processes", "sample_uncertain_points"]
@@ -43,25 +43,51 @@ def sample_uncertain_points(logits: torch.Tensor, num_points: int, oversample_ra
                             generator: torch.Generator | None = None) -> torch.Tensor:
     """Point coordinates ``(M, num_points, 2)`` in [0, 1] biased towards uncertain pixels.
 
-    ``logits (M, 1, h, w)``: mask logits; uncertainty is ``-|logit|`` at the candidate points.
+    ``logits (M, 1, h, w)``: mask logits; uncertainty is ``-|logit|`` of the pixel under each
+    candidate point.
     """
+    n_over, n_imp, n_rand = _point_budget(num_points, oversample_ratio, importance_sample_ratio)
     m = logits.shape[0]
-    n_over = max(num_points, int(num_points * oversample_ratio))
     cand = torch.rand(m, n_over, 2, device=logits.device, generator=generator)
-    uncertainty = -point_sample(logits, cand).abs()[:, 0]  # (M, n_over)
-    n_imp = int(importance_sample_ratio * num_points)
-    n_rand = num_points - n_imp
-    if uncertainty.device.type == "cpu" and n_imp < n_over:
-        # same set as topk (order is irrelevant), in linear time
-        part = np.argpartition(uncertainty.numpy(), n_over - n_imp, axis=1)[:, n_over - n_imp:]
-        idx = torch.from_numpy(np.ascontiguousarray(part))
-    else:
-        idx = uncertainty.topk(n_imp, dim=1).indices  # (M, n_imp)
+    idx = _k_smallest(_abs_logits_at(logits, cand)[:, 0], n_imp)
     coords = torch.gather(cand, 1, idx[..., None].expand(-1, -1, 2))
     if n_rand:
         rand = torch.rand(m, n_rand, 2, device=logits.device, generator=generator)
         coords = torch.cat([coords, rand], dim=1)
     return coords
+
+
+def _point_budget(num_points: int, oversample_ratio: float, importance_sample_ratio: float
+                  ) -> tuple[int, int, int]:
+    """(candidates, importance-sampled points, uniform points) per mask."""
+    n_over = max(num_points, int(num_points * oversample_ratio))
+    n_imp = int(importance_sample_ratio * num_points)
+    return n_over, n_imp, num_points - n_imp
+
+
+def _abs_logits_at(logits: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """``|logit|`` of the pixel under each candidate (small = uncertain): ``logits (M, L, h, w)``
+    (``L`` maps per row, e.g. decoder outputs), ``cand (M, n, 2)`` (x, y) in [0, 1] →
+    ``(M, L, n)``.
+
+    Only the choice of points uses it, so the nearest pixel stands in for bilinear
+    interpolation: one gather instead of four, shared by the ``L`` maps.
+    """
+    h, w = logits.shape[-2:]
+    x = (cand[..., 0] * w).long().clamp_(0, w - 1)
+    y = (cand[..., 1] * h).long().clamp_(0, h - 1)
+    index = (y * w + x)[:, None, :].expand(-1, logits.shape[1], -1)
+    return torch.gather(logits.flatten(2), 2, index).abs_()
+
+
+def _k_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``(M, k)`` of the ``k`` smallest values of each row of ``(M, n)`` (any order)."""
+    n = values.shape[1]
+    if values.device.type == "cpu" and k < n:
+        # the same set as topk, in linear time
+        part = np.argpartition(values.numpy(), k - 1, axis=1)[:, :k]
+        return torch.from_numpy(np.ascontiguousarray(part))
+    return values.topk(k, dim=1, largest=False).indices
 
 
 def num_masks_across_processes(count: int, device: torch.device) -> float:
@@ -111,7 +137,7 @@ class SetCriterion(torch.nn.Module):
         self.register_buffer("empty_weight", empty_weight, persistent=False)
 
     # ------------------------------------------------------------------ terms
-    def loss_ce(self, logits: torch.Tensor, matches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    def loss_ce(self, logits: torch.Tensor, matches: Sequence[Match],
                 targets: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
         """Weighted softmax CE; unmatched queries are "no object" (index C)."""
         b, q, _ = logits.shape
@@ -123,30 +149,96 @@ class SetCriterion(torch.nn.Module):
         return F.cross_entropy(logits.float().transpose(1, 2), classes,
                                weight=self.empty_weight.to(logits.device))
 
-    def loss_masks(self, masks: torch.Tensor, matches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    def loss_masks(self, masks: torch.Tensor, matches: Sequence[Match],
                    gt_masks: Sequence[torch.Tensor], num_masks: float,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Point-sampled sigmoid BCE and Dice of matched pairs, each summed / ``num_masks``."""
-        src = [masks[i, s.to(masks.device)] for i, (s, _) in enumerate(matches)]
-        pred = torch.cat(src).float()[:, None]  # (M, 1, h, w)
-        if pred.shape[0] == 0:
-            zero = masks.sum() * 0.0
-            return zero, zero
+        return self.mask_losses([masks], [matches], gt_masks, num_masks, generator)[0]
+
+    def mask_losses(self, masks: Sequence[torch.Tensor], matches: Sequence[Sequence[Match]],
+                    gt_masks: Sequence[torch.Tensor], num_masks: float,
+                    generator: torch.Generator | None = None
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`loss_masks` of every decoder output (``masks[l]`` with ``matches[l]``).
+
+        The candidate and uniform points are drawn once per ground-truth instance and shared by
+        all outputs, so the full-resolution ground truth is sampled once per step instead of once
+        per output; each output still picks its own most uncertain candidates.
+        """
+        device = masks[0].device
+        counts = [len(g) for g in gt_masks]
+        total = sum(counts)
+        offsets = np.cumsum([0, *counts[:-1]]).tolist()
+        # per output: the matched predictions (M, h, w) and their rows among all instances
+        matched = [self._matched(m, mt, offsets) for m, mt in zip(masks, matches)]
+        if total == 0 or all(rows is None for rows, _ in matched):
+            return [(m.sum() * 0.0, m.sum() * 0.0) for m in masks]
+        n_over, n_imp, n_rand = _point_budget(self.num_points, self.oversample_ratio,
+                                              self.importance_sample_ratio)
         with torch.no_grad():
-            coords = sample_uncertain_points(pred, self.num_points, self.oversample_ratio,
-                                             self.importance_sample_ratio, generator)
-            # ground truth at the same points, image by image, without copying full masks
-            labels, start = [], 0
-            for g, (_, t) in zip(gt_masks, matches):
-                if len(t):
-                    labels.append(point_sample_indexed(g, t, coords[start:start + len(t)]))
-                    start += len(t)
-            labels = torch.cat(labels)
-        logits = point_sample(pred, coords)[:, 0]  # (M, P)
-        bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
-        prob = logits.sigmoid()
-        dice = 1.0 - (2.0 * (prob * labels).sum(1) + 1.0) / (prob.sum(1) + labels.sum(1) + 1.0)
-        return bce.sum() / num_masks, dice.sum() / num_masks
+            # one row per ground-truth instance of the batch, in (image, target) order
+            cand = torch.rand(total, n_over, 2, device=device, generator=generator)
+            rand = torch.rand(total, n_rand, 2, device=device, generator=generator)
+            gt_cand = self._gt_at(gt_masks, offsets, cand)
+            gt_rand = self._gt_at(gt_masks, offsets, rand)
+            everyone = torch.arange(total, device=device)
+            complete = all(rows is not None and len(rows) == total and bool((rows == everyone)
+                                                                            .all())
+                           for rows, _ in matched)
+            if complete:  # the usual case: one sampling of all outputs' candidates at once
+                stacked = torch.stack([pred.detach() for _, pred in matched], dim=1)
+                certainty = _abs_logits_at(stacked, cand)  # (M, L, n_over)
+        result = []
+        for level, (rows, pred) in enumerate(matched):
+            if rows is None:
+                zero = masks[level].sum() * 0.0
+                result.append((zero, zero))
+                continue
+            with torch.no_grad():
+                if complete:
+                    idx = _k_smallest(certainty[:, level], n_imp)
+                    o_cand, o_rand, o_gt_cand, o_gt_rand = cand, rand, gt_cand, gt_rand
+                else:
+                    o_cand, o_rand, o_gt_cand, o_gt_rand = (cand[rows], rand[rows],
+                                                            gt_cand[rows], gt_rand[rows])
+                    idx = _k_smallest(_abs_logits_at(pred.detach()[:, None], o_cand)[:, 0],
+                                      n_imp)
+                coords = torch.cat([torch.gather(o_cand, 1, idx[..., None].expand(-1, -1, 2)),
+                                    o_rand], dim=1)
+                labels = torch.cat([torch.gather(o_gt_cand, 1, idx), o_gt_rand], dim=1)
+            logits = point_sample(pred[:, None], coords)[:, 0]  # (M, P)
+            bce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
+            prob = logits.sigmoid()
+            dice = 1.0 - (2.0 * (prob * labels).sum(1) + 1.0) / (prob.sum(1) + labels.sum(1)
+                                                                  + 1.0)
+            result.append((bce.sum() / num_masks, dice.sum() / num_masks))
+        return result
+
+    @staticmethod
+    def _matched(masks: torch.Tensor, matches: Sequence[Match], offsets: Sequence[int]
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Matched mask logits ``(M, h, w)`` (float32) and their instance rows, in (image,
+        target) order; ``(None, None)`` when nothing is matched."""
+        rows, preds = [], []
+        for i, (src, tgt) in enumerate(matches):
+            if len(src):
+                order = torch.argsort(tgt)
+                rows.append(tgt[order].to(masks.device) + offsets[i])
+                preds.append(masks[i, src[order].to(masks.device)])
+        if not rows:
+            return None, None
+        return torch.cat(rows), torch.cat(preds).float()
+
+    @staticmethod
+    def _gt_at(gt_masks: Sequence[torch.Tensor], offsets: Sequence[int], coords: torch.Tensor
+               ) -> torch.Tensor:
+        """Every ground-truth mask sampled at its own row of ``coords (total, P, 2)``."""
+        parts = []
+        for g, start in zip(gt_masks, offsets):
+            if len(g):
+                index = torch.arange(len(g), device=g.device)
+                parts.append(point_sample_indexed(g, index, coords[start:start + len(g)]))
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------ total
     def forward(self, outputs: dict, targets: Sequence[dict[str, torch.Tensor]],
@@ -173,13 +265,13 @@ class SetCriterion(torch.nn.Module):
                 for t, c in zip(match_targets, gt_centres):
                     t["centres"] = c
             contrast = "query_embeddings" in outputs
-            embeddings, all_matches = [], []
-            for suffix, out in levels:
-                matches = self.matcher(out, match_targets, generator)
+            all_matches = self.matcher.match_outputs([out for _, out in levels], match_targets,
+                                                     generator)
+            mask_terms = self.mask_losses([out["pred_masks"] for _, out in levels], all_matches,
+                                          gt_masks, num_masks, generator)
+            for (suffix, out), matches, (bce, dice) in zip(levels, all_matches, mask_terms):
                 losses["loss_ce" + suffix] = self.loss_ce(out["pred_logits"], matches,
                                                           match_targets)
-                bce, dice = self.loss_masks(out["pred_masks"], matches, gt_masks, num_masks,
-                                            generator)
                 losses["loss_bce" + suffix] = bce
                 losses["loss_dice" + suffix] = dice
                 if gt_centres is not None:
@@ -189,9 +281,8 @@ class SetCriterion(torch.nn.Module):
                     losses["loss_mcc" + suffix] = loss_mcc(
                         out["pred_masks"], matches, gt_masks, num_masks, self.mcc_temperature,
                         self.mcc_points, generator)
-                    embeddings.append(out["query_embeddings"])
-                    all_matches.append(matches)
             if contrast:
+                embeddings = [out["query_embeddings"] for _, out in levels]
                 losses["loss_qec"] = loss_qec(embeddings, all_matches, self.qec_temperature)
             losses["loss"] = self.weighted_total(losses)
         return losses
