@@ -31,12 +31,14 @@ import _common as C
 TRAIN_SEED, TEST_SEED = 30000, 20000
 
 
-def _data(folder: Path, n: int, size: int, seed: int, workers: int) -> Path:
-    from napari_iaunet.training.synthetic import write_synthetic_coco
+def _data(folder: Path, n: int, size: int, seed: int, workers: int, preset: str,
+          scale: float | None) -> Path:
+    from napari_iaunet.training.synthetic import SynthParams, write_synthetic_coco
 
     ann = folder / "annotations.json"
     if not ann.exists():
-        write_synthetic_coco(folder, n, size, seed, workers=workers)
+        write_synthetic_coco(folder, n, size, seed, workers=workers,
+                             params=SynthParams.preset(preset, scale))
     return ann
 
 
@@ -71,6 +73,13 @@ def main() -> None:
     p.add_argument("--train-images", type=int, default=300)
     p.add_argument("--test-images", type=int, default=20)
     p.add_argument("--size", type=int, default=540)
+    p.add_argument("--preset", default="revvity", choices=("revvity", "clear"),
+                   help="synthetic look (napari-iaunet synth --preset)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="image pixels per Revvity pixel (default: a whole 1080 field in --size)")
+    p.add_argument("--queries", type=int, default=100, help="queries of a new model")
+    p.add_argument("--hidden-dim", type=int, default=128, help="decoder width of a new model")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 10%%, ≤ 20)")
     p.add_argument("--data", type=Path, default=C.REPO / "runs" / "synth540")
     p.add_argument("--run", type=Path, default=C.REPO / "runs" / "synthetic_goal")
     p.add_argument("--name", default="synthetic_goal")
@@ -79,12 +88,16 @@ def main() -> None:
 
     import torch
 
+    from napari_iaunet.allocator import keep_freed_memory
     from napari_iaunet.model import IAUNetConfig
     from napari_iaunet.training import PrintProgress, TrainConfig, train
 
+    keep_freed_memory()  # as the command line does
     torch.set_num_threads(args.threads)
-    train_ann = _data(args.data / "train", args.train_images, args.size, TRAIN_SEED, 2)
-    test_ann = _data(args.data / "test", args.test_images, args.size, TEST_SEED, 2)
+    train_ann = _data(args.data / "train", args.train_images, args.size, TRAIN_SEED, 2,
+                      args.preset, args.scale)
+    test_ann = _data(args.data / "test", args.test_images, args.size, TEST_SEED, 2, args.preset,
+                     args.scale)
     before = _score(args.weights, test_ann, args.threads) if args.weights else None
     print(f"before: {before}", flush=True)
 
@@ -93,14 +106,14 @@ def main() -> None:
     result = train(
         str(train_ann), None,
         TrainConfig(out_dir=args.run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                    warmup_steps=min(20, args.steps // 10), grad_clip=1.0,
+                    warmup_steps=(min(20, args.steps // 10) if args.warmup is None
+                                  else args.warmup), grad_clip=1.0,
                     num_points=args.points, val_every=0, num_threads=args.threads,
                     input_size=args.input_size, overwrite=True),
         start=args.weights,
         model_config=None if args.weights else IAUNetConfig(
-            backbone="resnet18", input_size=args.input_size or 384, num_queries=100,
-            hidden_dim=128,
-            mask_dim=128),
+            backbone="resnet18", input_size=args.input_size or 384, num_queries=args.queries,
+            hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim),
         callbacks=[PrintProgress(every=10)],
         cancel=lambda: time.time() - t0 > limit_s,
     )
@@ -110,7 +123,9 @@ def main() -> None:
 
     payload = {
         "command": C.command_line(), "machine": C.machine_info(),
-        "start": str(args.weights) if args.weights else "random weights (ResNet-18, width 128)",
+        "start": str(args.weights) if args.weights else (
+            f"random weights (ResNet-18, width {args.hidden_dim}, {args.queries} queries)"),
+        "preset": args.preset, "scale": args.scale,
         "train_images": args.train_images, "test_images": args.test_images, "size": args.size,
         "input_size": result.config.input_size, "batch_size": args.batch_size, "lr": args.lr,
         "threads": args.threads, "minutes_limit": args.minutes, "schedule_steps": args.steps,
@@ -126,7 +141,8 @@ def main() -> None:
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']['host_cpu']}, {args.threads} torch thread(s); "
         f"start: {payload['start']}; {args.train_images} training / {args.test_images} unseen "
-        f"test images of {args.size} px; input {result.config.input_size}, "
+        f"test images of {args.size} px (preset `{args.preset}`, scale "
+        f"{args.scale or 'whole field'}); input {result.config.input_size}, "
         f"batch {args.batch_size}, "
         f"lr {args.lr}, cosine schedule over {args.steps} steps, time limit {args.minutes} min.",
         "", C.md_table(rows, cols), "",

@@ -101,7 +101,14 @@ def main() -> None:
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks",
                    help="folder for training.json / training.md")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc malloc's settings alone (default: keep freed memory, like "
+                        "the napari-iaunet command line)")
     args = p.parse_args()
+    if not args.system_malloc:
+        from napari_iaunet.allocator import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -15,6 +15,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=None,
                    help="image pixels per Revvity-25 pixel (default: size / 1080, i.e. a whole "
                         "1080-pixel field of view scaled to --size)")
+    p.add_argument("--preset", default="revvity", choices=("revvity", "clear"),
+                   help="revvity: as faint and crowded as Revvity-25 (default); clear: higher "
+                        "contrast, fewer cells, less overlap")
     p.add_argument("--workers", type=int, default=1,
                    help="render in this many processes (same images for any number)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
@@ -29,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("-n must be at least 1")
     t0 = time.time()
     path = write_synthetic_coco(args.out, args.num_images, args.size, args.seed,
-                                overwrite=args.overwrite, params=SynthParams(scale=args.scale),
+                                overwrite=args.overwrite,
+                                params=SynthParams.preset(args.preset, args.scale),
                                 workers=args.workers)
     print(f"wrote {args.num_images} images and {path} in {time.time() - t0:.1f} s")
     return 0

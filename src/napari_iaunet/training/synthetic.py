@@ -56,6 +56,23 @@ class SynthParams:
         """Image pixels per 1080-scale pixel for an image of ``shape``."""
         return self.scale if self.scale is not None else max(shape) / REFERENCE_SIZE
 
+    @classmethod
+    def preset(cls, name: str, scale: float | None = None) -> SynthParams:
+        """Named settings: ``"revvity"`` (the defaults: as faint and crowded as Revvity-25) or
+        ``"clear"`` (2.5× the contrast, a third to a half of the field covered, at most 12
+        cells, less overlap and debris: a quick learning check and teaching data)."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown synthetic preset {name!r}; choose from "
+                             f"{', '.join(PRESETS)}")
+        return cls(**PRESETS[name], scale=scale)
+
+
+PRESETS: dict[str, dict] = {
+    "revvity": {},
+    "clear": {"contrast": 2.5, "coverage_range": (0.3, 0.5), "max_overlap": 0.15,
+              "max_cells": 12, "debris_per_megapixel": 80.0},
+}
+
 
 def _scaled_gaussian_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
                            ) -> np.ndarray:
