@@ -11,6 +11,9 @@ import importlib
 import os
 import sys
 
+# commands whose tensors come and go in bulk: glibc malloc keeps freed memory for them
+BULK_COMMANDS = ("segment", "train", "evaluate")
+
 # command name -> (module under napari_iaunet._cli, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("segment", "segment images into overlapping instances, write COCO JSON"),
@@ -50,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if args.command in BULK_COMMANDS:
+        from .allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

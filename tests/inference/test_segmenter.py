@@ -151,3 +151,27 @@ def test_brightness_matching_makes_a_darker_plate_look_like_the_brighter_one(seg
         seen.append(offsets) or Segmenter.segment_batch(tiled, crops, offsets=offsets, **kw))
     tiled.segment(big)
     assert len(set(seen[0])) == 1 and seen[0][0] == pytest.approx(cfg.pixel_mean[0] - big.mean())
+
+
+def test_tiles_of_a_uint16_image_share_one_intensity_stretch(segmenter, monkeypatch):
+    """A tile stretched on its own would blow a background tile's noise up to the full range."""
+    from napari_iaunet.inference.preprocess import to_model_range
+
+    rng = np.random.default_rng(0)
+    image = (1000 + rng.integers(0, 20, (160, 160))).astype(np.uint16)  # flat, faint noise
+    image[:, 100:] += 30000  # a bright region in the right-hand tiles only
+    seg = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings, tile_size=64)
+    seen = []
+    real = seg.segment_batch
+
+    def spy(crops, **kwargs):
+        seen.extend(crops)
+        return real(crops, **kwargs)
+
+    monkeypatch.setattr(seg, "segment_batch", spy)
+    seg.segment(image)
+    whole = np.rint(to_model_range(image)).clip(0, 255).astype(np.uint8)
+    assert len(seen) > 4 and all(c.dtype == np.uint8 for c in seen)
+    background = [c for c in seen if c.max() < 50]  # tiles left of the bright region
+    assert background and all(c.std() < 2.0 for c in background)  # noise stays faint
+    assert whole.max() == 255 and whole[:, :90].max() < 50

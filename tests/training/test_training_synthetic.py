@@ -42,6 +42,18 @@ def test_non_square_and_scale():
         generate_one(0, 8)
 
 
+def test_clear_preset_has_fewer_more_visible_cells():
+    faint = [generate_one(seed, 256, SynthParams.preset("revvity", 0.45)) for seed in (1, 2, 3)]
+    clear = [generate_one(seed, 256, SynthParams.preset("clear", 0.45)) for seed in (1, 2, 3)]
+    assert SynthParams.preset("revvity") == SynthParams()
+    assert max(len(i) for _, i in clear) <= 12 < max(len(i) for _, i in faint)
+    # cells stand out more: the spread of grey levels grows with the contrast
+    assert np.mean([im[..., 1].std() for im, _ in clear]) > 1.5 * np.mean(
+        [im[..., 1].std() for im, _ in faint])
+    with pytest.raises(ValueError, match="unknown synthetic preset"):
+        SynthParams.preset("easy")
+
+
 def test_sample_image_is_fixed():
     np.testing.assert_array_equal(sample_image(128), sample_image(128))
     image, inst = sample_data(128)
@@ -87,6 +99,8 @@ def test_synth_cli(tmp_path):
     assert (tmp_path / "s" / "annotations.json").is_file()
     assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
     assert main(["synth", "--out", str(tmp_path / "s"), "-n", "1", "--size", "64"]) == 1
+    assert main(["synth", "--out", str(tmp_path / "c"), "-n", "1", "--size", "64", "--preset",
+                 "clear", "--scale", "0.2"]) == 0
 
 
 def test_comparison_figure_draws_without_pyplot(tmp_path, monkeypatch):

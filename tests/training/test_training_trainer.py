@@ -317,3 +317,13 @@ def test_plot_loss_curve_never_touches_pyplot(tmp_path, monkeypatch):
     assert not errors, errors
     assert (tmp_path / "thread.png").stat().st_size > 1000
     assert matplotlib.rcParams._get("backend") == backend
+
+
+def test_format_duration_is_shared_by_cli_and_widget():
+    import math
+
+    from napari_iaunet.training.callbacks import format_duration
+
+    assert format_duration(59.6) == "1:00"
+    assert format_duration(3725) == "1:02:05"
+    assert format_duration(math.inf) == "?" and format_duration(math.nan) == "?"

@@ -48,7 +48,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..training.callbacks import TrainCallback  # no torch: safe to import here
+from ..training.callbacks import TrainCallback, format_duration  # no torch: safe to import
 from . import _qt_utils as qtu
 from ._torch_guard import make_torch_import_safe
 from .layer_group import HUB, InstanceGroup, current_group, groups
@@ -1304,7 +1304,7 @@ class FineTuneWidget(QWidget):
         rate = ""
         if job.first_step_time is not None and step > job.first_step:
             rate = f" · {(now - job.first_step_time) / (step - job.first_step):.2g} s/step"
-        self.progress.setFormat(f"step {step}/{total}{rate} · {_fmt_eta(eta)} left")
+        self.progress.setFormat(f"step {step}/{total}{rate} · {format_duration(eta)} left")
         self.plot.add_step(step, loss)
         self._show_metrics()
 
@@ -1358,9 +1358,9 @@ class FineTuneWidget(QWidget):
             saved = "last.pt and state.pt saved" if result.last_path else "nothing to save yet"
             text = f"Cancelled at {done} ({saved}); Resume continues.{best}"
         elif result.stopped_early:
-            text = f"Stopped early at {done} in {_fmt_eta(elapsed)}.{best}"
+            text = f"Stopped early at {done} in {format_duration(elapsed)}.{best}"
         else:
-            text = f"Done: {done} in {_fmt_eta(elapsed)}.{best}"
+            text = f"Done: {done} in {format_duration(elapsed)}.{best}"
         self._set_status(text + " Use this model switches the segment widget to it.")
 
     def _on_errored(self, exc: BaseException) -> None:
@@ -1432,10 +1432,3 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _fmt_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = round(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -142,6 +142,10 @@ class Segmenter:
         tile = self._tile_size(hwc.shape[:2])
         if tile is None:
             return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
+        if hwc.dtype != np.uint8:
+            # stretch the whole image once: a tile stretched on its own would get its own
+            # contrast (a background tile's noise blown up to the full range)
+            hwc = np.rint(to_model_range(hwc)).clip(0, 255).astype(np.uint8)
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
         offset = (brightness_offset(to_model_range(hwc), self.config.pixel_mean)

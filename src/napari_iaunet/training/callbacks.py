@@ -14,6 +14,7 @@ __all__ = [
     "JsonlLog",
     "PrintProgress",
     "TrainCallback",
+    "format_duration",
     "moving_mean",
     "plot_loss_curve",
     "read_log",
@@ -40,10 +41,11 @@ class TrainCallback:
         """Once, with the :class:`~napari_iaunet.training.trainer.TrainResult`."""
 
 
-def _fmt_time(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss`` (rounded to the second); ``?`` when unknown (inf/nan)."""
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(seconds)
+    seconds = round(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -68,7 +70,7 @@ class PrintProgress(TrainCallback):
         parts = " ".join(f"{k.removeprefix('loss_')}={v:.4f}" for k, v in losses.items()
                          if k != "loss")
         print(f"step {step}/{total} loss={losses.get('loss', float('nan')):.4f} {parts} "
-              f"lr={lr:.2e} eta={_fmt_time(eta_seconds)}", file=self.stream, flush=True)
+              f"lr={lr:.2e} eta={format_duration(eta_seconds)}", file=self.stream, flush=True)
 
     def on_validation(self, step: int, metrics: dict[str, float]) -> None:
         text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items()
