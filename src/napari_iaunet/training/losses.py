@@ -83,6 +83,8 @@ def _abs_logits_at(logits: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
 def _k_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """Indices ``(M, k)`` of the ``k`` smallest values of each row of ``(M, n)`` (any order)."""
     n = values.shape[1]
+    if k <= 0:
+        return torch.zeros(values.shape[0], 0, dtype=torch.int64, device=values.device)
     if values.device.type == "cpu" and k < n:
         # the same set as topk, in linear time
         part = np.argpartition(values.numpy(), k - 1, axis=1)[:, :k]
