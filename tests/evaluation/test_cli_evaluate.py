@@ -70,6 +70,7 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
             calls["path"], calls["device"] = str(path), device
             calls["score_threshold"] = settings.score_threshold
             calls["match_brightness"] = match_brightness
+            calls["duplicates"] = (settings.duplicate_iou, settings.cluster_queries)
             return cls()
 
         def segment(self, image):
@@ -84,9 +85,12 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
     assert rc == 0
     assert calls == {"path": str(tmp_path / "w.pt"), "device": "cpu", "shape": (40, 50),
                      "score_threshold": 0.01,  # AP needs every detection
-                     "match_brightness": None}  # the model's own setting
+                     "match_brightness": None,  # the model's own setting
+                     "duplicates": (None, None)}  # the segment command's defaults
     assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
-                 str(tmp_path / "w.pt"), "--no-match-brightness"]) == 0
+                 str(tmp_path / "w.pt"), "--no-match-brightness", "--duplicate-iou", "0.5",
+                 "--cluster-queries", "0"]) == 0
     assert calls["match_brightness"] is False
+    assert calls["duplicates"] == (0.5, False)
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["tp"] == 2 and saved["fn"] == 1 and saved["precision"] == 1.0

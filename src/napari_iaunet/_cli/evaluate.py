@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .segment import add_duplicate_arguments, postprocess_settings
+
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     """Arguments of the ``evaluate`` sub-command."""
@@ -33,6 +35,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-dets", type=int, nargs="+", default=[100, 300, 1000],
                    help="COCO maxDets; AP is read at the largest (default 100 300 1000)")
     p.add_argument("--per-image", action="store_true", help="add per-image metrics to the JSON")
+    add_duplicate_arguments(p)  # with --weights: the segment command's duplicate handling
 
 
 def _images_folder(args: argparse.Namespace) -> Path:
@@ -52,7 +55,7 @@ def _images_folder(args: argparse.Namespace) -> Path:
 def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     """Predictions (a COCO dict with scores) made by the checkpoint on every ground-truth image."""
     try:
-        from ..inference import PostprocessSettings, Segmenter
+        from ..inference import Segmenter
     except ImportError as exc:
         raise RuntimeError(
             "evaluating a checkpoint (--weights) needs napari_iaunet.inference, which could not "
@@ -65,7 +68,7 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     # AP ranks every detection, so keep them all as the reference evaluator does (score > 0.01);
     # the matching metrics apply --score-threshold afterwards.
     segmenter = Segmenter.from_checkpoint(args.weights, device=args.device,
-                                          settings=PostprocessSettings(score_threshold=0.01),
+                                          settings=postprocess_settings(args, 0.01),
                                           match_brightness=args.match_brightness)
     predictions = []
     for k, image_entry in enumerate(gt["images"]):

@@ -11,6 +11,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..inference import PostprocessSettings
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
@@ -28,13 +32,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="polygon simplification tolerance in pixels (default 1.0)")
     p.add_argument("--score-threshold", type=float, default=0.5)
-    p.add_argument("--cluster-queries", type=float, nargs="?", const=0.7, default=None,
-                   metavar="IOU",
-                   help="merge queries whose masks overlap above IOU (default 0.7) into one "
-                        "instance with their averaged mask and score (PCTrans' inference; on "
-                        "by default for PCTrans models, 0 turns it off)")
-    p.add_argument("--duplicate-iou", type=float, default=None,
-                   help="drop masks overlapping a better one above this IoU (off by default)")
+    add_duplicate_arguments(p)
     p.add_argument("--tile-size", default="auto",
                    help="'auto', 'off' or tile size in pixels for large images")
     p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=None,
@@ -82,11 +80,33 @@ def _dist() -> tuple[int, int, int]:
             int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def add_duplicate_arguments(p: argparse.ArgumentParser) -> None:
+    """``--cluster-queries`` and ``--duplicate-iou`` (shared by ``segment`` and ``evaluate``)."""
+    p.add_argument("--cluster-queries", type=float, nargs="?", const=0.7, default=None,
+                   metavar="IOU",
+                   help="merge queries whose masks overlap above IOU (default 0.7) into one "
+                        "instance with their averaged mask and score (PCTrans' inference; on "
+                        "by default for PCTrans models, 0 turns it off)")
+    p.add_argument("--duplicate-iou", type=float, default=None,
+                   help="drop masks overlapping a better one above this IoU (off by default)")
+
+
+def postprocess_settings(args: argparse.Namespace, score_threshold: float
+                         ) -> PostprocessSettings:
+    """The :class:`PostprocessSettings` of :func:`add_duplicate_arguments`' options."""
+    from ..inference import PostprocessSettings
+
+    return PostprocessSettings(score_threshold=score_threshold, duplicate_iou=args.duplicate_iou,
+                               cluster_queries=(None if args.cluster_queries is None
+                                                else args.cluster_queries > 0),
+                               cluster_iou=args.cluster_queries or 0.7)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..inference import PostprocessSettings, Segmenter
+    from ..inference import Segmenter
     from ..io.coco import instances_to_coco, write_coco
     from ..io.images import read_image
 
@@ -124,11 +144,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(
         args.weights, device=device, tile_size=_tile_arg(args.tile_size),
         batch_size=args.batch_size, match_brightness=args.match_brightness,
-        settings=PostprocessSettings(score_threshold=args.score_threshold,
-                                     duplicate_iou=args.duplicate_iou,
-                                     cluster_queries=(None if args.cluster_queries is None
-                                                      else args.cluster_queries > 0),
-                                     cluster_iou=args.cluster_queries or 0.7),
+        settings=postprocess_settings(args, args.score_threshold),
     )
     info = segmenter.checkpoint_info
     print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"
