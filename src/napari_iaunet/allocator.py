@@ -5,8 +5,9 @@ blocks above its mmap threshold from fresh pages and returns freed memory to the
 step pays for page faults again; on a virtual machine that dominated the set loss
 (docs/performance.md, "Training speed"). :func:`keep_freed_memory` asks ``malloc`` to keep
 freed memory for reuse. The process's resident memory then stays near its peak, which suits a
-command-line job and would not suit an interactive napari session, so only the command line
-and the benchmark scripts call it.
+command-line job and would not suit an interactive napari session, so only the ``segment``,
+``train`` and ``evaluate`` commands and the two training benchmarks (``bench_training.py``,
+``bench_synthetic_goal.py``) call it.
 """
 
 from __future__ import annotations
