@@ -59,6 +59,41 @@ def _score(weights: Path, test: Path, threads: int) -> dict[str, Any]:
             for k in ("AP", "AP50", "AP75", "precision", "recall", "f1")}
 
 
+def _new_model(args: argparse.Namespace) -> Any:
+    """The config of the model trained from random weights."""
+    from napari_iaunet.model import IAUNetConfig
+    from napari_iaunet.model.config import MaskRCNNConfig
+
+    if args.family == "maskrcnn":
+        return MaskRCNNConfig(variant="r18_cbam", input_size=args.input_size or 384)
+    return IAUNetConfig(
+        backbone="resnet18", input_size=args.input_size or 384, num_queries=args.queries,
+        hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim, dropout=args.dropout,
+        contrast_losses=args.contrast_losses, query_groups=args.query_groups)
+
+
+def _describe_start(args: argparse.Namespace) -> str:
+    if args.weights:
+        return str(args.weights)
+    if args.family == "maskrcnn":
+        return "random weights (Mask R-CNN R18-CBAM-FPN, the LIVECell study's)"
+    extra = f", {args.query_groups} query groups in training" if args.query_groups > 1 else ""
+    return (f"random weights (IAUNet ResNet-18, width {args.hidden_dim}, {args.queries} "
+            f"queries{extra})")
+
+
+def _recipe_changes(args: argparse.Namespace) -> str:
+    """The training options that differ from the reference recipe, as ``; a, b`` (or "")."""
+    changes = []
+    if args.no_object_weight != 0.1:
+        changes.append(f"no-object weight {args.no_object_weight}")
+    if args.dropout != 0.1:
+        changes.append(f"dropout {args.dropout}")
+    if args.contrast_losses:
+        changes.append("QEC/MCC contrast losses")
+    return "; " + ", ".join(changes) if changes else ""
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights", type=Path, default=None, help="start checkpoint (default: random)")
@@ -77,9 +112,19 @@ def main() -> None:
                    help="synthetic look (napari-iaunet synth --preset)")
     p.add_argument("--scale", type=float, default=None,
                    help="image pixels per Revvity pixel (default: a whole 1080 field in --size)")
+    p.add_argument("--family", default="iaunet", choices=("iaunet", "maskrcnn"),
+                   help="model family of a new model (maskrcnn: the R18-CBAM variant)")
     p.add_argument("--queries", type=int, default=100, help="queries of a new model")
     p.add_argument("--hidden-dim", type=int, default=128, help="decoder width of a new model")
     p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 10%%, ≤ 20)")
+    p.add_argument("--no-object-weight", type=float, default=0.1,
+                   help="class-loss weight of unmatched queries (the reference's 0.1)")
+    p.add_argument("--query-groups", type=int, default=1,
+                   help="a new model trains with this many query groups (Group DETR)")
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="decoder dropout of a new model (the reference's 0.1)")
+    p.add_argument("--contrast-losses", action="store_true",
+                   help="a new model trains with PCTrans's QEC + MCC losses")
     p.add_argument("--data", type=Path, default=C.REPO / "runs" / "synth540")
     p.add_argument("--run", type=Path, default=C.REPO / "runs" / "synthetic_goal")
     p.add_argument("--name", default="synthetic_goal")
@@ -89,7 +134,6 @@ def main() -> None:
     import torch
 
     from napari_iaunet.allocator import keep_freed_memory
-    from napari_iaunet.model import IAUNetConfig
     from napari_iaunet.training import PrintProgress, TrainConfig, train
 
     keep_freed_memory()  # as the command line does
@@ -109,11 +153,10 @@ def main() -> None:
                     warmup_steps=(min(20, args.steps // 10) if args.warmup is None
                                   else args.warmup), grad_clip=1.0,
                     num_points=args.points, val_every=0, num_threads=args.threads,
-                    input_size=args.input_size, overwrite=True),
+                    input_size=args.input_size, no_object_weight=args.no_object_weight,
+                    overwrite=True),
         start=args.weights,
-        model_config=None if args.weights else IAUNetConfig(
-            backbone="resnet18", input_size=args.input_size or 384, num_queries=args.queries,
-            hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim),
+        model_config=None if args.weights else _new_model(args),
         callbacks=[PrintProgress(every=10)],
         cancel=lambda: time.time() - t0 > limit_s,
     )
@@ -123,11 +166,12 @@ def main() -> None:
 
     payload = {
         "command": C.command_line(), "machine": C.machine_info(),
-        "start": str(args.weights) if args.weights else (
-            f"random weights (ResNet-18, width {args.hidden_dim}, {args.queries} queries)"),
+        "family": args.family, "start": _describe_start(args),
         "preset": args.preset, "scale": args.scale,
         "train_images": args.train_images, "test_images": args.test_images, "size": args.size,
         "input_size": result.config.input_size, "batch_size": args.batch_size, "lr": args.lr,
+        "no_object_weight": args.no_object_weight, "contrast_losses": args.contrast_losses,
+        "query_groups": args.query_groups, "dropout": args.dropout,
         "threads": args.threads, "minutes_limit": args.minutes, "schedule_steps": args.steps,
         "steps_done": result.steps, "cancelled_at_limit": result.cancelled,
         "train_minutes": round(train_s / 60, 2), "before": before, "after": after,
@@ -144,7 +188,8 @@ def main() -> None:
         f"test images of {args.size} px (preset `{args.preset}`, scale "
         f"{args.scale or 'whole field'}); input {result.config.input_size}, "
         f"batch {args.batch_size}, "
-        f"lr {args.lr}, cosine schedule over {args.steps} steps, time limit {args.minutes} min.",
+        f"lr {args.lr}, cosine schedule over {args.steps} steps, time limit {args.minutes} min"
+        f"{_recipe_changes(args)}.",
         "", C.md_table(rows, cols), "",
         "AP over detections with score > 0.01; precision/recall/F1 of detections with score ≥ 0.5 "
         "at IoU 0.5. The time covers the whole `train()` call (data loading and checkpoints).",

@@ -49,3 +49,25 @@ def test_train_cli_no_augment_reaches_the_trainer(tmp_path, monkeypatch):
     assert main([*common, "--match-brightness", "--freeze-batchnorm"]) == 0
     assert [cfg.match_brightness for cfg in seen] == [None, None, True]
     assert [cfg.freeze_batchnorm for cfg in seen] == [False, False, True]
+
+
+def test_train_cli_query_groups_reach_a_new_model(tmp_path, monkeypatch, capsys):
+    from napari_iaunet._cli import train as train_cli
+    from napari_iaunet.training import trainer
+    from napari_iaunet.training.trainer import TrainResult
+
+    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
+    seen = []
+
+    def fake_train(train_data, val_data, cfg, model_config=None, **kwargs):
+        seen.append(model_config)
+        return TrainResult(out_dir=cfg.out_dir, last_path=None, best_path=None, steps=0,
+                           total_steps=1)
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(train_cli, "_install_stop_handler", lambda event: None)
+    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert main([*common, "--query-groups", "3"]) == 0
+    assert seen[-1].query_groups == 3
+    assert main([*common, "--family", "pctrans", "--query-groups", "2"]) == 1
+    assert "--family iaunet only" in capsys.readouterr().err

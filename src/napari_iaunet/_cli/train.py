@@ -46,6 +46,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--queries", type=int, default=100, help="queries of a new model")
     model.add_argument("--hidden-dim", type=int, default=256,
                        help="decoder width of a new model (hidden and mask dimension)")
+    model.add_argument("--query-groups", type=int, default=1,
+                       help="a new IAUNet trains this many independent query groups, each "
+                            "matched one-to-one (Group DETR: more matches per step, faster "
+                            "early training); inference uses the first (default 1)")
     pct = p.add_argument_group("PCTrans options (new IAUNet models; a PCTrans model has them "
                                "all; docs/model_families.md)")
     pct.add_argument("--centre-guidance", action="store_true",
@@ -166,10 +170,14 @@ def run(args: argparse.Namespace) -> int:
                           num_classes=len(names), class_names=tuple(names),
                           input_size=args.input_size or 512)
             if args.family == "pctrans":
+                if args.query_groups != 1:
+                    raise ValueError("--query-groups works for --family iaunet only (PCTrans's "
+                                     "centre guidance needs one group)")
                 model_config = PCTransConfig(**common, enc_layers=args.enc_layers,
                                              enc_points=args.enc_points)
             else:
-                model_config = IAUNetConfig(**common, **pctrans_options(args))
+                model_config = IAUNetConfig(**common, **pctrans_options(args),
+                                            query_groups=args.query_groups)
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

@@ -97,6 +97,11 @@ class IAUNetConfig(_FromDict):
     centre_guidance: bool = False  # queries predict their centre; it guides cross-attention
     dynamic_mask_head: bool = False  # CondInst-style per-query 1x1 convs (needs centre_guidance)
     contrast_losses: bool = False  # QEC + MCC training losses (no parameters)
+    # Group DETR training (Chen et al., ICCV 2023): training runs this many independent copies
+    # of the queries, each matched one-to-one to the ground truth and attending only to its own
+    # group, so every image gives the decoder more positive matches per step; inference and
+    # validation use the first group only (the output is that of a num_queries model).
+    query_groups: int = 1
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -107,6 +112,11 @@ class IAUNetConfig(_FromDict):
         if self.dynamic_mask_head and not self.centre_guidance:
             raise ValueError("IAUNetConfig: dynamic_mask_head needs centre_guidance (its relative "
                              "coordinates are taken to each query's predicted centre)")
+        if self.query_groups < 1:
+            raise ValueError("IAUNetConfig: query_groups must be ≥ 1")
+        if self.query_groups > 1 and self.centre_guidance:
+            raise ValueError("IAUNetConfig: query_groups > 1 does not work with centre_guidance "
+                             "(use one group)")
 
     @property
     def pctrans_options(self) -> tuple[str, ...]:
@@ -125,6 +135,8 @@ class IAUNetConfig(_FromDict):
                 d[k] = list(v)
         if not d["match_brightness"]:
             del d["match_brightness"]  # a dict without it reads in older versions
+        if d["query_groups"] == 1:
+            del d["query_groups"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:

@@ -48,6 +48,7 @@ class IAUNetDecoder(nn.Module):
         dynamic_mask_head: bool = False,
         contrast_losses: bool = False,
         unet_pixel_decoder: bool = True,
+        query_groups: int = 1,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -59,6 +60,9 @@ class IAUNetDecoder(nn.Module):
         self.num_classes = num_classes
         self.num_queries = num_queries
         self.dec_layers = dec_layers
+        if query_groups < 1 or (query_groups > 1 and centre_guidance):
+            raise ValueError("query_groups must be ≥ 1, and 1 with centre_guidance")
+        self.query_groups = query_groups  # training only: see IAUNetConfig.query_groups
 
         # --- pixel decoder (PCTrans brings its own: unet_pixel_decoder=False) ------------------
         self.has_pixel_decoder = unet_pixel_decoder
@@ -77,8 +81,8 @@ class IAUNetDecoder(nn.Module):
         self.transformer_instance_ffn_layers = nn.ModuleList(
             FFNLayer(hidden_dim, dim_feedforward, dropout) for _ in range(num_layers)
         )
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.query_feat = nn.Embedding(num_queries * query_groups, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries * query_groups, hidden_dim)
 
         # --- heads ---------------------------------------------------------------------------
         self.decoder_norm = nn.LayerNorm(hidden_dim)
@@ -220,8 +224,12 @@ class IAUNetDecoder(nn.Module):
         """The transformer decoder and heads over pixel memories at strides 32, 16, 8
         (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4."""
         batch = mask_features.shape[0]
-        queries = self.query_feat.weight.unsqueeze(0).repeat(batch, 1, 1)
-        query_pos = self.query_embed.weight.unsqueeze(0).repeat(batch, 1, 1)
+        groups = self.query_groups if self.training else 1
+        count = self.num_queries * groups
+        queries = self.query_feat.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
+        query_pos = self.query_embed.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
+        group_mask = (None if groups == 1
+                      else _separate_groups(groups, self.num_queries, queries.device))
         guidance = self.centre_guidance
         centres = guidance.initial(batch) if guidance is not None else None
         pixel_embed = (self.dynamic_mask_head.pixel_embed(mask_features)
@@ -239,7 +247,8 @@ class IAUNetDecoder(nn.Module):
                 queries = self.transformer_instance_cross_attention_layers[k](
                     queries, memory, memory_pos, cross_pos
                 )
-                queries = self.transformer_instance_self_attention_layers[k](queries, query_pos)
+                queries = self.transformer_instance_self_attention_layers[k](queries, query_pos,
+                                                                             group_mask)
                 queries = self.transformer_instance_ffn_layers[k](queries)
                 normed = None
                 if guidance is not None:
@@ -252,6 +261,12 @@ class IAUNetDecoder(nn.Module):
 
         final = predictions[-1]
         return {**final, "aux_outputs": predictions[:-1]}
+
+
+def _separate_groups(groups: int, size: int, device: torch.device) -> torch.Tensor:
+    """Self-attention mask (True = blocked) that keeps each group of ``size`` queries apart."""
+    group = torch.arange(groups * size, device=device) // size
+    return group[:, None] != group[None, :]
 
 
 def _upsample_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -82,5 +82,6 @@ def build_model(config: ModelConfig, backbone_weights: str | Path | None = None)
         centre_guidance=config.centre_guidance,
         dynamic_mask_head=config.dynamic_mask_head,
         contrast_losses=config.contrast_losses,
+        query_groups=config.query_groups,
     )
     return IAUNet(encoder, decoder, config)

@@ -59,5 +59,6 @@ def build_pctrans(config: PCTransConfig,
         mask_dim=config.mask_dim, num_heads=config.num_heads, dec_layers=config.dec_layers,
         dim_feedforward=config.dim_feedforward, dropout=config.dropout,
         centre_guidance=config.centre_guidance, dynamic_mask_head=config.dynamic_mask_head,
-        contrast_losses=config.contrast_losses, unet_pixel_decoder=False)
+        contrast_losses=config.contrast_losses, unet_pixel_decoder=False,
+        query_groups=config.query_groups)
     return PCTrans(encoder, pixel_decoder, decoder, config)

@@ -63,9 +63,12 @@ class SelfAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         _xavier_init(self)
 
-    def forward(self, queries: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, queries: torch.Tensor, query_pos: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` (Q, Q), True where a query may not attend (separate query groups)."""
         q = k = queries + query_pos
-        attended = self.self_attn(q, k, value=queries, need_weights=False)[0]
+        attended = self.self_attn(q, k, value=queries, attn_mask=attn_mask,
+                                  need_weights=False)[0]
         return self.norm(queries + self.dropout(attended))
 
 

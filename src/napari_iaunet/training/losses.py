@@ -106,6 +106,8 @@ class SetCriterion(torch.nn.Module):
 
     Targets are one dict per image: ``labels (N,)`` int64 and ``masks (N, H, W)`` bool/float at the
     (padded) network input resolution; predictions may be at any resolution (usually H/4).
+    With ``query_groups`` > 1 (a model trained with ``IAUNetConfig.query_groups``) each output's
+    queries are split into that many equal groups, each matched and scored on its own.
     """
 
     TERMS = ("ce", "bce", "dice", "centre", "qec", "mcc")
@@ -117,9 +119,12 @@ class SetCriterion(torch.nn.Module):
                  matcher: HungarianMatcher | None = None, weight_centre: float = 5.0,
                  weight_qec: float = 1.0, weight_mcc: float = 1.0,
                  qec_temperature: float = 0.1, mcc_temperature: float = 0.1,
-                 mcc_points: int = 4096) -> None:
+                 mcc_points: int = 4096, query_groups: int = 1) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
+        if query_groups < 1:
+            raise ValueError("SetCriterion: query_groups must be ≥ 1")
+        self.query_groups = int(query_groups)
         self.weights = {"ce": float(weight_ce), "bce": float(weight_bce),
                         "dice": float(weight_dice), "centre": float(weight_centre),
                         "qec": float(weight_qec), "mcc": float(weight_mcc)}
@@ -249,6 +254,7 @@ class SetCriterion(torch.nn.Module):
 
         Keys: ``loss_ce``, ``loss_bce``, ``loss_dice`` for the final output and ``loss_ce.{i}``…
         for auxiliary output ``i``; every term is unweighted, ``loss`` is the weighted total.
+        Query group ``g`` ≥ 1 adds the same terms with the suffix ``.g{g}``.
         With the PCTrans outputs also ``loss_centre``, ``loss_mcc`` (per output) and ``loss_qec``.
         """
         device = outputs["pred_logits"].device
@@ -260,6 +266,10 @@ class SetCriterion(torch.nn.Module):
             levels: list[tuple[str, dict]] = [("", outputs)]
             if self.deep_supervision:
                 levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+            if self.query_groups > 1:
+                levels = [(suffix + (f".g{g}" if g else ""), group)
+                          for suffix, out in levels
+                          for g, group in enumerate(self._split_groups(out))]
             losses: dict[str, torch.Tensor] = {}
             gt_centres = ([centre_of_mass(g) for g in gt_masks]
                           if "pred_centres" in outputs else None)
@@ -288,6 +298,18 @@ class SetCriterion(torch.nn.Module):
                 losses["loss_qec"] = loss_qec(embeddings, all_matches, self.qec_temperature)
             losses["loss"] = self.weighted_total(losses)
         return losses
+
+    def _split_groups(self, output: dict) -> list[dict[str, torch.Tensor]]:
+        """One output's per-query tensors cut into ``query_groups`` equal query groups."""
+        total = output["pred_logits"].shape[1]
+        if total % self.query_groups:
+            raise ValueError(f"SetCriterion: {total} queries do not split into "
+                             f"{self.query_groups} groups (is the model in training mode?)")
+        size = total // self.query_groups
+        per_query = [k for k in ("pred_logits", "pred_masks", "pred_centres", "query_embeddings")
+                     if k in output]
+        return [{k: output[k][:, g * size:(g + 1) * size] for k in per_query}
+                for g in range(self.query_groups)]
 
     def weight_of(self, key: str) -> float:
         """The weight applied to loss term ``key`` (e.g. ``"loss_bce.3"`` → 5.0)."""

@@ -322,7 +322,8 @@ def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
         weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
         num_points=cfg.num_points, weight_centre=cfg.weight_centre, weight_qec=cfg.weight_qec,
         weight_mcc=cfg.weight_mcc, qec_temperature=cfg.qec_temperature,
-        mcc_temperature=cfg.mcc_temperature).to(device)
+        mcc_temperature=cfg.mcc_temperature,
+        query_groups=getattr(model_config, "query_groups", 1)).to(device)
     keys = IAUNET_LOSS_KEYS
     if getattr(model_config, "centre_guidance", False):
         keys += ("loss_centre",)
