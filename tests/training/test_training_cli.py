@@ -27,47 +27,40 @@ def test_train_cli_trains_resumes_and_refuses_to_clobber(tmp_path, capsys):
     assert load_checkpoint(tmp_path / "ft" / "last.pt").config.num_queries == 6
 
 
-def test_train_cli_no_augment_reaches_the_trainer(tmp_path, monkeypatch):
+@pytest.fixture
+def trainer_calls(monkeypatch):
+    """Replace the trainer: each ``train`` call records ``(cfg, model_config)`` and returns."""
     from napari_iaunet._cli import train as train_cli
     from napari_iaunet.training import trainer
     from napari_iaunet.training.trainer import TrainResult
 
-    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
-    seen = []
+    calls = []
 
-    def fake_train(train_data, val_data, cfg, **kwargs):
-        seen.append(cfg)
+    def fake_train(train_data, val_data, cfg, model_config=None, **kwargs):
+        calls.append((cfg, model_config))
         return TrainResult(out_dir=cfg.out_dir, last_path=None, best_path=None, steps=0,
                            total_steps=1)
 
     monkeypatch.setattr(trainer, "train", fake_train)
     monkeypatch.setattr(train_cli, "_install_stop_handler", lambda event: None)
+    return calls
+
+
+def test_train_cli_no_augment_reaches_the_trainer(tmp_path, trainer_calls):
+    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
     common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
     assert main(common) == 0
     assert main([*common, "--no-augment"]) == 0
-    assert [cfg.augment for cfg in seen] == [True, False]
+    assert [cfg.augment for cfg, _ in trainer_calls] == [True, False]
     assert main([*common, "--match-brightness", "--freeze-batchnorm"]) == 0
-    assert [cfg.match_brightness for cfg in seen] == [None, None, True]
-    assert [cfg.freeze_batchnorm for cfg in seen] == [False, False, True]
+    assert [cfg.match_brightness for cfg, _ in trainer_calls] == [None, None, True]
+    assert [cfg.freeze_batchnorm for cfg, _ in trainer_calls] == [False, False, True]
 
 
-def test_train_cli_query_groups_reach_a_new_model(tmp_path, monkeypatch, capsys):
-    from napari_iaunet._cli import train as train_cli
-    from napari_iaunet.training import trainer
-    from napari_iaunet.training.trainer import TrainResult
-
+def test_train_cli_query_groups_reach_a_new_model(tmp_path, trainer_calls, capsys):
     ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
-    seen = []
-
-    def fake_train(train_data, val_data, cfg, model_config=None, **kwargs):
-        seen.append(model_config)
-        return TrainResult(out_dir=cfg.out_dir, last_path=None, best_path=None, steps=0,
-                           total_steps=1)
-
-    monkeypatch.setattr(trainer, "train", fake_train)
-    monkeypatch.setattr(train_cli, "_install_stop_handler", lambda event: None)
     common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
     assert main([*common, "--query-groups", "3"]) == 0
-    assert seen[-1].query_groups == 3
+    assert trainer_calls[-1][1].query_groups == 3
     assert main([*common, "--family", "pctrans", "--query-groups", "2"]) == 1
     assert "--family iaunet only" in capsys.readouterr().err
