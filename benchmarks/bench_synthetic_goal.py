@@ -69,7 +69,8 @@ def _new_model(args: argparse.Namespace) -> Any:
     return IAUNetConfig(
         backbone="resnet18", input_size=args.input_size or 384, num_queries=args.queries,
         hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim, dropout=args.dropout,
-        contrast_losses=args.contrast_losses, query_groups=args.query_groups)
+        contrast_losses=args.contrast_losses, query_groups=args.query_groups,
+        masked_attention=args.masked_attention)
 
 
 def _describe_start(args: argparse.Namespace) -> str:
@@ -91,6 +92,8 @@ def _recipe_changes(args: argparse.Namespace) -> str:
         changes.append(f"dropout {args.dropout}")
     if args.contrast_losses:
         changes.append("QEC/MCC contrast losses")
+    if args.masked_attention:
+        changes.append("masked attention")
     return "; " + ", ".join(changes) if changes else ""
 
 
@@ -125,6 +128,8 @@ def main() -> None:
                    help="decoder dropout of a new model (the reference's 0.1)")
     p.add_argument("--contrast-losses", action="store_true",
                    help="a new model trains with PCTrans's QEC + MCC losses")
+    p.add_argument("--masked-attention", action="store_true",
+                   help="a new model uses Mask2Former's masked cross-attention")
     p.add_argument("--data", type=Path, default=C.REPO / "runs" / "synth540")
     p.add_argument("--run", type=Path, default=C.REPO / "runs" / "synthetic_goal")
     p.add_argument("--name", default="synthetic_goal")
@@ -172,6 +177,7 @@ def main() -> None:
         "input_size": result.config.input_size, "batch_size": args.batch_size, "lr": args.lr,
         "no_object_weight": args.no_object_weight, "contrast_losses": args.contrast_losses,
         "query_groups": args.query_groups, "dropout": args.dropout,
+        "masked_attention": args.masked_attention,
         "threads": args.threads, "minutes_limit": args.minutes, "schedule_steps": args.steps,
         "steps_done": result.steps, "cancelled_at_limit": result.cancelled,
         "train_minutes": round(train_s / 60, 2), "before": before, "after": after,

@@ -64,3 +64,14 @@ def test_train_cli_query_groups_reach_a_new_model(tmp_path, trainer_calls, capsy
     assert trainer_calls[-1][1].query_groups == 3
     assert main([*common, "--family", "pctrans", "--query-groups", "2"]) == 1
     assert "--family iaunet only" in capsys.readouterr().err
+
+
+def test_train_cli_masked_attention_reaches_a_new_model(tmp_path, trainer_calls):
+    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
+    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+    assert main(common) == 0
+    assert trainer_calls[-1][1].masked_attention is False
+    assert main([*common, "--masked-attention"]) == 0
+    assert trainer_calls[-1][1].masked_attention is True
+    assert main([*common, "--family", "pctrans", "--masked-attention"]) == 0
+    assert trainer_calls[-1][1].masked_attention is True

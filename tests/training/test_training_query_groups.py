@@ -71,6 +71,11 @@ def test_criterion_scores_each_group_like_the_first(tiny_config):
     torch.testing.assert_close(losses["loss"], total)
     with pytest.raises(ValueError, match="do not split into 3 groups"):
         crit({"pred_logits": logits, "pred_masks": masks}, targets)
+    # an eval-mode output whose query count happens to divide: refused when Q is known
+    six = {"pred_logits": logits[:, :6], "pred_masks": masks[:, :6], "aux_outputs": []}
+    crit({**six}, targets)  # 6 queries split into 3 groups of 2 without num_queries
+    with pytest.raises(ValueError, match="6 queries do not split into 3 groups"):
+        SetCriterion(1, num_points=256, query_groups=3, num_queries=2 * 3)(six, targets)
 
 
 def test_config_round_trip_and_validation(tiny_config):

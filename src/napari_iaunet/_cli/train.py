@@ -50,6 +50,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                        help="a new IAUNet trains this many independent query groups, each "
                             "matched one-to-one (Group DETR: more matches per step, faster "
                             "early training); inference uses the first (default 1)")
+    model.add_argument("--masked-attention", action="store_true",
+                       help="a new IAUNet / PCTrans uses Mask2Former's masked cross-attention "
+                            "(each query attends only inside its previous mask)")
     pct = p.add_argument_group("PCTrans options (new IAUNet models; a PCTrans model has them "
                                "all; docs/model_families.md)")
     pct.add_argument("--centre-guidance", action="store_true",
@@ -174,10 +177,12 @@ def run(args: argparse.Namespace) -> int:
                     raise ValueError("--query-groups works for --family iaunet only (PCTrans's "
                                      "centre guidance needs one group)")
                 model_config = PCTransConfig(**common, enc_layers=args.enc_layers,
-                                             enc_points=args.enc_points)
+                                             enc_points=args.enc_points,
+                                             masked_attention=args.masked_attention)
             else:
                 model_config = IAUNetConfig(**common, **pctrans_options(args),
-                                            query_groups=args.query_groups)
+                                            query_groups=args.query_groups,
+                                            masked_attention=args.masked_attention)
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

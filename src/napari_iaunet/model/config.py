@@ -102,6 +102,10 @@ class IAUNetConfig(_FromDict):
     # group, so every image gives the decoder more positive matches per step; inference and
     # validation use the first group only (the output is that of a num_queries model).
     query_groups: int = 1
+    # Mask2Former's masked attention (Cheng et al., CVPR 2022; not in IAUNet): from the second
+    # transformer block on, each query attends only to the pixels its previous prediction
+    # covers (mask probability ≥ 0.5; everywhere when that is empty). No new parameters.
+    masked_attention: bool = False
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -137,6 +141,8 @@ class IAUNetConfig(_FromDict):
             del d["match_brightness"]  # a dict without it reads in older versions
         if d["query_groups"] == 1:
             del d["query_groups"]  # likewise
+        if not d["masked_attention"]:
+            del d["masked_attention"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:

@@ -49,6 +49,7 @@ class IAUNetDecoder(nn.Module):
         contrast_losses: bool = False,
         unet_pixel_decoder: bool = True,
         query_groups: int = 1,
+        masked_attention: bool = False,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -63,6 +64,8 @@ class IAUNetDecoder(nn.Module):
         if query_groups < 1 or (query_groups > 1 and centre_guidance):
             raise ValueError("query_groups must be ≥ 1, and 1 with centre_guidance")
         self.query_groups = query_groups  # training only: see IAUNetConfig.query_groups
+        self.num_heads = num_heads
+        self.masked_attention = masked_attention  # see IAUNetConfig.masked_attention
 
         # --- pixel decoder (PCTrans brings its own: unet_pixel_decoder=False) ------------------
         self.has_pixel_decoder = unet_pixel_decoder
@@ -236,6 +239,7 @@ class IAUNetDecoder(nn.Module):
                        if self.dynamic_mask_head is not None else None)
 
         predictions: list[dict[str, torch.Tensor]] = []
+        previous: dict[str, torch.Tensor] = {}  # the last block's predictions (masked attention)
         num_layers = NUM_LEVELS * self.dec_layers
         for level, memory_map in enumerate(memories):
             memory = memory_map.flatten(2).transpose(1, 2)  # (B, HW, D)
@@ -244,8 +248,10 @@ class IAUNetDecoder(nn.Module):
                 k = level * self.dec_layers + j
                 cross_pos = (query_pos if guidance is None
                              else guidance.query_position(queries, query_pos, centres))
+                cross_mask = (self._attention_mask(previous["pred_masks"], memory_map.shape[-2:])
+                              if self.masked_attention and k > 0 else None)
                 queries = self.transformer_instance_cross_attention_layers[k](
-                    queries, memory, memory_pos, cross_pos
+                    queries, memory, memory_pos, cross_pos, cross_mask
                 )
                 queries = self.transformer_instance_self_attention_layers[k](queries, query_pos,
                                                                              group_mask)
@@ -254,13 +260,23 @@ class IAUNetDecoder(nn.Module):
                 if guidance is not None:
                     normed = self.decoder_norm(queries)
                     centres = guidance.refine(normed, centres)
-                if with_aux or k == num_layers - 1:
-                    predictions.append(
-                        self.predict(queries, mask_features, centres, pixel_embed, normed)
-                    )
+                if with_aux or k == num_layers - 1 or self.masked_attention:
+                    previous = self.predict(queries, mask_features, centres, pixel_embed, normed)
+                    if with_aux or k == num_layers - 1:
+                        predictions.append(previous)
 
         final = predictions[-1]
         return {**final, "aux_outputs": predictions[:-1]}
+
+    def _attention_mask(self, mask_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Masked attention's (B·heads, Q, HW) mask from the previous block's mask logits
+        (B, Q, h, w): True (blocked) outside the predicted mask, nothing blocked for a query
+        whose mask is empty at this level's resolution. Not differentiated through."""
+        resized = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear",
+                                align_corners=False)
+        blocked = (resized < 0).flatten(2)  # sigmoid < 0.5
+        blocked &= ~blocked.all(dim=-1, keepdim=True)
+        return blocked.repeat_interleave(self.num_heads, dim=0)
 
 
 def _separate_groups(groups: int, size: int, device: torch.device) -> torch.Tensor:

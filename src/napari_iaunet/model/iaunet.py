@@ -83,5 +83,6 @@ def build_model(config: ModelConfig, backbone_weights: str | Path | None = None)
         dynamic_mask_head=config.dynamic_mask_head,
         contrast_losses=config.contrast_losses,
         query_groups=config.query_groups,
+        masked_attention=config.masked_attention,
     )
     return IAUNet(encoder, decoder, config)

@@ -60,5 +60,5 @@ def build_pctrans(config: PCTransConfig,
         dim_feedforward=config.dim_feedforward, dropout=config.dropout,
         centre_guidance=config.centre_guidance, dynamic_mask_head=config.dynamic_mask_head,
         contrast_losses=config.contrast_losses, unet_pixel_decoder=False,
-        query_groups=config.query_groups)
+        query_groups=config.query_groups, masked_attention=config.masked_attention)
     return PCTrans(encoder, pixel_decoder, decoder, config)

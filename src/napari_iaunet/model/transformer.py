@@ -41,11 +41,15 @@ class CrossAttentionLayer(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         query_pos: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``attn_mask`` (B·heads, Q, HW), True where a query may not attend (masked
+        attention)."""
         attended = self.multihead_attn(
             query=queries + query_pos,
             key=memory + memory_pos,
             value=memory,
+            attn_mask=attn_mask,
             need_weights=False,
         )[0]
         return self.norm(queries + self.dropout(attended))

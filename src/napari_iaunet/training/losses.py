@@ -107,7 +107,9 @@ class SetCriterion(torch.nn.Module):
     Targets are one dict per image: ``labels (N,)`` int64 and ``masks (N, H, W)`` bool/float at the
     (padded) network input resolution; predictions may be at any resolution (usually H/4).
     With ``query_groups`` > 1 (a model trained with ``IAUNetConfig.query_groups``) each output's
-    queries are split into that many equal groups, each matched and scored on its own.
+    queries are split into that many equal groups, each matched and scored on its own; give
+    ``num_queries`` (queries per group) and outputs of any other size are refused (an eval-mode
+    model runs one group only).
     """
 
     TERMS = ("ce", "bce", "dice", "centre", "qec", "mcc")
@@ -119,12 +121,14 @@ class SetCriterion(torch.nn.Module):
                  matcher: HungarianMatcher | None = None, weight_centre: float = 5.0,
                  weight_qec: float = 1.0, weight_mcc: float = 1.0,
                  qec_temperature: float = 0.1, mcc_temperature: float = 0.1,
-                 mcc_points: int = 4096, query_groups: int = 1) -> None:
+                 mcc_points: int = 4096, query_groups: int = 1,
+                 num_queries: int | None = None) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         if query_groups < 1:
             raise ValueError("SetCriterion: query_groups must be ≥ 1")
         self.query_groups = int(query_groups)
+        self.num_queries = num_queries
         self.weights = {"ce": float(weight_ce), "bce": float(weight_bce),
                         "dice": float(weight_dice), "centre": float(weight_centre),
                         "qec": float(weight_qec), "mcc": float(weight_mcc)}
@@ -302,9 +306,11 @@ class SetCriterion(torch.nn.Module):
     def _split_groups(self, output: dict) -> list[dict[str, torch.Tensor]]:
         """One output's per-query tensors cut into ``query_groups`` equal query groups."""
         total = output["pred_logits"].shape[1]
-        if total % self.query_groups:
+        expected = None if self.num_queries is None else self.num_queries * self.query_groups
+        if total % self.query_groups or expected not in (None, total):
+            of = "" if self.num_queries is None else f" of {self.num_queries}"
             raise ValueError(f"SetCriterion: {total} queries do not split into "
-                             f"{self.query_groups} groups (is the model in training mode?)")
+                             f"{self.query_groups} groups{of} (is the model in training mode?)")
         size = total // self.query_groups
         per_query = [k for k in ("pred_logits", "pred_masks", "pred_centres", "query_embeddings")
                      if k in output]

@@ -323,7 +323,8 @@ def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.dev
         num_points=cfg.num_points, weight_centre=cfg.weight_centre, weight_qec=cfg.weight_qec,
         weight_mcc=cfg.weight_mcc, qec_temperature=cfg.qec_temperature,
         mcc_temperature=cfg.mcc_temperature,
-        query_groups=getattr(model_config, "query_groups", 1)).to(device)
+        query_groups=getattr(model_config, "query_groups", 1),
+        num_queries=getattr(model_config, "num_queries", None)).to(device)
     keys = IAUNET_LOSS_KEYS
     if getattr(model_config, "centre_guidance", False):
         keys += ("loss_centre",)
