@@ -46,9 +46,15 @@ def trainer_calls(monkeypatch):
     return calls
 
 
-def test_train_cli_no_augment_reaches_the_trainer(tmp_path, trainer_calls):
+@pytest.fixture
+def train_args(tmp_path):
+    """``train`` arguments for one step on one small synthetic image."""
     ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
-    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+    return ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+
+
+def test_train_cli_no_augment_reaches_the_trainer(train_args, trainer_calls):
+    common = train_args
     assert main(common) == 0
     assert main([*common, "--no-augment"]) == 0
     assert [cfg.augment for cfg, _ in trainer_calls] == [True, False]
@@ -57,18 +63,16 @@ def test_train_cli_no_augment_reaches_the_trainer(tmp_path, trainer_calls):
     assert [cfg.freeze_batchnorm for cfg, _ in trainer_calls] == [False, False, True]
 
 
-def test_train_cli_query_groups_reach_a_new_model(tmp_path, trainer_calls, capsys):
-    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
-    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+def test_train_cli_query_groups_reach_a_new_model(train_args, trainer_calls, capsys):
+    common = train_args
     assert main([*common, "--query-groups", "3"]) == 0
     assert trainer_calls[-1][1].query_groups == 3
     assert main([*common, "--family", "pctrans", "--query-groups", "2"]) == 1
     assert "--family iaunet only" in capsys.readouterr().err
 
 
-def test_train_cli_masked_attention_reaches_a_new_model(tmp_path, trainer_calls):
-    ann = write_synthetic_coco(tmp_path / "d", 1, 64, seed=2, params=SynthParams(scale=0.15))
-    common = ["train", "--train", str(ann), "--out", str(tmp_path / "run"), "--steps", "1"]
+def test_train_cli_masked_attention_reaches_a_new_model(train_args, trainer_calls):
+    common = train_args
     assert main(common) == 0
     assert trainer_calls[-1][1].masked_attention is False
     assert main([*common, "--masked-attention"]) == 0
