@@ -59,6 +59,15 @@ def _score(weights: Path, test: Path, threads: int) -> dict[str, Any]:
             for k in ("AP", "AP50", "AP75", "precision", "recall", "f1")}
 
 
+def _postprocess_note() -> str:
+    """The scoring's post-processing, as the tables say it."""
+    from napari_iaunet.inference import PostprocessSettings
+
+    iou = PostprocessSettings().duplicate_iou
+    return ("no duplicate filter" if iou is None
+            else f"the default duplicate filter (mask IoU {iou})")
+
+
 def _new_model(args: argparse.Namespace) -> Any:
     """The config of the model trained from random weights."""
     from napari_iaunet.model import IAUNetConfig
@@ -108,6 +117,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--points", type=int, default=3136)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=3407,
+                   help="training seed: initial weights, batches, augmentation")
     p.add_argument("--train-images", type=int, default=300)
     p.add_argument("--test-images", type=int, default=20)
     p.add_argument("--size", type=int, default=540)
@@ -159,7 +170,7 @@ def main() -> None:
                                   else args.warmup), grad_clip=1.0,
                     num_points=args.points, val_every=0, num_threads=args.threads,
                     input_size=args.input_size, no_object_weight=args.no_object_weight,
-                    overwrite=True),
+                    seed=args.seed, overwrite=True),
         start=args.weights,
         model_config=None if args.weights else _new_model(args),
         callbacks=[PrintProgress(every=10)],
@@ -178,9 +189,11 @@ def main() -> None:
         "no_object_weight": args.no_object_weight, "contrast_losses": args.contrast_losses,
         "query_groups": args.query_groups, "dropout": args.dropout,
         "masked_attention": args.masked_attention,
-        "threads": args.threads, "minutes_limit": args.minutes, "schedule_steps": args.steps,
+        "threads": args.threads, "seed": args.seed, "minutes_limit": args.minutes,
+        "schedule_steps": args.steps,
         "steps_done": result.steps, "cancelled_at_limit": result.cancelled,
-        "train_minutes": round(train_s / 60, 2), "before": before, "after": after,
+        "train_minutes": round(train_s / 60, 2), "postprocess": _postprocess_note(),
+        "before": before, "after": after,
     }
     rows = [{"when": "before", **before}] if before else []
     rows.append({"when": f"after {payload['train_minutes']} min ({result.steps} steps)", **after})
@@ -198,7 +211,8 @@ def main() -> None:
         f"{_recipe_changes(args)}.",
         "", C.md_table(rows, cols), "",
         "AP over detections with score > 0.01; precision/recall/F1 of detections with score ≥ 0.5 "
-        "at IoU 0.5. The time covers the whole `train()` call (data loading and checkpoints).",
+        f"at IoU 0.5; {_postprocess_note()}. The time covers the whole `train()` call (data "
+        "loading and checkpoints).",
     ])
     C.write_results(args.name, payload, md, out_dir=args.out)
 

@@ -62,6 +62,18 @@ def test_pairwise_iou_matches_dense():
     assert iou[0, 0] == pytest.approx(1.0)
 
 
+def test_pairwise_iou_with_itself_agrees_with_a_copy():
+    # the self case computes each pair once and mirrors it; a copy goes through every pair
+    rng = np.random.default_rng(0)
+    shape = (60, 60)
+    a = Instances.from_masks([_disc(shape, *rng.integers(10, 50, 2), rng.integers(3, 12))
+                              for _ in range(12)])
+    copy = Instances(a.image_shape, a.boxes.copy(), [c.copy() for c in a.crops])
+    both = a.pairwise_iou()
+    np.testing.assert_array_equal(both, a.pairwise_iou(copy))
+    assert (both > 0).sum() > len(a)  # some pairs overlap: the test covers the mirroring
+
+
 def test_validation_errors_are_clear():
     with pytest.raises(ValueError, match="outside the image"):
         Instances((10, 10), boxes=[[0, 0, 11, 5]], crops=[np.ones((11, 5), bool)])

@@ -255,6 +255,7 @@ class Instances:
 
     def pairwise_iou(self, other: Instances | None = None) -> np.ndarray:
         """Mask IoU between every instance here and every instance of ``other`` (or self)."""
+        symmetric = other is None or other is self  # compute each pair once, then mirror
         other = self if other is None else other
         if other.image_shape != self.image_shape:
             raise ValueError("pairwise_iou: instances belong to images of different sizes")
@@ -267,7 +268,10 @@ class Instances:
         x0 = np.maximum(a[:, None, 1], b[None, :, 1])
         y1 = np.minimum(a[:, None, 2], b[None, :, 2])
         x1 = np.minimum(a[:, None, 3], b[None, :, 3])
-        for i, j in zip(*np.nonzero((y1 > y0) & (x1 > x0))):  # only pairs whose boxes meet
+        meet = (y1 > y0) & (x1 > x0)  # only pairs whose boxes meet
+        if symmetric:
+            meet = np.triu(meet)
+        for i, j in zip(*np.nonzero(meet)):
             ty0, tx0, ty1, tx1 = y0[i, j], x0[i, j], y1[i, j], x1[i, j]
             inter = np.count_nonzero(
                 self.crops[i][ty0 - a[i, 0]:ty1 - a[i, 0], tx0 - a[i, 1]:tx1 - a[i, 1]]
@@ -275,6 +279,8 @@ class Instances:
             )
             union = a_area[i] + b_area[j] - inter
             out[i, j] = inter / union if union else 0.0
+        if symmetric:
+            out = np.maximum(out, out.T)
         return out
 
     def __repr__(self) -> str:

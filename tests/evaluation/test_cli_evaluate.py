@@ -86,11 +86,14 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
     assert calls == {"path": str(tmp_path / "w.pt"), "device": "cpu", "shape": (40, 50),
                      "score_threshold": 0.01,  # AP needs every detection
                      "match_brightness": None,  # the model's own setting
-                     "duplicates": (None, None)}  # the segment command's defaults
+                     "duplicates": (0.5, None)}  # the segment command's defaults
     assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
-                 str(tmp_path / "w.pt"), "--no-match-brightness", "--duplicate-iou", "0.5",
+                 str(tmp_path / "w.pt"), "--no-match-brightness", "--duplicate-iou", "0.7",
                  "--cluster-queries", "0"]) == 0
     assert calls["match_brightness"] is False
-    assert calls["duplicates"] == (0.5, False)
+    assert calls["duplicates"] == (0.7, False)
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
+                 str(tmp_path / "w.pt"), "--duplicate-iou", "0"]) == 0
+    assert calls["duplicates"] == (None, None)  # 0 turns the filter off
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["tp"] == 2 and saved["fn"] == 1 and saved["precision"] == 1.0

@@ -199,6 +199,10 @@ def test_current_frame_of_a_stack(make_napari_viewer, tiny_checkpoint, synthetic
 
 def test_settings_reach_the_library(make_napari_viewer, tiny_checkpoint):
     _, widget, _ = _make(make_napari_viewer, tiny_checkpoint)
+    assert widget.settings()["settings"].duplicate_iou == pytest.approx(0.5)  # the default
+    widget.dedup_check.setChecked(False)
+    assert widget.settings()["settings"].duplicate_iou is None
+    assert not widget.dedup_spin.isEnabled()
     widget.score_spin.setValue(0.3)
     widget.min_area_spin.setValue(12)
     widget.dedup_check.setChecked(True)

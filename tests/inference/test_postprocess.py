@@ -60,10 +60,10 @@ def test_rescaled_masks_agree_with_two_step_reference():
 
 
 def test_overlapping_instances_survive_and_thresholds_apply():
-    masks = _blob_logits(16, 16, [(8, 6), (8, 9)], 5.0, 2)  # heavy overlap
+    masks = _blob_logits(16, 16, [(8, 6), (8, 9)], 5.0, 2)  # heavy overlap (IoU ≈ 0.5)
     logits = _logits([0.9, 0.6])
     inst = postprocess(logits, masks, (64, 64), (64, 64), (64, 64),
-                       PostprocessSettings(score_threshold=0.3))
+                       PostprocessSettings(score_threshold=0.3, duplicate_iou=None))
     assert len(inst) == 2
     assert (inst.mask(0) & inst.mask(1)).any()
     high = postprocess(logits, masks, (64, 64), (64, 64), (64, 64),
@@ -72,6 +72,22 @@ def test_overlapping_instances_survive_and_thresholds_apply():
     dedup = postprocess(logits, masks, (64, 64), (64, 64), (64, 64),
                         PostprocessSettings(score_threshold=0.3, duplicate_iou=0.3))
     assert len(dedup) == 1 and dedup.scores[0] == pytest.approx(inst.scores[0])
+
+
+def test_default_filter_keeps_overlapping_cells_and_drops_a_repeated_one():
+    # two cells overlapping like the most-overlapping annotated pair of the shared datasets
+    # (mask IoU ≈ 0.3) and a third query repeating the first cell, slightly shifted
+    masks = _blob_logits(16, 16, [(8, 5), (8, 10), (8, 5.5)], 5.0, 3)
+    logits = _logits([0.9, 0.8, 0.7])
+    kept = postprocess(logits, masks, (64, 64), (64, 64), (64, 64), PostprocessSettings(0.3))
+    everything = postprocess(logits, masks, (64, 64), (64, 64), (64, 64),
+                             PostprocessSettings(0.3, duplicate_iou=None))
+    iou = everything.pairwise_iou()
+    assert 0.15 < iou[0, 1] < 0.5 and iou[0, 2] > 0.8  # the premise
+    assert PostprocessSettings().duplicate_iou == 0.5
+    assert len(kept) == 2 and (kept.mask(0) & kept.mask(1)).any()
+    np.testing.assert_allclose(kept.scores, everything.scores[:2])
+    assert list(kept.ids) == [1, 2]
 
 
 def test_nothing_found_gives_empty_instances():
@@ -94,6 +110,15 @@ def test_remove_duplicates_keeps_best():
     inst = Instances.from_masks(m, scores=[0.5, 0.9, 0.7])
     out = remove_duplicates(inst, 0.5)
     np.testing.assert_allclose(sorted(out.scores), [0.7, 0.9], rtol=1e-6)
+
+
+def test_remove_duplicates_a_dropped_mask_drops_nothing():
+    # a chain: b repeats a, c repeats b, but c and a barely overlap -> a and c stay
+    m = np.zeros((3, 10, 30), bool)
+    m[0, :, 0:10] = m[1, :, 3:13] = m[2, :, 6:16] = True  # IoU(a,b) = IoU(b,c) = 7/13
+    inst = Instances.from_masks(m, scores=[0.9, 0.8, 0.7])
+    out = remove_duplicates(inst, 0.5)
+    np.testing.assert_allclose(out.scores, [0.9, 0.7], rtol=1e-6)
 
 
 def test_settings_validation():

@@ -87,8 +87,10 @@ def add_duplicate_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge queries whose masks overlap above IOU (default 0.7) into one "
                         "instance with their averaged mask and score (PCTrans' inference; on "
                         "by default for PCTrans models, 0 turns it off)")
-    p.add_argument("--duplicate-iou", type=float, default=None,
-                   help="drop masks overlapping a better one above this IoU (off by default)")
+    p.add_argument("--duplicate-iou", type=float, default=None, metavar="IOU",
+                   help="drop a mask overlapping a higher-scored one above this mask IoU "
+                        "(default 0.5: query duplicates go, real overlapping cells stay; "
+                        "0 turns it off)")
 
 
 def postprocess_settings(args: argparse.Namespace, score_threshold: float
@@ -96,7 +98,9 @@ def postprocess_settings(args: argparse.Namespace, score_threshold: float
     """The :class:`PostprocessSettings` of :func:`add_duplicate_arguments`' options."""
     from ..inference import PostprocessSettings
 
-    return PostprocessSettings(score_threshold=score_threshold, duplicate_iou=args.duplicate_iou,
+    duplicates = {} if args.duplicate_iou is None else {
+        "duplicate_iou": args.duplicate_iou if args.duplicate_iou > 0 else None}
+    return PostprocessSettings(score_threshold=score_threshold, **duplicates,
                                cluster_queries=(None if args.cluster_queries is None
                                                 else args.cluster_queries > 0),
                                cluster_iou=args.cluster_queries or 0.7)

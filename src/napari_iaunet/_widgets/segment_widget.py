@@ -192,14 +192,20 @@ class SegmentWidget(QWidget):
         self.min_area_spin.setRange(0, 100_000)
         self.min_area_spin.setSuffix(" px")
         self.min_area_spin.setToolTip("Drop instances smaller than this.")
-        self.dedup_check = QCheckBox("drop duplicates, IoU ≥")
-        self.dedup_check.setToolTip("Remove an instance whose mask overlaps a higher-scoring one "
-                                    "this much (off: overlapping cells all survive).")
+        from ..inference import PostprocessSettings  # torch is loaded by now (devices)
+
+        default_iou = PostprocessSettings().duplicate_iou
+        self.dedup_check = QCheckBox("drop duplicates, IoU >")
+        self.dedup_check.setToolTip(
+            "Remove an instance whose mask overlaps a higher-scoring one more than this (a query "
+            "that repeats a cell). Real overlapping cells overlap far less; off: every mask "
+            "survives.")
         self.dedup_spin = QDoubleSpinBox()
         self.dedup_spin.setRange(0.3, 1.0)
         self.dedup_spin.setSingleStep(0.05)
-        self.dedup_spin.setValue(0.8)
-        self.dedup_spin.setEnabled(False)
+        self.dedup_spin.setValue(default_iou or 0.5)
+        self.dedup_check.setChecked(default_iou is not None)
+        self.dedup_spin.setEnabled(self.dedup_check.isChecked())
         self.dedup_check.toggled.connect(self.dedup_spin.setEnabled)
         form.addRow("min area", self.min_area_spin)
         form.addRow(qtu.hbox(self.dedup_check, self.dedup_spin, stretch_last=True))

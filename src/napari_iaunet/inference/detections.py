@@ -71,7 +71,7 @@ def detections_to_instances(
     ``boxes (K, 4)`` are xyxy in the resized image (``resized_shape``, before padding),
     ``masks (K, 1, M, M)`` probabilities inside each box, ``labels`` 1…C. Detections scoring at
     most ``settings.score_threshold``, with an empty mask or fewer than ``min_area`` pixels are
-    dropped; ``duplicate_iou`` applies the optional mask-IoU filter. The score is the detector's.
+    dropped; ``duplicate_iou`` applies the mask-IoU duplicate filter. The score is the detector's.
     """
     settings = settings or PostprocessSettings()
     H, W = (int(v) for v in original_shape)
