@@ -28,7 +28,7 @@ def overlay(image: np.ndarray, instances: Instances, alpha: float = 0.3,
 
     Overlapping instances are all drawn (fills blend), so overlaps stay visible.
     """
-    base = to_model_range(image)
+    base = to_model_range(image, "dtype")  # shown as stored (8-bit raw, others stretched)
     if base.shape[:2] != instances.image_shape:
         raise ValueError(f"image {base.shape[:2]} and instances {instances.image_shape} differ")
     out = base.astype(np.float32)

@@ -99,7 +99,7 @@ def test_normalisation_stats_on_the_model_scale():
     img[5:, :, 1] = 200
     img[..., 2] = 50
     data = AnnotatedImages.from_pairs([(img, Instances.empty((10, 10)))])
-    mean, std = normalisation_stats(data)
+    mean, std = normalisation_stats(data, intensity="dtype")  # uint8 raw
     assert mean == pytest.approx((10, 150, 50))
     assert std == pytest.approx((1.0, 50.0, 1.0))  # flat channels get std 1, never 0
     u16 = np.linspace(0, 60000, 400, dtype=np.uint16).reshape(20, 20)  # stretched to 0-255
@@ -128,11 +128,22 @@ def test_training_dataset_matches_brightness_like_inference(tiny_pairs):
     dark = AnnotatedImages.from_pairs([(image // 2, inst)])
     bright = AnnotatedImages.from_pairs([(image // 2 + 60, inst)])
     aug = AugmentConfig.resize_only(64)
-    plain = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug)[(0, 1)][0] for d in (dark, bright)]
+    raw = {"intensity": "dtype"}  # uint8 fed raw (with percentile stretching they are alike)
+    plain = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug, **raw)[(0, 1)][0]
+             for d in (dark, bright)]
     assert (plain[1] - plain[0]).mean() > 1.0  # 60 grey levels apart
-    matched = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug, match_brightness=True)[(0, 1)][0]
-               for d in (dark, bright)]
+    matched = [TrainingDataset(d, (114.0,) * 3, (30.0,) * 3, aug, match_brightness=True,
+                               **raw)[(0, 1)][0] for d in (dark, bright)]
     torch.testing.assert_close(matched[0], matched[1], atol=0.05, rtol=0)
+
+
+def test_training_sees_a_uint8_image_and_its_uint16_copy_alike(tiny_pairs):
+    """Training takes the inference path: percentile stretching whatever the dtype."""
+    image, inst = tiny_pairs[0]
+    aug = AugmentConfig.resize_only(64)
+    seen = [TrainingDataset(AnnotatedImages.from_pairs([(im, inst)]), (114.0,) * 3, (30.0,) * 3,
+                            aug)[(0, 1)][0] for im in (image, image.astype(np.uint16) * 257)]
+    torch.testing.assert_close(seen[0], seen[1], atol=1e-4, rtol=0)
 
 
 def test_class_ids_beyond_the_model_are_an_error(tiny_pairs):

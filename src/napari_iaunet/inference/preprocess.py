@@ -13,12 +13,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["PreparedImage", "as_hwc", "brightness_offset", "pad_batch", "prepare", "resized_shape",
-           "to_model_range"]
+from ..model.config import INTENSITY_MODES
 
-# Robust percentiles used to map non-8-bit images onto 0-255.
+__all__ = ["INTENSITY_MODES", "PreparedImage", "as_hwc", "brightness_offset", "check_intensity",
+           "pad_batch", "prepare", "resized_shape", "to_model_range"]
+
+# Robust percentiles that map an image onto 0-255.
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
+
+
+def check_intensity(intensity: str) -> str:
+    """``intensity`` if it is one of :data:`INTENSITY_MODES`, else a ``ValueError``."""
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"unknown intensity mode {intensity!r} (choose from "
+                         f"{', '.join(INTENSITY_MODES)})")
+    return intensity
 
 
 def as_hwc(image: np.ndarray) -> np.ndarray:
@@ -43,40 +53,77 @@ def as_hwc(image: np.ndarray) -> np.ndarray:
     )
 
 
-def to_model_range(image: np.ndarray) -> np.ndarray:
+def to_model_range(image: np.ndarray, intensity: str = "percentile") -> np.ndarray:
     """Map a gray/RGB/RGBA image of any dtype to float32 ``(H, W, 3)`` on the 0-255 scale.
 
-    uint8 values are kept as they are (the reference normalises raw 8-bit values); booleans become
-    0/255; every other dtype (uint16, int, float) is stretched so its 0.1 and 99.9 percentiles land
-    on 0 and 255. Gray images are replicated to three channels. NaN and ±inf become the lowest
-    finite value.
+    ``intensity="percentile"`` (every model trained since 2026-12-03): the image is stretched so
+    that its 0.1 and 99.9 percentiles (over all channels) land on 0 and 255, whatever its dtype,
+    so a uint8 picture and its uint16 or float copy give the same values (within rounding).
+    ``"dtype"`` (older models): uint8 values are kept as they are, booleans become 0/255, other
+    dtypes are stretched. Gray images are replicated to three channels. NaN and ±inf become the
+    lowest finite value.
     """
+    check_intensity(intensity)
     hwc = as_hwc(image)
     if hwc.shape[0] < 2 or hwc.shape[1] < 2:
         raise ValueError(f"image of shape {np.asarray(image).shape} is too small to segment")
-    if hwc.dtype == np.uint8:
+    if hwc.dtype == np.uint8 and intensity == "dtype":
         out = hwc.astype(np.float32)
-    elif hwc.dtype == bool:
+    elif hwc.dtype == bool and intensity == "dtype":
         out = hwc.astype(np.float32) * 255.0
-    elif np.issubdtype(hwc.dtype, np.number) and not np.issubdtype(hwc.dtype, np.complexfloating):
-        out = hwc.astype(np.float32)
-        finite = np.isfinite(out)
-        if not finite.all():
-            if not finite.any():
-                raise ValueError("image holds no finite values (all NaN or inf)")
-            out = np.where(finite, out, out[finite].min())
-        lo, hi = np.percentile(out, [LOW_PERCENTILE, HIGH_PERCENTILE])
-        if hi <= lo:
-            lo, hi = float(out.min()), float(out.max())
-        if hi > lo:
-            out = np.clip((out - lo) * (255.0 / (hi - lo)), 0.0, 255.0)
+    elif hwc.dtype == bool or (np.issubdtype(hwc.dtype, np.number)
+                               and not np.issubdtype(hwc.dtype, np.complexfloating)):
+        if hwc.dtype in (np.uint8, np.uint16, bool):  # exact, from a histogram (fast)
+            counts = np.bincount(hwc.ravel().view(np.uint8) if hwc.dtype == bool
+                                 else hwc.ravel())
+            lo, hi = _percentiles_from_counts(counts)
+            if hi <= lo:
+                nonzero = np.flatnonzero(counts)
+                lo, hi = float(nonzero[0]), float(nonzero[-1])
+            # a lookup table: one gather instead of float arithmetic over every pixel
+            table = _stretch(np.arange(len(counts), dtype=np.float32), lo, hi)
+            out = table[hwc.astype(np.uint16, copy=False) if hwc.dtype == bool else hwc]
         else:
-            out = np.zeros_like(out)
+            out = hwc.astype(np.float32)
+            finite = np.isfinite(out)
+            if not finite.all():
+                if not finite.any():
+                    raise ValueError("image holds no finite values (all NaN or inf)")
+                out = np.where(finite, out, out[finite].min())
+            lo, hi = np.percentile(out, [LOW_PERCENTILE, HIGH_PERCENTILE])
+            if hi <= lo:
+                lo, hi = float(out.min()), float(out.max())
+            out = _stretch(out, lo, hi)
     else:
         raise ValueError(f"cannot segment an image of dtype {hwc.dtype}: use integers or floats")
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _stretch(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo`` → 0 and ``hi`` → 255, clipped (all zeros when ``hi <= lo``: a flat image)."""
+    if hi <= lo:
+        return np.zeros_like(values, dtype=np.float32)
+    out = values.astype(np.float32, copy=True)
+    out -= np.float32(lo)
+    out *= np.float32(255.0 / (hi - lo))
+    return np.clip(out, 0.0, 255.0, out=out)
+
+
+def _percentiles_from_counts(counts: np.ndarray) -> tuple[float, float]:
+    """The 0.1 and 99.9 percentiles of integer values given their histogram: exactly what
+    ``np.percentile`` (linear interpolation) gives for the values themselves."""
+    cumulative = np.cumsum(counts)
+    n = int(cumulative[-1])
+    found = []
+    for q in (LOW_PERCENTILE, HIGH_PERCENTILE):
+        position = q / 100.0 * (n - 1)
+        below = int(np.floor(position))
+        # the rank-th smallest value is the first whose cumulative count exceeds rank
+        a, b = np.searchsorted(cumulative, [below, min(below + 1, n - 1)], side="right")
+        found.append(float(a) + (position - below) * float(b - a))
+    return found[0], found[1]
 
 
 def resized_shape(shape: tuple[int, int], input_size: int) -> tuple[int, int]:
@@ -113,13 +160,15 @@ def prepare(
     size_divisibility: int = 32,
     device: torch.device | str = "cpu",
     offset: float | None = 0.0,
+    intensity: str = "percentile",
 ) -> PreparedImage:
     """Resize the longest side to ``input_size``, normalise and pad to a multiple of 32.
 
-    ``offset`` is added to the 0-255 values first (brightness matching); None matches the image's
-    own brightness to ``pixel_mean`` (:func:`brightness_offset` of its pixels).
+    ``intensity``: how values reach the 0-255 scale (:func:`to_model_range`). ``offset`` is
+    added to the 0-255 values first (brightness matching); None matches the image's own
+    brightness to ``pixel_mean`` (:func:`brightness_offset` of its pixels).
     """
-    rgb = to_model_range(image)
+    rgb = to_model_range(image, intensity)
     if offset is None:
         offset = brightness_offset(rgb, pixel_mean)
     if offset:

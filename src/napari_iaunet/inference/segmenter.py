@@ -142,16 +142,17 @@ class Segmenter:
         tile = self._tile_size(hwc.shape[:2])
         if tile is None:
             return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
-        if hwc.dtype != np.uint8:
-            # stretch the whole image once: a tile stretched on its own would get its own
-            # contrast (a background tile's noise blown up to the full range)
-            hwc = np.rint(to_model_range(hwc)).clip(0, 255).astype(np.uint8)
+        # stretch the whole image once (to uint8, fed raw): a tile stretched on its own would
+        # get its own contrast (a background tile's noise blown up to the full range)
+        whole = to_model_range(hwc, self.config.intensity)
+        offset = (brightness_offset(whole, self.config.pixel_mean)
+                  if self.effective_match_brightness() else 0.0)  # the whole image's, per tile
+        hwc = np.rint(whole).clip(0, 255).astype(np.uint8)
+        del whole
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
-        offset = (brightness_offset(to_model_range(hwc), self.config.pixel_mean)
-                  if self.effective_match_brightness() else 0.0)  # the whole image's, per tile
         results = self.segment_batch(crops, progress=progress, cancel=cancel,
-                                     offsets=[offset] * len(crops))
+                                     offsets=[offset] * len(crops), intensity="dtype")
         return merge_tiles(tiles, results, hwc.shape[:2])
 
     def segment_batch(
@@ -161,14 +162,17 @@ class Segmenter:
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | None = None,
         offsets: Sequence[float] | None = None,
+        intensity: str | None = None,
     ) -> list[Instances]:
         """Segment several images (no tiling), ``batch_size`` per forward pass.
 
         ``offsets``: brightness offsets to use instead of each image's own (tiles of one image
         share the whole image's); without them each image is matched to the model's brightness
-        when brightness matching is on (:meth:`effective_match_brightness`).
+        when brightness matching is on (:meth:`effective_match_brightness`). ``intensity``: how
+        values reach 0-255 (None: the model's; tiles of a stretched image use ``"dtype"``).
         """
         cfg = self.config
+        intensity = intensity or cfg.intensity
         out: list[Instances] = []
         total = len(images)
         for start in range(0, total, self.batch_size):
@@ -179,7 +183,8 @@ class Segmenter:
             shifts = (offsets[start:start + len(chunk)] if offsets is not None
                       else [own] * len(chunk))
             prepared = [prepare(im, cfg.input_size, cfg.pixel_mean, cfg.pixel_std,
-                                cfg.size_divisibility, self.device, offset=off)
+                                cfg.size_divisibility, self.device, offset=off,
+                                intensity=intensity)
                         for im, off in zip(chunk, shifts, strict=True)]
             out.extend(self._predict(prepared))
             if progress is not None:

