@@ -24,8 +24,8 @@ from .pretrained import (
     is_efficientnet_pytorch_state,
 )
 
-__all__ = ["BACKBONES", "IMAGENET", "BackboneSpec", "Encoder", "PretrainedWeightsMissing", "build_encoder",
-           "imagenet_weights_path"]
+__all__ = ["BACKBONES", "IMAGENET", "BackboneSpec", "Encoder", "PretrainedWeightsMissing",
+           "build_encoder", "imagenet_weights_path"]
 
 FEATURE_STRIDES = (4, 8, 16, 32)
 IMAGENET = "imagenet"  # as weights: the ImageNet weights a pip package carries for the backbone
