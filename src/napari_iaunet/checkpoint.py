@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .model.config import IAUNetConfig, MaskRCNNConfig, ModelConfig, config_from_dict
+from .model.config import IAUNetConfig, ModelConfig
+from .model.registry import config_from_dict, is_model_config
 
 __all__ = [
     "CheckpointError",
@@ -61,15 +62,7 @@ class CheckpointInfo:
     def summary(self) -> str:
         """A short human-readable description (used by ``napari-iaunet info`` and the widget)."""
         c, m = self.config, self.metadata
-        if isinstance(c, MaskRCNNConfig):
-            model_line = (f"model:       {c.backbone}, input {c.input_size}px, score threshold "
-                          f"{c.score_threshold:g}, NMS {c.nms_threshold:g}, at most "
-                          f"{c.detections_per_img} detections")
-        elif c.family == "pctrans":
-            model_line = f"model:       {c.describe()}, input {c.input_size}px"
-        else:
-            model_line = (f"backbone:    {c.backbone}, {c.num_queries} queries, "
-                          f"input {c.input_size}px")
+        model_line = c.summary_line()
         lines = [
             f"file:        {self.path}",
             f"format:      {self.source}",
@@ -236,9 +229,9 @@ def save_checkpoint(
     from .io.atomic import atomic_path
 
     config = getattr(model, "config", None)
-    if not isinstance(config, (IAUNetConfig, MaskRCNNConfig)):
-        raise TypeError("save_checkpoint needs a model with a .config (IAUNetConfig or "
-                        "MaskRCNNConfig)")
+    if not is_model_config(config):
+        raise TypeError("save_checkpoint needs a model with a .config (the config of a model "
+                        "family: IAUNetConfig, PCTransConfig, MaskRCNNConfig)")
     state = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()

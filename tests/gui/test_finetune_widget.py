@@ -9,6 +9,7 @@ Run as a script under Xvfb it writes the docs screenshots instead (not a test)::
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import time
@@ -420,11 +421,14 @@ def test_train_a_new_model_of_another_family(make_napari_viewer, synthetic, tmp_
     """"start from" offers new models of every family; a new PCTrans trains in the background."""
     from napari_iaunet._widgets import finetune_widget as fw
     from napari_iaunet.checkpoint import read_checkpoint_info
+    from napari_iaunet.model.registry import FAMILIES, NewModel
 
     tiny = dict(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32, num_heads=2,
                 dec_layers=1, dim_feedforward=64, enc_layers=1, enc_points=2,
                 enc_dim_feedforward=64, input_size=64)
-    monkeypatch.setitem(fw.NEW_MODELS, "pctrans", ("new PCTrans-R18 (test)", "pctrans", tiny))
+    pctrans = dataclasses.replace(FAMILIES["pctrans"],
+                                  new_models=(NewModel("pctrans", "new PCTrans-R18 (test)", tiny),))
+    monkeypatch.setitem(FAMILIES, "pctrans", pctrans)
     image, truth = synthetic
     viewer = make_napari_viewer()
     widget = FineTuneWidget(viewer, ask=Asker())
@@ -451,6 +455,7 @@ def test_train_a_new_model_of_another_family(make_napari_viewer, synthetic, tmp_
     assert info.config.pixel_mean != fw.new_model_config("iaunet").pixel_mean  # from the data
     with pytest.raises(ValueError, match="unknown new model"):
         fw.new_model_config("unet")
+    assert "new IAUNet-EfficientNet-Lite0 (ImageNet encoder)" in labels
     widget.cleanup()
 
 

@@ -68,7 +68,8 @@ def test_train_cli_query_groups_reach_a_new_model(train_args, trainer_calls, cap
     assert main([*common, "--query-groups", "3"]) == 0
     assert trainer_calls[-1][1].query_groups == 3
     assert main([*common, "--family", "pctrans", "--query-groups", "2"]) == 1
-    assert "--family iaunet only" in capsys.readouterr().err
+    assert "query groups (--query-groups) do not work with centre guidance" in \
+        capsys.readouterr().err
 
 
 def test_train_cli_masked_attention_reaches_a_new_model(train_args, trainer_calls):

@@ -8,10 +8,10 @@ import torch
 from napari_iaunet.checkpoint import load_checkpoint
 from napari_iaunet.model import build_model
 from napari_iaunet.training.callbacks import TrainCallback
-from napari_iaunet.training.losses import SetCriterion
+from napari_iaunet.training.losses import SET_LOSS_KEYS, SetCriterion
 from napari_iaunet.training.matcher import HungarianMatcher
 from napari_iaunet.training.pctrans_losses import centre_of_mass, loss_mcc, loss_qec
-from napari_iaunet.training.trainer import IAUNET_LOSS_KEYS, TrainConfig, train
+from napari_iaunet.training.trainer import TrainConfig, train
 
 ALL = dict(centre_guidance=True, dynamic_mask_head=True, contrast_losses=True)
 
@@ -101,7 +101,7 @@ def test_trainer_overfits_with_every_option(tmp_path, tiny_config, tiny_pairs):
     result = train(tiny_pairs[:1], None, cfg, model_config=mc, callbacks=[rec])
     assert result.steps == 30
     new = ("loss_centre", "loss_qec", "loss_mcc")
-    assert set(rec.values[0]) == set(IAUNET_LOSS_KEYS + new)
+    assert set(rec.values[0]) == set(SET_LOSS_KEYS + new)
     for key in ("loss", *new):
         series = [v[key] for v in rec.values]
         print(key, [round(x, 3) for x in series])
@@ -154,7 +154,7 @@ def test_pctrans_family_overfits_and_resumes(tmp_path, tiny_pairs):
                       augment=False, seed=1, plot=False, num_points=256)
     result = train(tiny_pairs[:1], None, cfg, model_config=_tiny_family_config(),
                    callbacks=[rec])
-    assert set(rec.values[0]) == {*IAUNET_LOSS_KEYS, "loss_centre", "loss_qec", "loss_mcc"}
+    assert set(rec.values[0]) == {*SET_LOSS_KEYS, "loss_centre", "loss_qec", "loss_mcc"}
     series = [v["loss"] for v in rec.values]
     print("loss", [round(x, 3) for x in series])
     assert sum(series[-6:]) / 6 < 0.8 * sum(series[:6]) / 6

@@ -84,7 +84,7 @@ def test_config_round_trip_and_validation(tiny_config):
     assert IAUNetConfig.from_dict(cfg.to_dict()).query_groups == 2
     with pytest.raises(ValueError, match="query_groups must be ≥ 1"):
         tiny_config(query_groups=0)
-    with pytest.raises(ValueError, match="centre_guidance"):
+    with pytest.raises(ValueError, match="centre guidance"):
         tiny_config(query_groups=2, centre_guidance=True)
 
 

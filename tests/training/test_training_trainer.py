@@ -8,6 +8,7 @@ import torch
 from napari_iaunet.checkpoint import load_checkpoint
 from napari_iaunet.training import trainer as trainer_mod
 from napari_iaunet.training.callbacks import TrainCallback, plot_loss_curve, read_log
+from napari_iaunet.training.losses import SetCriterion
 from napari_iaunet.training.trainer import TrainConfig, train
 
 
@@ -180,7 +181,7 @@ def test_best_checkpoint_takes_ties_patience_needs_a_strict_gain(tmp_path, tiny_
 def test_best_checkpoint_without_validation_data_takes_ties(tmp_path, tiny_pairs, tiny_config,
                                                             monkeypatch):
     # no validation images: the smoothed loss decides, lower is better, a tie counts for best.pt
-    monkeypatch.setattr(trainer_mod.SetCriterion, "forward", _constant_loss)
+    monkeypatch.setattr(SetCriterion, "forward", _constant_loss)
     rec = Recorder()
     result = train(tiny_pairs, None, _cfg(tmp_path, steps=3, val_every=1, early_stopping=2),
                    model_config=tiny_config(), callbacks=[rec])

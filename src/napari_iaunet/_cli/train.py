@@ -15,6 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ..model.registry import DEFAULT_FAMILY, FAMILIES
+
 
 def add_parser(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
@@ -26,7 +28,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", "-w", type=Path, default=None,
                        help="checkpoint to fine-tune (keeps its architecture, family and "
                             "normalisation)")
-    model.add_argument("--family", default="iaunet", choices=("iaunet", "pctrans", "maskrcnn"),
+    model.add_argument("--family", default=DEFAULT_FAMILY, choices=tuple(FAMILIES),
                        help="model family of a new model: IAUNet, PCTrans (deformable-attention "
                             "pixel decoder + all PCTrans options) or torchvision's Mask R-CNN")
     model.add_argument("--variant", default="r50_fpn", choices=("r50_fpn", "r18_cbam"),
@@ -142,7 +144,6 @@ def _install_stop_handler(event: threading.Event) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..model.config import IAUNetConfig, MaskRCNNConfig, PCTransConfig
     from ..training import distributed as ddp
     from ..training.callbacks import PrintProgress
     from ..training.dataset import AnnotatedImages
@@ -164,29 +165,18 @@ def run(args: argparse.Namespace) -> int:
         mcc_temperature=args.contrast_temperature)
     train_data = AnnotatedImages.from_coco(args.train)
     val_data = AnnotatedImages.from_coco(args.val) if args.val else None
-    model_config: IAUNetConfig | MaskRCNNConfig | None = None
+    model_config = None
     if args.weights is None:
-        names = train_data.class_names or ["cell"]
-        if args.family == "maskrcnn":
-            model_config = MaskRCNNConfig(variant=args.variant, num_classes=len(names),
-                                          class_names=tuple(names),
-                                          input_size=args.input_size or 512)
-        else:
-            common = dict(backbone=args.backbone, num_queries=args.queries,
-                          hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
-                          num_classes=len(names), class_names=tuple(names),
-                          input_size=args.input_size or 512)
-            if args.family == "pctrans":
-                if args.query_groups != 1:
-                    raise ValueError("--query-groups works for --family iaunet only (PCTrans's "
-                                     "centre guidance needs one group)")
-                model_config = PCTransConfig(**common, enc_layers=args.enc_layers,
-                                             enc_points=args.enc_points,
-                                             masked_attention=args.masked_attention)
-            else:
-                model_config = IAUNetConfig(**common, **pctrans_options(args),
-                                            query_groups=args.query_groups,
-                                            masked_attention=args.masked_attention)
+        family = FAMILIES[args.family]
+        options = dict(backbone=args.backbone, num_queries=args.queries,
+                       hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+                       variant=args.variant, enc_layers=args.enc_layers,
+                       enc_points=args.enc_points, masked_attention=args.masked_attention or None,
+                       query_groups=args.query_groups if args.query_groups != 1 else None)
+        # the PCTrans switches only when given (a PCTrans model has them all on by default)
+        options.update({k: True for k, on in pctrans_options(args).items() if on})
+        model_config = family.new_config(train_data.class_names or ["cell"],
+                                         args.input_size or 512, **options)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:
@@ -194,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
                              "not go with --weights or --backbone-weights")
         from ..model.encoder import IMAGENET, imagenet_weights_path
 
+        if not FAMILIES[args.family].takes_backbone:
+            raise ValueError(f"--pretrained needs a family built on a timm backbone "
+                             f"({', '.join(n for n, f in FAMILIES.items() if f.takes_backbone)}); "
+                             f"for {args.family} pass --backbone-weights")
         imagenet_weights_path(args.backbone)  # says what to install before anything starts
         backbone_weights = IMAGENET
     stop = threading.Event()

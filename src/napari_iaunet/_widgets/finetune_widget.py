@@ -48,6 +48,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..model.registry import new_model_config, new_models  # no torch: safe to import
 from ..training.callbacks import TrainCallback, format_duration  # no torch: safe to import
 from . import _qt_utils as qtu
 from ._torch_guard import make_torch_import_safe
@@ -68,21 +69,13 @@ __all__ = [
     "default_output_dir",
     "find_pairs",
     "make_train_config",
-    "new_model_config",
     "points_for",
     "read_run",
 ]
 
 BROWSE = "Browse…"
 SEGMENT_MODEL = "<segment widget>"
-NEW_MODEL = "new:"  # prefix of the "start from" entries that build a model from random weights
-# key -> (label, family, keyword arguments of the family's config)
-NEW_MODELS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "iaunet": ("new IAUNet-R50", "iaunet", {}),
-    "pctrans": ("new PCTrans-R50", "pctrans", {}),
-    "maskrcnn_r18_cbam": ("new Mask R-CNN R18-CBAM", "maskrcnn", {"variant": "r18_cbam"}),
-    "maskrcnn_r50_fpn": ("new Mask R-CNN R50-FPN", "maskrcnn", {"variant": "r50_fpn"}),
-}
+NEW_MODEL = "new:"  # prefix of the "start from" entries that build a new model (registry presets)
 RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")  # the trainer's
 LR_CHOICES = ("1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3")
 PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
@@ -400,16 +393,6 @@ class _Relay(TrainCallback):
         pass
 
 
-def new_model_config(key: str) -> Any:
-    """The config of the "start from" entry ``new:<key>`` (one class, "cell")."""
-    from ..model.config import MODEL_FAMILIES
-
-    if key not in NEW_MODELS:
-        raise ValueError(f"unknown new model {key!r} (known: {', '.join(NEW_MODELS)})")
-    _, family, kwargs = NEW_MODELS[key]
-    return MODEL_FAMILIES[family](**kwargs)
-
-
 @dataclass
 class _NewModelInfo:
     """Stands for a checkpoint's info while the start model is a new one."""
@@ -431,6 +414,7 @@ class _Job:
     n_images: int
     n_cells: int
     model_config: Any = None
+    backbone_weights: str | None = None  # "imagenet": a new model's encoder from ImageNet
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -857,12 +841,15 @@ class FineTuneWidget(QWidget):
                                          Qt.ItemDataRole.ToolTipRole)
         self.model_combo.addItem(BROWSE, BROWSE)
         self.model_combo.insertSeparator(self.model_combo.count())
-        for key, (label, _, _) in NEW_MODELS.items():  # never chosen unless the user picks it
-            self.model_combo.addItem(f"{label} (random weights)", NEW_MODEL + key)
-            self.model_combo.setItemData(
-                self.model_combo.count() - 1, "Train a new model of this family from random "
-                "weights (no pretrained weights are downloaded): it needs many annotated cells "
-                "and steps.", Qt.ItemDataRole.ToolTipRole)
+        for key, (_, preset) in new_models().items():  # never chosen unless the user picks it
+            self.model_combo.addItem(preset.label, NEW_MODEL + key)
+            tip = ("Train a new model whose encoder starts from ImageNet weights installed with "
+                   "the package (nothing is downloaded): it needs fewer cells and steps than "
+                   "random weights." if preset.pretrained else
+                   "Train a new model of this family from random weights (no pretrained "
+                   "weights are downloaded): it needs many annotated cells and steps.")
+            self.model_combo.setItemData(self.model_combo.count() - 1, tip,
+                                         Qt.ItemDataRole.ToolTipRole)
         index = self.model_combo.findData(current) if current else -1
         self.model_combo.setCurrentIndex(index if index >= 0 and current != BROWSE else 0)
         self.model_combo.blockSignals(False)
@@ -915,9 +902,23 @@ class FineTuneWidget(QWidget):
     @property
     def new_model(self) -> Any:
         """The config of the new model a run builds (a "new …" entry), else None."""
+        key = self._new_model_key()
+        return new_model_config(key) if key else None
+
+    def _new_model_key(self) -> str | None:
         data = self.model_combo.currentData()
         if isinstance(data, str) and data.startswith(NEW_MODEL):
-            return new_model_config(data[len(NEW_MODEL):])
+            return data[len(NEW_MODEL):]
+        return None
+
+    @property
+    def new_model_backbone_weights(self) -> str | None:
+        """``"imagenet"`` when the chosen new model starts its encoder from ImageNet weights."""
+        key = self._new_model_key()
+        if key and new_models()[key][1].pretrained:
+            from ..model.encoder import IMAGENET
+
+            return IMAGENET
         return None
 
     def set_start_checkpoint(self, path: str | Path) -> None:
@@ -947,8 +948,9 @@ class FineTuneWidget(QWidget):
         self._model_info = None
         new = self.new_model
         if new is not None:
-            self.model_info.setText(f"{new.describe()}, input {new.input_size} px, random "
-                                    "weights: train long, on many cells")
+            start = ("ImageNet encoder (installed weights)" if self.new_model_backbone_weights
+                     else "random weights: train long, on many cells")
+            self.model_info.setText(f"{new.describe()}, input {new.input_size} px, {start}")
             self.model_info.setToolTip("A new model: normalisation statistics come from the "
                                        "training images; nothing is downloaded.")
             key = self.model_combo.currentData()
@@ -1168,7 +1170,8 @@ class FineTuneWidget(QWidget):
                                    input_size=settings.input_size or
                                    self._model_info.config.input_size)
         job = _Job(out_dir=out, start=start, config=config, data=data, coco=coco, val=val,
-                   resume=resume, n_images=n_images, n_cells=n_cells, model_config=new)
+                   resume=resume, n_images=n_images, n_cells=n_cells, model_config=new,
+                   backbone_weights=self.new_model_backbone_weights if new is not None else None)
         self._cancel.clear()
         self._job = job
         self.last_result = None
@@ -1229,8 +1232,8 @@ class FineTuneWidget(QWidget):
             data = data + AnnotatedImages.from_coco(job.coco)
         self._signals.stage.emit("loading the model…")
         result = train(data, job.val, job.config, start=job.start,
-                       model_config=job.model_config, callbacks=[_Relay(self._signals)],
-                       cancel=self._cancel)
+                       model_config=job.model_config, backbone_weights=job.backbone_weights,
+                       callbacks=[_Relay(self._signals)], cancel=self._cancel)
         result.model = None  # the weights are in the run folder; free the memory now
         return result
 

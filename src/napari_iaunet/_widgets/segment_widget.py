@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..model.registry import family_of
 from . import _qt_utils as qtu
 from ._torch_guard import make_torch_import_safe
 from .edit_tools import EditToolsWidget
@@ -369,12 +370,10 @@ class SegmentWidget(QWidget):
         self.model_info.setText("\n".join(lines))
         self.model_info.setToolTip(info.summary())
         if path != self._defaults_for:  # a new model: its own defaults
-            from ..inference.segmenter import clusters_queries_by_default
-
             self._defaults_for = path
-            self.cluster_check.setChecked(clusters_queries_by_default(c))
+            self.cluster_check.setChecked(family_of(c).clusters_queries)
             self.brightness_check.setChecked(c.match_brightness)
-        self.cluster_check.setEnabled(getattr(c, "family", "iaunet") != "maskrcnn")
+        self.cluster_check.setEnabled(family_of(c).query_based)
         self._model_info = info
         self._model_ok = True
         self._update_enabled()

@@ -13,13 +13,13 @@ import torch
 
 from ..instances import Instances
 from ..model.config import ModelConfig
-from .device import autocast, select_device
-from .postprocess import PostprocessSettings, postprocess
+from ..model.registry import family_of
+from .device import select_device
+from .postprocess import PostprocessSettings
 from .preprocess import (
     PreparedImage,
     as_hwc,
     brightness_offset,
-    pad_batch,
     prepare,
     to_model_range,
 )
@@ -39,7 +39,7 @@ class SegmentationCancelled(Exception):
 
 def clusters_queries_by_default(config: ModelConfig) -> bool:
     """Whether a model family's inference merges near-duplicate queries (PCTrans does)."""
-    return getattr(config, "family", "iaunet") == "pctrans"
+    return family_of(config).clusters_queries
 
 
 class Segmenter:
@@ -219,7 +219,7 @@ class Segmenter:
     def inference_model(self) -> torch.nn.Module:
         """The network :meth:`segment` runs: ``model``, or (``fuse=True``) its fused inference copy,
         made on first use and again whenever ``model``'s weights or device change."""
-        if not self.fuse or getattr(self.config, "family", "iaunet") == "maskrcnn":
+        if not self.fuse or not family_of(self.config).fuses:
             return self.model
         key = _weights_key(self.model)
         if self._fused is None or self._fused[0] != key:
@@ -250,35 +250,8 @@ class Segmenter:
         side = info.metadata.get("image_side") if info is not None else None
         return int(side) if isinstance(side, (int, float)) and side > 0 else None
 
-    @torch.inference_mode()
     def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
-        if getattr(self.config, "family", "iaunet") == "maskrcnn":
-            return self._predict_detections(prepared)
-        batch = pad_batch([p.tensor for p in prepared])
-        if self.fuse and self.device.type == "cpu":  # the fused CPU copy is channels-last
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
-            outputs = self.inference_model()(batch, with_aux=False)
-        padded = tuple(batch.shape[-2:])
-        settings = self.effective_settings()
-        return [
-            postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
-                        p.resized_shape, p.original_shape, settings)
-            for i, p in enumerate(prepared)
-        ]
-
-    def _predict_detections(self, prepared: list[PreparedImage]) -> list[Instances]:
-        """Mask R-CNN: unpadded images in, boxes + 28×28 masks out, pasted inside their boxes."""
-        from .detections import detections_to_instances
-
-        images = [p.tensor[:, :p.resized_shape[0], :p.resized_shape[1]] for p in prepared]
-        with autocast(self.device, self.amp):
-            outputs = self.model.detect(images, score_threshold=self.settings.score_threshold)
-        return [
-            detections_to_instances(o["boxes"], o["scores"], o["labels"], o["masks"],
-                                    p.resized_shape, p.original_shape, self.settings)
-            for o, p in zip(outputs, prepared)
-        ]
+        return family_of(self.config).predictor()(self, prepared)
 
 
 def auto_tile_size(input_size: int, trained_image_side: int | None) -> int:

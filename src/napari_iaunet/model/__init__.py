@@ -9,19 +9,18 @@ import importlib
 from typing import Any
 
 from .config import (
-    MODEL_FAMILIES,
     REVVITY_MEAN,
     REVVITY_STD,
     IAUNetConfig,
     MaskRCNNConfig,
     ModelConfig,
     PCTransConfig,
-    config_from_dict,
 )
+from .registry import FAMILIES, ModelFamily, build_model, config_from_dict, family_of
 
 __all__ = [
     "BACKBONES",
-    "MODEL_FAMILIES",
+    "FAMILIES",
     "REVVITY_MEAN",
     "REVVITY_STD",
     "IAUNet",
@@ -30,6 +29,7 @@ __all__ = [
     "MaskRCNNConfig",
     "MaskRCNNModel",
     "ModelConfig",
+    "ModelFamily",
     "PCTrans",
     "PCTransConfig",
     "build_encoder",
@@ -38,6 +38,7 @@ __all__ = [
     "config_from_dict",
     "count_macs",
     "count_parameters",
+    "family_of",
     "fidelity_table",
 ]
 
@@ -46,7 +47,6 @@ _LAZY = {
     "build_encoder": "encoder",
     "IAUNetDecoder": "decoder",
     "IAUNet": "iaunet",
-    "build_model": "iaunet",
     "MaskRCNNModel": "maskrcnn",
     "build_maskrcnn": "maskrcnn",
     "PCTrans": "pctrans",

@@ -115,7 +115,7 @@ def count_macs_for_config(
     config: IAUNetConfig, input_shape: Sequence[int] = (1, 3, 512, 512)
 ) -> tuple[int, int]:
     """``(parameters, MACs)`` of the model ``config`` describes, built on the meta device."""
-    from .iaunet import build_model
+    from .registry import build_model
 
     with torch.device("meta"):
         model = build_model(config)

@@ -8,14 +8,12 @@ from typing import Any, ClassVar, TypeVar
 __all__ = [
     "INTENSITY_MODES",
     "MASKRCNN_VARIANTS",
-    "MODEL_FAMILIES",
     "REVVITY_MEAN",
     "REVVITY_STD",
     "IAUNetConfig",
     "MaskRCNNConfig",
     "ModelConfig",
     "PCTransConfig",
-    "config_from_dict",
 ]
 
 _C = TypeVar("_C", bound="_FromDict")
@@ -136,8 +134,8 @@ class IAUNetConfig(_FromDict):
         if self.query_groups < 1:
             raise ValueError("IAUNetConfig: query_groups must be ≥ 1")
         if self.query_groups > 1 and self.centre_guidance:
-            raise ValueError("IAUNetConfig: query_groups > 1 does not work with centre_guidance "
-                             "(use one group)")
+            raise ValueError(f"{type(self).__name__}: query groups (--query-groups) do not work "
+                             "with centre guidance (PCTrans and its options): use one group")
 
     @property
     def pctrans_options(self) -> tuple[str, ...]:
@@ -169,6 +167,11 @@ class IAUNetConfig(_FromDict):
         else:
             d = {"family": self.family, **d}
         return d
+
+    def summary_line(self) -> str:
+        """The architecture line of ``napari-iaunet info``."""
+        return (f"backbone:    {self.backbone}, {self.num_queries} queries, "
+                f"input {self.input_size}px")
 
     def describe(self) -> str:
         """One line naming the architecture (e.g. ``resnet50, 100 queries``)."""
@@ -208,6 +211,10 @@ class PCTransConfig(IAUNetConfig):
         if self.hidden_dim % 32:
             raise ValueError("PCTransConfig: hidden_dim must be a multiple of 32 (GroupNorm "
                              "groups of the pixel decoder)")
+
+    def summary_line(self) -> str:
+        """The architecture line of ``napari-iaunet info``."""
+        return f"model:       {self.describe()}, input {self.input_size}px"
 
     def describe(self) -> str:
         """One line naming the architecture (e.g. ``PCTrans resnet50, 100 queries``)."""
@@ -285,6 +292,12 @@ class MaskRCNNConfig(_FromDict):
         """The most detections per image (the counterpart of IAUNet's queries)."""
         return self.detections_per_img
 
+    def summary_line(self) -> str:
+        """The architecture line of ``napari-iaunet info``."""
+        return (f"model:       {self.backbone}, input {self.input_size}px, score threshold "
+                f"{self.score_threshold:g}, NMS {self.nms_threshold:g}, at most "
+                f"{self.detections_per_img} detections")
+
     def describe(self) -> str:
         """One line naming the architecture (e.g. ``Mask R-CNN R50-FPN``)."""
         return self.backbone
@@ -303,8 +316,6 @@ class MaskRCNNConfig(_FromDict):
 
 
 ModelConfig = IAUNetConfig | MaskRCNNConfig  # PCTransConfig is an IAUNetConfig
-MODEL_FAMILIES: dict[str, type] = {"iaunet": IAUNetConfig, "maskrcnn": MaskRCNNConfig,
-                                   "pctrans": PCTransConfig}
 
 
 def _pop_family(d: dict[str, Any], expected: str) -> dict[str, Any]:
@@ -313,12 +324,3 @@ def _pop_family(d: dict[str, Any], expected: str) -> dict[str, Any]:
     if family != expected:
         raise ValueError(f"a {family!r} model description is not a {expected!r} one")
     return d
-
-
-def config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """The config a checkpoint's dict describes: its ``family`` field picks the class (none:
-    IAUNet, as in every checkpoint written before the other families were added)."""
-    family = d.get("family", "iaunet")
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model family {family!r} (known: {', '.join(MODEL_FAMILIES)})")
-    return MODEL_FAMILIES[family].from_dict(d)

@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import IAUNetConfig, ModelConfig
+from .config import IAUNetConfig
 from .decoder import IAUNetDecoder
 from .encoder import Encoder, build_encoder
+from .inputs import check_images
 
-__all__ = ["IAUNet", "build_model", "check_images"]
+__all__ = ["IAUNet", "build_iaunet"]
 
 
 class IAUNet(nn.Module):
@@ -38,34 +39,10 @@ class IAUNet(nn.Module):
         return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux)
 
 
-def check_images(images: torch.Tensor, model_name: str) -> None:
-    """Raise a clear ``ValueError`` unless ``images`` is ``(B, C, H, W)`` with ``H``, ``W``
-    multiples of 32 (what the query-based models take)."""
-    if images.dim() != 4:
-        raise ValueError(f"{model_name} expects (B, 3, H, W) images, got shape "
-                         f"{tuple(images.shape)}")
-    height, width = images.shape[-2:]
-    if height % 32 or width % 32:
-        raise ValueError(f"{model_name} needs H and W divisible by 32, got {height}x{width}")
-
-
-def build_model(config: ModelConfig, backbone_weights: str | Path | None = None) -> nn.Module:
-    """A randomly initialised model for ``config``; ``backbone_weights`` loads local weights.
-
-    The config's family picks the network: an :class:`IAUNet` for :class:`IAUNetConfig`, a
-    :class:`~napari_iaunet.model.pctrans.PCTrans` for
-    :class:`~napari_iaunet.model.config.PCTransConfig`, a torchvision Mask R-CNN for
-    :class:`~napari_iaunet.model.config.MaskRCNNConfig` (``backbone_weights`` may then be a
-    COCO Mask R-CNN or ResNet state dict).
-    """
-    if config.family == "maskrcnn":
-        from .maskrcnn import build_maskrcnn
-
-        return build_maskrcnn(config, backbone_weights)
-    if config.family == "pctrans":
-        from .pctrans import build_pctrans
-
-        return build_pctrans(config, backbone_weights)
+def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:
+    """A randomly initialised IAUNet for ``config`` (``backbone_weights``: a local backbone file
+    or ``"imagenet"``, see :func:`~napari_iaunet.model.encoder.build_encoder`). Any family:
+    :func:`napari_iaunet.model.build_model`."""
     encoder = build_encoder(
         config.backbone, img_size=config.input_size, pretrained_path=backbone_weights
     )

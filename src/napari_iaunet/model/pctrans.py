@@ -13,7 +13,7 @@ from .config import PCTransConfig
 from .decoder import IAUNetDecoder
 from .deformable import DeformablePixelDecoder
 from .encoder import Encoder, build_encoder
-from .iaunet import check_images
+from .inputs import check_images
 
 __all__ = ["PCTrans", "build_pctrans"]
 

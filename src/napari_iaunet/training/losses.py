@@ -24,7 +24,9 @@ across all outputs) with ``query_embeddings``; weights ``weight_centre`` / ``wei
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +36,8 @@ import torch.nn.functional as F
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
-__all__ = ["SetCriterion", "num_masks_across_processes", "sample_uncertain_points"]
+__all__ = ["SET_LOSS_KEYS", "SetCriterion", "num_masks_across_processes", "sample_uncertain_points",
+           "set_training_loss"]
 
 
 @torch.no_grad()
@@ -328,3 +331,35 @@ class SetCriterion(torch.nn.Module):
         """``Σ weight_of(key) × value`` over every term (not the total itself)."""
         terms = [self.weight_of(k) * v for k, v in losses.items() if k != "loss"]
         return torch.stack(terms).sum()
+
+
+SET_LOSS_KEYS = ("loss", "loss_ce", "loss_bce", "loss_dice")
+
+
+def set_training_loss(model_config: Any, cfg: Any, device: torch.device
+                      ) -> tuple[Callable[..., dict[str, torch.Tensor]], tuple[str, ...]]:
+    """The query families' training loss (IAUNet, PCTrans: the registry names it): ``fn(net,
+    images, targets, autocast)`` running the network and the :class:`SetCriterion` configured
+    by the :class:`~napari_iaunet.training.TrainConfig` ``cfg``, and the terms to report."""
+    criterion = SetCriterion(
+        model_config.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
+        weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
+        num_points=cfg.num_points, weight_centre=cfg.weight_centre, weight_qec=cfg.weight_qec,
+        weight_mcc=cfg.weight_mcc, qec_temperature=cfg.qec_temperature,
+        mcc_temperature=cfg.mcc_temperature,
+        query_groups=getattr(model_config, "query_groups", 1),
+        num_queries=getattr(model_config, "num_queries", None)).to(device)
+    keys = SET_LOSS_KEYS
+    if getattr(model_config, "centre_guidance", False):
+        keys += ("loss_centre",)
+    if getattr(model_config, "contrast_losses", False):
+        keys += ("loss_qec", "loss_mcc")
+
+    def set_loss(net: torch.nn.Module, images: torch.Tensor,
+                 targets: list[dict[str, torch.Tensor]],
+                 autocast: Callable[[], AbstractContextManager]) -> dict[str, torch.Tensor]:
+        with autocast():
+            outputs = net(images)
+        return criterion(outputs, targets)
+
+    return set_loss, keys

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torchvision.ops import masks_to_boxes
 
-__all__ = ["MASKRCNN_LOSS_KEYS", "maskrcnn_training_losses", "rcnn_targets"]
+__all__ = ["MASKRCNN_LOSS_KEYS", "maskrcnn_training_loss", "maskrcnn_training_losses",
+           "rcnn_targets"]
 
 MASKRCNN_LOSS_KEYS = ("loss", "loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness",
                       "loss_rpn_box_reg")
@@ -57,3 +59,9 @@ def maskrcnn_training_losses(
     losses = {k: v.float() for k, v in losses.items()}
     losses["loss"] = torch.stack(list(losses.values())).sum()
     return losses
+
+
+def maskrcnn_training_loss(model_config: Any, cfg: Any, device: torch.device
+                           ) -> tuple[Callable[..., dict[str, torch.Tensor]], tuple[str, ...]]:
+    """Mask R-CNN's training loss for the registry: torchvision's terms, nothing to configure."""
+    return maskrcnn_training_losses, MASKRCNN_LOSS_KEYS

@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.config import IAUNetConfig, ModelConfig, config_from_dict
+from ..model.config import IAUNetConfig, ModelConfig
+from ..model.registry import config_from_dict, family_of
 from . import distributed as ddp
 from .augment import AugmentConfig
 from .callbacks import JsonlLog, TrainCallback, plot_loss_curve
 from .dataset import AnnotatedImage, AnnotatedImages, TrainingDataset, collate, normalisation_stats
-from .losses import SetCriterion
 from .matcher import NUM_POINTS
 
 __all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "ValidationCancelled",
@@ -306,40 +306,13 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
 # ---------------------------------------------------------------------------------- training
 LossFn = Callable[[torch.nn.Module, torch.Tensor, list[dict[str, torch.Tensor]],
                    Callable[[], contextlib.AbstractContextManager]], dict[str, torch.Tensor]]
-IAUNET_LOSS_KEYS = ("loss", "loss_ce", "loss_bce", "loss_dice")
 
 
 def training_loss(model_config: ModelConfig, cfg: TrainConfig, device: torch.device
                   ) -> tuple[LossFn, tuple[str, ...]]:
     """The family's training loss ``fn(net, images, targets, autocast) -> {"loss": …, …}`` and
     the terms to report each step. ``autocast()`` opens the run's mixed-precision context."""
-    if model_config.family == "maskrcnn":
-        from .maskrcnn_loss import MASKRCNN_LOSS_KEYS, maskrcnn_training_losses
-
-        return maskrcnn_training_losses, MASKRCNN_LOSS_KEYS
-    criterion = SetCriterion(
-        model_config.num_classes, weight_ce=cfg.weight_ce, weight_bce=cfg.weight_bce,
-        weight_dice=cfg.weight_dice, no_object_weight=cfg.no_object_weight,
-        num_points=cfg.num_points, weight_centre=cfg.weight_centre, weight_qec=cfg.weight_qec,
-        weight_mcc=cfg.weight_mcc, qec_temperature=cfg.qec_temperature,
-        mcc_temperature=cfg.mcc_temperature,
-        query_groups=getattr(model_config, "query_groups", 1),
-        num_queries=getattr(model_config, "num_queries", None)).to(device)
-    keys = IAUNET_LOSS_KEYS
-    if getattr(model_config, "centre_guidance", False):
-        keys += ("loss_centre",)
-    if getattr(model_config, "contrast_losses", False):
-        keys += ("loss_qec", "loss_mcc")
-
-    def set_loss(net: torch.nn.Module, images: torch.Tensor,
-                 targets: list[dict[str, torch.Tensor]],
-                 autocast: Callable[[], contextlib.AbstractContextManager]
-                 ) -> dict[str, torch.Tensor]:
-        with autocast():
-            outputs = net(images)
-        return criterion(outputs, targets)
-
-    return set_loss, keys
+    return family_of(model_config).training_loss(model_config, cfg, device)
 
 
 def freeze_batchnorm(model: torch.nn.Module) -> int:

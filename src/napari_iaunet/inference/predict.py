@@ -1,0 +1,55 @@
+"""A forward pass and the family's post-processing: prepared images → :class:`Instances`.
+
+The model registry names one of these per family (``ModelFamily.predict``); the
+:class:`~napari_iaunet.inference.Segmenter` calls it for every batch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..instances import Instances
+from .device import autocast
+from .preprocess import PreparedImage, pad_batch
+
+if TYPE_CHECKING:
+    from .segmenter import Segmenter
+
+__all__ = ["predict_detections", "predict_queries"]
+
+
+@torch.inference_mode()
+def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage]) -> list[Instances]:
+    """Query models (IAUNet, PCTrans): one padded batch in, per-query class scores and masks
+    out, post-processed with the segmenter's effective settings."""
+    from .postprocess import postprocess
+
+    batch = pad_batch([p.tensor for p in prepared])
+    if segmenter.fuse and segmenter.device.type == "cpu":  # the fused CPU copy is channels-last
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with autocast(segmenter.device, segmenter.amp):
+        outputs = segmenter.inference_model()(batch, with_aux=False)
+    padded = tuple(batch.shape[-2:])
+    settings = segmenter.effective_settings()
+    return [
+        postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
+                    p.resized_shape, p.original_shape, settings)
+        for i, p in enumerate(prepared)
+    ]
+
+
+@torch.inference_mode()
+def predict_detections(segmenter: Segmenter, prepared: list[PreparedImage]) -> list[Instances]:
+    """Mask R-CNN: unpadded images in, boxes + 28×28 masks out, pasted inside their boxes."""
+    from .detections import detections_to_instances
+
+    images = [p.tensor[:, :p.resized_shape[0], :p.resized_shape[1]] for p in prepared]
+    with autocast(segmenter.device, segmenter.amp):
+        outputs = segmenter.model.detect(images, score_threshold=segmenter.settings.score_threshold)
+    return [
+        detections_to_instances(o["boxes"], o["scores"], o["labels"], o["masks"],
+                                p.resized_shape, p.original_shape, segmenter.settings)
+        for o, p in zip(outputs, prepared)
+    ]
