@@ -156,3 +156,31 @@ def test_record_default_sha256_writes_sha256sum_format(tmp_path):
     assert record == tmp_path / DEFAULT_SHA256_NAME
     assert record.read_text(encoding="utf-8") == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  iaunet_default.pt\n")
+
+
+def test_train_default_model_install_records_the_sha256(tmp_path, monkeypatch):
+    """scripts/train_default_model.py --install replaces the default and its record together."""
+    import importlib.util
+
+    import torch
+
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.model import IAUNetConfig, build_model
+
+    spec = importlib.util.spec_from_file_location(
+        "train_default_model", REPO_ROOT / "scripts" / "train_default_model.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "weights").mkdir()
+    monkeypatch.setattr(script, "REPO", tmp_path)
+    monkeypatch.setattr(weights, "_PACKAGE_WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(weights, "_REPO_WEIGHTS", None)
+    monkeypatch.delenv("NAPARI_IAUNET_WEIGHTS_DIR", raising=False)
+    torch.manual_seed(0)
+    best = save_checkpoint(tmp_path / "best.pt", build_model(
+        IAUNetConfig(backbone="resnet18", num_queries=6, input_size=64)), {})
+    report = {"data": {"synthetic": {"licence": "BSD-3-Clause"}},
+              "unseen": {"synthetic": {"metrics": {"AP": 0.1, "AP50": 0.2}}},
+              "command": "test", "image_side": 64}
+    script.install(best, report, overwrite=False)
+    assert default_weights() == tmp_path / "weights" / DEFAULT_WEIGHTS_NAME  # record matches
