@@ -255,7 +255,7 @@ def evaluate_unseen(weights: Path, data: Path, data_dir: Path, out: Path) -> dic
 def install(best: Path, report: dict, overwrite: bool) -> None:
     """Store ``best`` as the bundled default (float16) with the recipe in its metadata."""
     from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
-    from napari_iaunet.weights import DEFAULT_WEIGHTS_NAME
+    from napari_iaunet.weights import DEFAULT_WEIGHTS_NAME, record_default_sha256
 
     loaded = load_checkpoint(best)
     meta = dict(loaded.metadata)
@@ -270,6 +270,7 @@ def install(best: Path, report: dict, overwrite: bool) -> None:
     meta.setdefault("image_side", report["image_side"])  # runs from before the trainer stored it
     target = REPO / "weights" / DEFAULT_WEIGHTS_NAME
     save_checkpoint(target, loaded.model, meta, half=True, overwrite=overwrite)
+    record_default_sha256(target)  # weights/iaunet_default.pt.sha256: what the package checks
     print(f"installed {target} ({target.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 

@@ -51,5 +51,6 @@ def no_weights_dir(monkeypatch, tmp_path):
     empty = tmp_path / "no_weights"
     empty.mkdir()
     monkeypatch.setattr(weights, "_REPO_WEIGHTS", empty)
+    monkeypatch.setattr(weights, "_PACKAGE_WEIGHTS", empty)  # tests run against a wheel install
     monkeypatch.delenv("NAPARI_IAUNET_WEIGHTS_DIR", raising=False)
     return empty

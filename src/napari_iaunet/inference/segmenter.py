@@ -103,10 +103,14 @@ class Segmenter:
     def from_checkpoint(cls, path: str | Path | None = None, **kwargs) -> Segmenter:
         """Load a checkpoint (the bundled default when ``path`` is None) into a Segmenter."""
         from ..checkpoint import load_checkpoint
-        from ..weights import default_weights
+        from ..weights import default_weights, is_default, verify_default
 
+        if path is None:
+            path = default_weights()  # checked against its recorded SHA-256
+        elif is_default(path):
+            verify_default(path)  # the default picked by its path (segment widget, --weights)
         device = select_device(kwargs.pop("device", "auto"))
-        loaded = load_checkpoint(default_weights() if path is None else path, device=device)
+        loaded = load_checkpoint(path, device=device)
         seg = cls(loaded.model, device=device, **kwargs)
         seg.checkpoint_info = loaded.info
         return seg
