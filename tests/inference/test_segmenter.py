@@ -181,3 +181,22 @@ def test_tiles_of_a_uint16_image_share_one_intensity_stretch(segmenter, monkeypa
     background = [c for c in seen if c.max() < 50]  # tiles left of the bright region
     assert background and all(c.std() < 2.0 for c in background)  # noise stays faint
     assert whole.max() == 255 and whole[:, :90].max() < 50
+
+
+@pytest.mark.parametrize("tile_size", [None, 64])
+def test_a_uint8_image_and_its_uint16_or_float_copy_give_the_same_instances(segmenter,
+                                                                            tile_size):
+    """Percentile intensity scaling (every model since 2026-12-03): the dtype does not matter,
+    whole or tiled. The fixture keeps every query (score threshold 0), so all masks compare."""
+    from skimage import data
+
+    assert segmenter.config.intensity == "percentile"
+    image = data.camera()[::4, ::4][:96, :112]  # a real picture, 96×112
+    seg = Segmenter(segmenter.model, device="cpu", settings=segmenter.settings,
+                    tile_size=tile_size)
+    reference = seg.segment(image)
+    assert len(reference) > 0
+    for copy in (image.astype(np.uint16), image.astype(np.uint16) * 257, image / 255.0):
+        got = seg.segment(copy)
+        np.testing.assert_allclose(got.scores, reference.scores, atol=1e-4)
+        np.testing.assert_array_equal(got.to_dense(), reference.to_dense())
