@@ -9,7 +9,7 @@ What the fine-tune widget does, without the GUI: the two 1080×1080 brightfield 
 held-out test image. The start model (``--weights``; by default the bundled
 ``weights/iaunet_default.pt``, which must exist: pass ``--weights`` otherwise) segments both; then
 it is fine-tuned on the training image with the widget's own settings
-(:func:`napari_iaunet._widgets.finetune_widget.make_train_config`, defaults 200 steps, batch 2,
+(:func:`napari_iaunet.training.finetune.make_train_config`, defaults 200 steps, batch 2,
 lr 5e-5, the model's input size, augmentation on, a checkpoint every 25 steps) and the result
 segments both again. Without a validation image (the only other image is the test image, which
 must not choose the checkpoint) ``best.pt`` is the checkpoint with the lowest smoothed training
@@ -54,7 +54,7 @@ MATCH_SCORE = 0.5  # detections counted by precision / recall / F1
 
 
 def _args() -> argparse.Namespace:
-    from napari_iaunet._widgets.finetune_widget import FineTuneSettings
+    from napari_iaunet.training.finetune import FineTuneSettings
 
     d = FineTuneSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -109,9 +109,9 @@ def _fold(args: argparse.Namespace, weights: Path, train_item: Any, test_item: A
           runs: Path) -> dict[str, Any]:
     import torch
 
-    from napari_iaunet._widgets.finetune_widget import FineTuneSettings, make_train_config
     from napari_iaunet.checkpoint import read_checkpoint_info
     from napari_iaunet.training import PrintProgress, train
+    from napari_iaunet.training.finetune import FineTuneSettings, make_train_config
 
     info = read_checkpoint_info(weights)
     settings = FineTuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size,

@@ -18,18 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_iaunet._widgets.finetune_widget import (
-    FineTuneSettings,
-    FineTuneWidget,
-    default_output_dir,
-    free_run_dir,
-    make_train_config,
-    points_for,
-    read_run,
-)
+from napari_iaunet._widgets.finetune_widget import FineTuneWidget
 from napari_iaunet._widgets.layer_group import add_group_for_image, groups_for_image
 from napari_iaunet._widgets.loss_plot import LossPlot
 from napari_iaunet.instances import Instances
+from napari_iaunet.training.finetune import read_run
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,52 +53,6 @@ def _tiny_settings(widget, steps, every):
     widget.size_spin.setValue(64)
     widget.augment_check.setChecked(False)  # flips stay; the loss curve is smoother
     widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-
-
-# ---------------------------------------------------------------------------------- pure helpers
-def test_train_config_and_run_folders(tmp_path, monkeypatch):
-    import napari_iaunet
-
-    cfg = make_train_config(FineTuneSettings(augment=False, every=7), tmp_path / "r",
-                            input_size=512)
-    assert (cfg.steps, cfg.batch_size, cfg.lr) == (200, 2, 5e-5)
-    assert cfg.val_every == cfg.checkpoint_every == 7
-    assert cfg.scale_range == (1.0, 1.0) and cfg.normalisation == "keep"
-    assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
-    on = make_train_config(FineTuneSettings(), tmp_path, input_size=512)
-    assert on.scale_range == (0.8, 1.5) and on.augment
-    new = make_train_config(FineTuneSettings(), tmp_path, input_size=512, new_model=True)
-    assert new.normalisation == "data"
-    assert on.freeze_batchnorm and not new.freeze_batchnorm  # a start model keeps its statistics
-    # augment off is off for real: no flips and no rotations either, only the resize
-    from napari_iaunet.training.augment import AugmentConfig
-    from napari_iaunet.training.trainer import augment_config_for
-
-    assert cfg.augment is False
-    assert augment_config_for(cfg, 512) == AugmentConfig.resize_only(512)
-    assert augment_config_for(on, 512) == AugmentConfig(input_size=512, scale_range=(0.8, 1.5))
-
-    class Src:
-        path = str(tmp_path / "plates" / "plate 1.tif")
-
-    class Layer:
-        name = "plate 1"
-        source = Src()
-
-    (tmp_path / "plates").mkdir()
-    beside = default_output_dir(Layer())
-    assert beside == tmp_path / "plates" / "plate_1_iaunet_finetune"
-    beside.mkdir()
-    (beside / "log.jsonl").write_text("")
-    assert default_output_dir(Layer()) == tmp_path / "plates" / "plate_1_iaunet_finetune_2"
-    assert free_run_dir(beside) == beside.with_name("plate_1_iaunet_finetune_2")
-    Layer.source = None
-    assert default_output_dir(Layer(), home=tmp_path) == (
-        tmp_path / "napari-iaunet" / "runs" / "plate_1_finetune")
-    # an image inside the package never puts a run there
-    Src.path = str(Path(napari_iaunet.__file__).parent / "img.png")
-    Layer.source = Src()
-    assert default_output_dir(Layer(), home=tmp_path).parent == tmp_path / "napari-iaunet" / "runs"
 
 
 def test_loss_plot_draws_loss_and_ap(qtbot):

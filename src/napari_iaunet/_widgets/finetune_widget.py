@@ -22,9 +22,7 @@ The run folder is the trainer's (``best.pt``, ``last.pt``, ``state.pt``, ``log.j
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +48,19 @@ from qtpy.QtWidgets import (
 
 from ..model.registry import new_model_config, new_models  # no torch: safe to import
 from ..training.callbacks import TrainCallback, format_duration  # no torch: safe to import
+from ..training.finetune import (  # no torch: safe to import
+    CocoEntry,
+    DataError,
+    FineTuneSettings,
+    default_run_dir,
+    free_run_dir,
+    holds_run,
+    inside_package,
+    make_train_config,
+    pairing_problem,
+    read_run,
+    scan_coco_folder,
+)
 from . import _qt_utils as qtu
 from ._torch_guard import make_torch_import_safe
 from .layer_group import HUB, InstanceGroup, current_group, groups
@@ -62,81 +73,16 @@ if TYPE_CHECKING:
 
     from ..training import AnnotatedImage, AnnotatedImages, TrainConfig
 
-__all__ = [
-    "FineTuneSettings",
-    "FineTuneWidget",
-    "Pair",
-    "default_output_dir",
-    "find_pairs",
-    "make_train_config",
-    "points_for",
-    "read_run",
-]
+__all__ = ["FineTuneWidget", "Pair", "default_output_dir", "find_pairs"]
 
 BROWSE = "Browse…"
 SEGMENT_MODEL = "<segment widget>"
 NEW_MODEL = "new:"  # prefix of the "start from" entries that build a new model (registry presets)
-RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")  # the trainer's
 LR_CHOICES = ("1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3")
-PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ERROR_STYLE = "color:#e06c5a"
 
 
-# ---------------------------------------------------------------------------------- settings
-@dataclass
-class FineTuneSettings:
-    """What the settings controls stand for; the defaults suit a handful of corrected images.
-
-    200 steps of batch 2 show every image of a small set dozens of times under augmentation; the
-    learning rate is half the from-scratch one (the start model is already trained);
-    validation (with a validation image) and checkpoints every 25 steps keep *Cancel* cheap.
-    """
-
-    steps: int = 200
-    lr: float = 5e-5
-    batch_size: int = 2
-    input_size: int | None = None  # None: the model's
-    augment: bool = True
-    device: str = "auto"
-    every: int = 25  # validate and write last.pt every N steps
-
-
-def points_for(input_size: int) -> int:
-    """Sampled points per mask for the mask losses: the paper's 12 544 at a 512-px input, scaled
-    with the number of predicted mask pixels for smaller inputs (at least 256)."""
-    return int(min(PAPER_POINTS, max(256, round(PAPER_POINTS * (input_size / 512) ** 2))))
-
-
-def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_size: int,
-                      resume: bool = False, new_model: bool = False) -> TrainConfig:
-    """The :class:`~napari_iaunet.training.TrainConfig` the widget runs (the benchmark uses it
-    too). ``input_size`` is the size actually trained at (the settings' or the model's).
-    Fine-tuning keeps the model's intensity normalisation and its BatchNorm statistics (batches of
-    two images of one plate would drag them towards that plate); a ``new_model`` takes the
-    training images' statistics and learns its BatchNorm statistics."""
-    from ..training import TrainConfig
-
-    every = max(1, int(settings.every))
-    kwargs: dict[str, Any] = dict(
-        out_dir=Path(out_dir), steps=int(settings.steps), batch_size=int(settings.batch_size),
-        lr=float(settings.lr), min_lr=min(1e-6, float(settings.lr) / 10),
-        input_size=int(input_size), num_points=points_for(int(input_size)),
-        val_every=every, checkpoint_every=every, device=settings.device, resume=resume,
-        normalisation="data" if new_model else "keep", freeze_batchnorm=not new_model,
-    )
-    if not settings.augment:
-        # no flips, 90° rotations or scale jitter; the unused scale range is recorded as (1, 1)
-        # too, so the run's stored config reads the same to anything that looks only at it
-        kwargs.update(augment=False, scale_range=(1.0, 1.0))
-    return TrainConfig(**kwargs)
-
-
 # ---------------------------------------------------------------------------------- data
-class DataError(ValueError):
-    """The ticked data cannot train a model; the message says why."""
-
-
 @dataclass
 class Pair:
     """An instance group and the image layer it belongs to (one training image)."""
@@ -182,12 +128,6 @@ class Pair:
                               name=name or self.group.name)
 
 
-def _image_shape(layer: Image, frame: tuple[int, ...] | None) -> tuple[int, int]:
-    data = layer.data[0] if layer.multiscale else layer.data
-    shape = tuple(data.shape[:-1] if layer.rgb else data.shape)
-    return (int(shape[-2]), int(shape[-1])) if len(shape) >= 2 else (0, 0)
-
-
 def find_pairs(viewer: Viewer) -> list[Pair]:
     """Every instance group of the viewer with its image layer (or why it cannot train)."""
     from napari.layers import Image
@@ -196,26 +136,24 @@ def find_pairs(viewer: Viewer) -> list[Pair]:
     for group in groups(viewer):
         name = group.image_name
         layer = next((lay for lay in viewer.layers if lay.name == name), None)
-        problem = None
         if not isinstance(layer, Image):
             layer = None
             problem = f"its image '{name}' is not open" if name else "it has no image"
         else:
-            frame = group.info.get("frame") or None
             data = layer.data[0] if layer.multiscale else layer.data
-            if frame and (len(frame) > data.ndim - 2 or any(
-                    int(f) >= s for f, s in zip(frame, data.shape))):
-                problem = f"frame {tuple(frame)} is not in '{name}'"
-            else:
-                spatial = layer.ndim - (len(frame) if frame else 0)
-                shape = _image_shape(layer, tuple(frame) if frame else None)
-                if spatial != 2:
-                    problem = f"'{name}' is not a 2-D image (a stack without a frame)"
-                elif shape != group.image_shape:
-                    problem = (f"the cells are {group.image_shape[0]}×{group.image_shape[1]} but "
-                               f"'{name}' is {shape[0]}×{shape[1]}")
+            frame = group.info.get("frame") or None
+            problem = pairing_problem(name, tuple(data.shape), bool(layer.rgb),
+                                      tuple(int(f) for f in frame) if frame else None,
+                                      group.image_shape)
         pairs.append(Pair(group, layer, problem))
     return pairs
+
+
+def default_output_dir(image_layer: Image | None, home: Path | None = None) -> Path:
+    """Where a run of ``image_layer`` goes (:func:`~napari_iaunet.training.finetune.
+    default_run_dir`: beside its file, else under ``~/napari-iaunet/runs``; free)."""
+    source = getattr(getattr(image_layer, "source", None), "path", None) if image_layer else None
+    return default_run_dir(source, image_layer.name if image_layer is not None else None, home)
 
 
 def _current_pair(viewer: Viewer, pairs: list[Pair]) -> Pair | None:
@@ -229,130 +167,6 @@ def _current_pair(viewer: Viewer, pairs: list[Pair]) -> Pair | None:
             return mine[-1]
     group = current_group(viewer)
     return next((p for p in pairs if group is not None and p.group is group), None)
-
-
-@dataclass
-class CocoEntry:
-    """A COCO file (and its image folder) found in a folder the user added."""
-
-    json_path: Path
-    image_dir: Path
-    n_images: int
-    n_cells: int
-    n_categories: int
-
-    @property
-    def spec(self) -> str:
-        return f"{self.json_path}:{self.image_dir}"
-
-    def label(self) -> str:
-        return (f"COCO {self.json_path.parent.name}/{self.json_path.name} · "
-                f"{_count(self.n_images, 'image')}, {_count(self.n_cells, 'cell')}")
-
-
-def scan_coco_folder(folder: str | Path) -> list[CocoEntry]:
-    """The COCO instance files of ``folder`` (images in ``folder/images`` or beside them).
-
-    Raises :class:`DataError` naming the problem: no COCO file, or images that are missing.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder")
-    entries, problems = [], []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            coco = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            problems.append(f"{path.name}: not readable JSON ({exc})")
-            continue
-        if not (isinstance(coco, dict) and isinstance(coco.get("images"), list)
-                and isinstance(coco.get("annotations"), list)):
-            continue  # some other JSON file
-        image_dir = folder / "images" if (folder / "images").is_dir() else folder
-        names = [str(im.get("file_name", "")) for im in coco["images"]]
-        missing = [n for n in names if not (image_dir / n).is_file()]
-        if missing:
-            problems.append(f"{path.name}: {len(missing)} of {len(names)} images are not in "
-                            f"{image_dir} (first: {missing[0]})")
-            continue
-        cells = sum(1 for a in coco["annotations"] if not a.get("iscrowd", 0))
-        entries.append(CocoEntry(path, image_dir, len(names), cells,
-                                 len(coco.get("categories") or [])))
-    if not entries:
-        raise DataError("; ".join(problems) if problems else
-                        f"no COCO instance file (*.json with images and annotations) in {folder}")
-    return entries
-
-
-# ---------------------------------------------------------------------------------- run folders
-def holds_run(folder: str | Path) -> bool:
-    folder = Path(folder)
-    return folder.is_dir() and any((folder / n).exists() for n in RUN_FILES)
-
-
-def free_run_dir(folder: str | Path) -> Path:
-    """``folder`` when it holds no run, else the first free ``folder_2``, ``folder_3``, …"""
-    folder = Path(folder)
-    if not holds_run(folder) and not (folder.exists() and not folder.is_dir()):
-        return folder
-    base = re.sub(r"_\d+$", "", folder.name)
-    n = 2
-    while True:
-        candidate = folder.with_name(f"{base}_{n}")
-        if not candidate.exists() or (candidate.is_dir() and not holds_run(candidate)):
-            return candidate
-        n += 1
-
-
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "image"
-
-
-def default_output_dir(image_layer: Image | None, home: Path | None = None) -> Path:
-    """Beside the image file (``<folder>/<stem>_iaunet_finetune``), or for an image that did not
-    come from a file ``~/napari-iaunet/runs/<name>_finetune``; never in the package; free."""
-    source = getattr(getattr(image_layer, "source", None), "path", None) if image_layer else None
-    home = home or Path.home()
-    if source:
-        src = Path(str(source))
-        folder = src.parent / f"{_safe_name(src.stem)}_iaunet_finetune"
-    else:
-        name = _safe_name(image_layer.name) if image_layer is not None else "model"
-        folder = home / "napari-iaunet" / "runs" / f"{name}_finetune"
-    if _inside_package(folder):
-        folder = home / "napari-iaunet" / "runs" / folder.name
-    return free_run_dir(folder)
-
-
-def _inside_package(path: Path) -> bool:
-    try:
-        path.expanduser().resolve().relative_to(PACKAGE_DIR)
-    except ValueError:
-        return False
-    return True
-
-
-def read_run(folder: str | Path) -> dict[str, Any] | None:
-    """What a run folder holds, from its ``log.jsonl``: steps done, total, how it ended, the last
-    start's settings and every record (None when the folder holds no log)."""
-    log = Path(folder) / "log.jsonl"
-    if not log.is_file():
-        return None
-    from ..training.callbacks import read_log
-
-    records = read_log(log)
-    starts = [r for r in records if r.get("event") == "start"]
-    steps = [r for r in records if r.get("event") == "step"]
-    ends = [r for r in records if r.get("event") == "end"]
-    checkpoints = [r for r in records if r.get("event") == "checkpoint"]
-    step = max([int(r.get("step", 0)) for r in steps + ends + checkpoints] or [0])
-    total = int(starts[-1].get("total_steps", 0)) if starts else 0
-    return {"records": records, "step": step, "total": total,
-            "ended": ends[-1].get("reason") if ends and (not starts or ends[-1]["time"]
-                                                          >= starts[-1]["time"]) else None,
-            "train_config": starts[-1].get("train_config", {}) if starts else {},
-            "model_config": starts[-1].get("model_config", {}) if starts else {},
-            "resumable": (Path(folder) / "state.pt").is_file()}
 
 
 # ---------------------------------------------------------------------------------- worker side
@@ -1008,7 +822,7 @@ class FineTuneWidget(QWidget):
         run = read_run(out) if out is not None else None
         if out is None:
             text = f"<span style='{ERROR_STYLE}'>Choose an output folder.</span>"
-        elif _inside_package(out):
+        elif inside_package(out):
             text = (f"<span style='{ERROR_STYLE}'>Not inside the napari-iaunet package: choose "
                     "another folder.</span>")
         elif run is not None:
@@ -1084,7 +898,7 @@ class FineTuneWidget(QWidget):
             return
         running = self._worker is not None
         out = self.output_dir
-        out_ok = out is not None and not _inside_package(out)
+        out_ok = out is not None and not inside_package(out)
         ready = getattr(self, "_data_ok", False) and self._model_info is not None and out_ok
         self.train_btn.setEnabled(ready and not running)
         self.cancel_btn.setEnabled(running)
@@ -1135,7 +949,7 @@ class FineTuneWidget(QWidget):
         if out is None:
             self._set_status("Not started: choose an output folder.", error=True)
             return None
-        if _inside_package(out):
+        if inside_package(out):
             self._set_status(f"Not started: {out} is inside the napari-iaunet package; choose a "
                              "folder of your own.", error=True)
             return None
