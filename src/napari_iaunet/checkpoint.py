@@ -296,7 +296,8 @@ def _unsafe_global(text: str) -> str | None:
     match = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
     if match:
         return match.group(1)
-    if "Weights only load failed" in text:
+    if "Weights only load failed" in text and re.search(
+            r"GLOBAL |add_safe_globals|allowlist|unrecognized function", text):
         return "an object that is not a tensor"
     return None
 

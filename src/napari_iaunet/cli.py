@@ -57,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-iaunet`` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never let timm reach for a model hub
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad option (2, argparse printed why)
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
