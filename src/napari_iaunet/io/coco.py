@@ -493,6 +493,8 @@ def validate_coco(coco: Any, source: str = "COCO data") -> dict:
             problem(f"{name}: 'score' must be a finite number, got {ann['score']!r}")
     if problems:
         more = " (further checks stopped)" if len(problems) >= _MAX_PROBLEMS else ""
+        if len(problems) == 1:
+            raise ValueError(f"{source}: invalid COCO data: {problems[0]}")
         raise ValueError(f"{source}: invalid COCO data{more}:\n  " + "\n  ".join(problems))
     return coco
 
