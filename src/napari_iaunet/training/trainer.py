@@ -712,7 +712,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(
                     f"training diverged at step {step} (loss {values['loss']}); lower the "
-                    "learning rate or enable gradient clipping")
+                    "learning rate (--lr) or enable gradient clipping (--grad-clip)")
             loss_ema = (values["loss"] if loss_ema is None
                         else 0.95 * loss_ema + 0.05 * values["loss"])
             step_times.append(time.time() - t0)
