@@ -94,7 +94,7 @@ def _zero_queries(p):
 ])
 def test_info_refuses_what_segment_refuses(tiny_weights, tmp_path, capsys, change, needle):
     path = _variant(tiny_weights, tmp_path, change)
-    with pytest.raises(CheckpointError, match="variant.pt") as from_info:
+    with pytest.raises(CheckpointError, match=r"variant\.pt") as from_info:
         read_checkpoint_info(path)
     with pytest.raises(CheckpointError) as from_load:
         load_checkpoint(path)
