@@ -145,7 +145,7 @@ def test_intensity_image_as_labels_is_refused_in_seconds(tmp_path):
 
     noise = np.random.default_rng(0).integers(0, 4000, (1024, 1024)).astype(np.int32)
     t0 = time.monotonic()
-    with pytest.raises(ValueError, match="layer 'brightfield' does not look like cell labels"):
+    with pytest.raises(ValueError, match="'brightfield' does not look like cell labels"):
         write_coco_layers(str(tmp_path / "cells.json"), [(noise, {"name": "brightfield"},
                                                           "labels")])
     assert time.monotonic() - t0 < 10
