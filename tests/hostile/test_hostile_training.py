@@ -130,3 +130,28 @@ def test_stale_temp_files_are_removed_on_resume(tiny_coco, run_copy):
     keep.write_bytes(b"not ours")
     assert _train(tiny_coco, run_copy, "--resume", "--steps", "2") == 0
     assert not any(p.exists() for p in stale) and keep.exists()
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("lr", 0.0, "lr must be a number greater than 0"),
+    ("lr", float("nan"), "lr must be a number greater than 0"),
+    ("num_points", 0, "num_points must be a whole number ≥ 1"),
+    ("warmup_steps", -5, "warmup_steps must be a whole number ≥ 0"),
+    ("input_size", 0, "input_size must be a whole number ≥ 32"),
+    ("num_threads", 0, "num_threads must be a whole number ≥ 1"),
+    ("min_lr", -1.0, "min_lr must be 0 or more"),
+])
+def test_train_config_from_python_refuses_the_same_values(field, value, needle):
+    from napari_iaunet.training import TrainConfig
+
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig(**{field: value})
+
+
+def test_resume_from_a_state_whose_model_does_not_build(tiny_coco, run_copy, capsys):
+    state = torch.load(run_copy / "state.pt", weights_only=True)
+    state["model_config"] = {**state["model_config"], "backbone": "resnet999"}
+    torch.save(state, run_copy / "state.pt")
+    assert _train(tiny_coco, run_copy, "--resume", "--steps", "2") == 1
+    err = capsys.readouterr().err
+    assert "state.pt does not hold a usable model" in err and "--overwrite" in err
