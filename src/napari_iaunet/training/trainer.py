@@ -502,7 +502,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             model = build_model(mcfg)
             model.load_state_dict(resume_state["model"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ValueError(f"{run.state} does not hold a usable model ({exc}); start again "
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"{run.state} does not hold a usable model ({first}); start again "
                              "with --overwrite") from exc
         origin = resume_state.get("origin", "resume")
     else:
