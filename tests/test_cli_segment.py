@@ -71,8 +71,8 @@ def test_segment_errors_are_one_line(tiny_weights, tmp_path, capsys):
                  "-o", str(tmp_path / "o")]) == 1
     assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
     assert main(["segment", str(tmp_path / "a.png"), "-w", str(tiny_weights),
-                 "-o", str(tmp_path / "o"), "--threads", "0"]) == 1
-    assert "--threads must be at least 1" in capsys.readouterr().err
+                 "-o", str(tmp_path / "o"), "--threads", "0"]) == 2
+    assert "argument --threads: must be at least 1" in capsys.readouterr().err
 
 
 def test_segment_threads_and_cpu_batch_default(tiny_weights, images, tmp_path, monkeypatch):

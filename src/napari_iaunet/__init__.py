@@ -21,15 +21,26 @@ if TYPE_CHECKING:
     from .instances import Instances
 
 
-def segment(image: np.ndarray, weights: str | Path | None = None, **settings: Any) -> Instances:
-    """Segment one 2-D image with ``weights`` (the bundled default when None).
+def segment(image: np.ndarray | str | Path, weights: str | Path | None = None,
+            **settings: Any) -> Instances:
+    """Segment one 2-D image (an array, or the path of an image file) with ``weights`` (the
+    bundled default when None).
 
     ``settings`` go to :class:`napari_iaunet.inference.Segmenter` (``device``, ``tile_size``,
-    ``settings=PostprocessSettings(...)``, ...). For many images build one ``Segmenter`` and
-    reuse it.
+    ``settings=PostprocessSettings(...)`` or a dict of its fields, ...). For many images build
+    one ``Segmenter`` and reuse it.
     """
+    import os
+
     from .inference import Segmenter
 
+    if isinstance(image, (str, os.PathLike)):
+        from .io.images import read_image
+
+        image = read_image(image)
+    elif image is None:
+        raise TypeError("segment() needs an image: a numpy array (H×W gray or H×W×3 colour) "
+                        "or the path of an image file, got None")
     return Segmenter.from_checkpoint(weights, **settings).segment(image)
 
 

@@ -21,12 +21,18 @@ SNIFF_BYTES = 1 << 20
 
 
 def _looks_like_coco(path: Path) -> bool:
+    """A JSON object that names COCO's keys, or an empty object (refused later with a reason)."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:  # BOM allowed
             head = fh.read(SNIFF_BYTES)
     except OSError:
         return False
-    return head.lstrip().startswith("{") and ('"annotations"' in head or '"images"' in head)
+    head = head.strip()
+    if not head.startswith("{"):
+        return False
+    if "".join(head.split()) == "{}":
+        return True
+    return any(f'"{key}"' in head for key in ("annotations", "images", "categories"))
 
 
 def get_reader(path: str | list[str]) -> Callable[[str], list] | None:

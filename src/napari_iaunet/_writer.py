@@ -24,6 +24,10 @@ from ._widgets.layer_group import META_KEY, instances_from_label_images
 __all__ = ["coco_for_groups", "write_coco_layers"]
 
 DEFAULT_TOLERANCE = 1.0
+# a labels layer with more separate pieces than this many per label value (and more than
+# MIN_PIECES in all) is not cells: typically an intensity image converted to labels
+PIECES_PER_LABEL = 10
+MIN_PIECES = 1000
 
 
 def _confirm_overwrite_default(path: Path) -> bool:
@@ -69,6 +73,9 @@ def coco_for_groups(
     class_names: list[str] = []
     with_scores = False
     for label_images, info, scores, classes in groups:
+        name = str(info.get("image_label") or info.get("image") or "labels")
+        for array in label_images:
+            check_labels_for_export(np.asarray(array), name)
         inst = instances_from_label_images(label_images, scores, classes)
         instances_list.append(inst)
         file_name = info.get("image_file") or info.get("image_label") or info.get("image") or ""
@@ -86,6 +93,27 @@ def coco_for_groups(
         tolerance=DEFAULT_TOLERANCE if tolerance is None else float(tolerance),
         include_scores=with_scores,
     )
+
+
+def check_labels_for_export(array: np.ndarray, name: str) -> None:
+    """Refuse a labels layer that is not cells before the export spends minutes and gigabytes.
+
+    One value per cell, in one (or a few) connected pieces: a layer whose values are scattered
+    over the image in far more pieces than values is refused with a sentence saying so (each
+    value would become a crop as large as the image and hundreds of polygons).
+    """
+    from skimage.measure import label
+
+    n_ids = int(np.count_nonzero(np.unique(array)))
+    if n_ids == 0:
+        return
+    pieces = int(label(array, background=0, connectivity=2, return_num=True)[1])
+    if pieces > max(PIECES_PER_LABEL * n_ids, MIN_PIECES):
+        raise ValueError(
+            f"'{name}' does not look like cell labels: its {n_ids} label values are "
+            f"scattered in {pieces} separate pieces (an intensity image converted to labels?); "
+            "COCO export needs one region per cell: segment the image or draw the cells, then "
+            "save that layer")
 
 
 def group_layer_tuples(layer_data: Sequence[tuple[Any, dict, str]]

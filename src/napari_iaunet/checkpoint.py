@@ -226,7 +226,7 @@ def save_checkpoint(
     ``half=True`` stores floating-point weights as float16 (half the file size; loading casts
     back to float32). An existing file is only replaced when ``overwrite`` is True.
     """
-    from .io.atomic import atomic_path
+    from .io.atomic import atomic_torch_save
 
     config = getattr(model, "config", None)
     if not is_model_config(config):
@@ -247,33 +247,52 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        torch.save(payload, tmp)
-    return path
+    return atomic_torch_save(path, payload, overwrite=overwrite)
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True``; every failure becomes one CheckpointError.
+
+    ``what`` names the kind of file in the messages ("checkpoint", "training state").
+    """
     if not path.exists():
         raise CheckpointError(
-            f"checkpoint not found: {path} — pass an existing .pt/.ckpt file "
+            f"{what} not found: {path} — pass an existing .pt/.ckpt file "
             "(the bundled default lives in the weights/ folder)"
         )
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file: pick the .pt inside")
+        raise CheckpointError(f"{path} is a folder, not a {what} file: pick the .pt inside")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # every loader failure becomes one sentence
         text = str(exc)
-        detail = _loader_detail(text)
-        if "Unsupported global" in text:
+        unsafe = _unsafe_global(text)
+        if unsafe is not None:
             raise CheckpointError(
-                f"{path} contains Python objects that cannot be loaded safely ({detail}); "
-                "re-save just its weights with "
-                "torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')"
+                f"{path} was refused for safety: besides plain tensors it holds Python code or "
+                f"objects ({unsafe}) that would run when opened. Use a {what} written by "
+                "napari-iaunet; if the file comes from a source you trust, re-save its weights "
+                "alone with torch.save({'state_dict': ckpt['state_dict']}, 'weights.ckpt')"
             ) from exc
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated or corrupt file?): {detail}"
+            f"{path} is not a readable PyTorch {what} (truncated or corrupt file?): "
+            f"{_loader_detail(text)}"
         ) from exc
+
+
+def _unsafe_global(text: str) -> str | None:
+    """The Python name a refused ``weights_only`` load names, or None for other failures.
+
+    torch words it "Unsupported global: GLOBAL mod.name" or (2.14) "unsupported GLOBAL mod.name
+    whose module mod is blocked"; both sit under its "Weights only load failed" banner.
+    """
+    match = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
+    if match:
+        return match.group(1)
+    if "Weights only load failed" in text and re.search(
+            r"GLOBAL |add_safe_globals|allowlist|unrecognized function", text):
+        return "an object that is not a tensor"
+    return None
 
 
 def _loader_detail(text: str) -> str:
@@ -282,6 +301,66 @@ def _loader_detail(text: str) -> str:
     if marker in text:
         text = text.split(marker, 1)[1]
     return _first_line(text)
+
+
+def _check_config(path: Path, config: ModelConfig) -> None:
+    """Refuse configs no model can be built from (before any weights are compared)."""
+    queries = getattr(config, "num_queries", 1)
+    if not isinstance(queries, int) or queries < 1:
+        raise CheckpointError(f"{path} has an invalid model description: num_queries must be "
+                              f"a positive whole number, got {queries!r}")
+
+
+def _build_for(path: Path, config: ModelConfig, device: str | torch.device | None = None
+               ) -> torch.nn.Module:
+    """The model ``config`` describes (on the ``meta`` device: shapes only, no memory)."""
+    from .model import build_model
+
+    _check_config(path, config)
+    try:
+        if device == "meta":
+            with torch.device("meta"):
+                return build_model(config)
+        return build_model(config)
+    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path} describes a model that cannot be built "
+                              f"({_first_line(str(exc))}); it is damaged or from another "
+                              "version") from exc
+
+
+def _check_weights(path: Path, info: CheckpointInfo, state: dict,
+                   expected: dict[str, torch.Tensor]) -> None:
+    """Raise a CheckpointError when ``state`` does not fit the model or holds NaN/inf."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    not_tensors = [k for k in expected if k in state and not isinstance(state[k], torch.Tensor)]
+    wrong = [k for k in expected if k in state and k not in not_tensors
+             and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong or not_tensors:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. '{missing[0]}')")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unknown weights (e.g. '{unexpected[0]}')")
+        if not_tensors:
+            parts.append(f"{len(not_tensors)} entries that are not tensors "
+                         f"(e.g. '{not_tensors[0]}')")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. '{k}': file "
+                         f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
+        raise CheckpointError(
+            f"{path} does not match the model it describes ({info.config.describe()}): "
+            + "; ".join(parts)
+            + " — it was saved from a different architecture or version"
+        )
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({len(bad)} tensors, e.g. '{bad[0]}'): the "
+            "training that wrote it diverged. Use an earlier checkpoint (best.pt) or train "
+            "again with a lower --lr or with --grad-clip")
 
 
 def _first_line(text: str) -> str:
@@ -380,7 +459,9 @@ def read_checkpoint_info(
 ) -> CheckpointInfo:
     """Describe a checkpoint (config, metadata) without building its model."""
     path = Path(path).expanduser()
-    info, _ = _parse(path, _torch_load(path), overrides)
+    info, state = _parse(path, _torch_load(path), overrides)
+    # the same checks as load_checkpoint, on a shapes-only model: what info accepts, loads
+    _check_weights(path, info, state, _build_for(path, info.config, "meta").state_dict())
     return info
 
 
@@ -395,31 +476,10 @@ def load_checkpoint(
     authors' checkpoint). Weights that do not fit the architecture raise :class:`CheckpointError`
     naming how many and which keys differ — never a bare list of missing keys.
     """
-    from .model import build_model
-
     path = Path(path).expanduser()
     info, state = _parse(path, _torch_load(path), overrides)
-    model = build_model(info.config)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected
-             if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. '{missing[0]}')")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown weights (e.g. '{unexpected[0]}')")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of the wrong shape (e.g. '{k}': file "
-                         f"{tuple(state[k].shape)}, model {tuple(expected[k].shape)})")
-        raise CheckpointError(
-            f"{path} does not match the model it describes ({info.config.describe()}): "
-            + "; ".join(parts)
-            + " — it was saved from a different architecture or version"
-        )
+    model = _build_for(path, info.config)
+    _check_weights(path, info, state, model.state_dict())
     model.load_state_dict(state, strict=True)
     model.eval().to(device)
     return LoadedCheckpoint(model=model, info=info)

@@ -38,7 +38,9 @@ def test_jpeg_and_channel_layouts(tmp_path):
     rgb = RNG.integers(0, 255, (16, 16, 3), dtype=np.uint8)
     iio.imwrite(tmp_path / "a.jpg", rgb)
     assert read_image(tmp_path / "a.jpg").shape == (16, 16, 3)
-    tifffile.imwrite(tmp_path / "chw.tif", np.moveaxis(rgb, -1, 0), photometric="minisblack")
+    # colour stored plane by plane (planar RGB): the TIFF says so, it stays colour
+    tifffile.imwrite(tmp_path / "chw.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
     np.testing.assert_array_equal(read_image(tmp_path / "chw.tif"), rgb)
     tifffile.imwrite(tmp_path / "one.tif", rgb[..., :1])
     assert read_image(tmp_path / "one.tif").shape == (16, 16)
@@ -51,6 +53,6 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="cannot read image"):
         read_image(tmp_path / "bad.png")
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((5, 8, 8), np.uint8))
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="stack of 5 planes"):
         read_image(tmp_path / "stack.tif")
     assert read_image(tmp_path / "stack.tif", allow_stack=True).shape == (5, 8, 8)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .options import open_fraction, positive_int, score_fraction
 from .segment import add_duplicate_arguments, postprocess_settings
 
 
@@ -26,13 +27,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="with --weights: brightness matching on or off (default: the model's)")
     p.add_argument("--json", type=Path, default=None, help="also write all results as JSON here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    p.add_argument("--iou-threshold", type=float, default=0.5,
+    p.add_argument("--iou-threshold", type=open_fraction, default=0.5,
                    help="IoU for precision / recall / F1 / mean IoU (default 0.5)")
-    p.add_argument("--score-threshold", type=float, default=None,
+    p.add_argument("--score-threshold", type=score_fraction, default=None,
                    help="drop predictions below this score before the matching metrics, PQ and "
                         "AJI (AP always uses all); with --weights the default is 0.5, the "
                         "segment command's threshold")
-    p.add_argument("--max-dets", type=int, nargs="+", default=[100, 300, 1000],
+    p.add_argument("--max-dets", type=positive_int, nargs="+", default=[100, 300, 1000],
                    help="COCO maxDets; AP is read at the largest (default 100 300 1000)")
     p.add_argument("--per-image", action="store_true", help="add per-image metrics to the JSON")
     add_duplicate_arguments(p)  # with --weights: the segment command's duplicate handling

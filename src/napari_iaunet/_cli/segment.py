@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .options import fraction, non_negative_float, positive_int, score_fraction
+
 if TYPE_CHECKING:
     from ..inference import PostprocessSettings
 
@@ -29,9 +31,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-file", metavar="NAME.json", default=None,
                    help="write one COCO file for the whole set instead of one per image")
     p.add_argument("--rle", action="store_true", help="store masks as RLE (lossless)")
-    p.add_argument("--tolerance", type=float, default=1.0,
+    p.add_argument("--tolerance", type=non_negative_float, default=1.0,
                    help="polygon simplification tolerance in pixels (default 1.0)")
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--score-threshold", type=score_fraction, default=0.5,
+                   help="keep instances scoring at least this (0 to below 1, default 0.5)")
     add_duplicate_arguments(p)
     p.add_argument("--tile-size", default="auto",
                    help="'auto', 'off' or tile size in pixels for large images")
@@ -39,28 +42,66 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="shift each image's mean intensity to the model's training mean first "
                         "(default: as the model was trained)")
     p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images or tiles per forward pass (default: 4 on a GPU, 1 on the CPU)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (default: torch's choice; on a busy machine 1 can "
                         "be faster, see docs/performance.md)")
     p.add_argument("--overlay", action="store_true",
-                   help="also write a PNG picture of the instances over each image")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+                   help="also write a PNG picture of the instances over each image "
+                        "(NAME_overlay.png; such pictures beside their image are never taken "
+                        "as inputs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (COCO files and overlay pictures)")
+
+
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def _is_own_overlay(f: Path, siblings: set[str]) -> bool:
+    """Whether ``f`` is an overlay picture this command wrote for an image beside it."""
+    if not f.name.lower().endswith(OVERLAY_SUFFIX):
+        return False
+    base = f.name[: -len(OVERLAY_SUFFIX)]
+    return base in siblings
 
 
 def _expand(paths: list[Path]) -> list[Path]:
+    """Image files of ``paths`` (folders: their images, without our own overlay pictures)."""
     files: list[Path] = []
+    skipped = 0
     for p in paths:
         if p.is_dir():
-            files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(f for f in p.iterdir()
+                           if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            siblings = {f.stem for f in found} | {f.name for f in found}
+            kept = [f for f in found if not _is_own_overlay(f, siblings)]
+            skipped += len(found) - len(kept)
+            files.extend(kept)
         elif p.is_file():
             files.append(p)
         else:
             raise FileNotFoundError(f"image not found: {p}")
+    if skipped:
+        print(f"skipped {skipped} overlay picture(s) (NAME{OVERLAY_SUFFIX} beside the image "
+              "NAME): they are outputs of --overlay, not images to segment", file=sys.stderr)
     if not files:
         raise ValueError("no images to segment: give image files or folders (or --sample)")
     return files
+
+
+def output_stems(names: list[str]) -> dict[str, str]:
+    """File name → stem of its outputs: the stem, or the whole name where stems collide
+    (``x.png`` and ``x.tif`` → ``x.png.json`` and ``x.tif.json``)."""
+    by_stem: dict[str, list[str]] = {}
+    for n in names:
+        by_stem.setdefault(Path(n).stem, []).append(n)
+    stems = {n: (Path(n).stem if len(group) == 1 else n)
+             for group in by_stem.values() for n in group}
+    if len(set(stems.values())) != len(stems):
+        raise ValueError("the output names of some images collide (e.g. 'x.png' beside "
+                         "'x.png.tif'); rename them or segment them in separate runs")
+    return stems
 
 
 def _tile_arg(value: str) -> int | str | None:
@@ -82,12 +123,12 @@ def _dist() -> tuple[int, int, int]:
 
 def add_duplicate_arguments(p: argparse.ArgumentParser) -> None:
     """``--cluster-queries`` and ``--duplicate-iou`` (shared by ``segment`` and ``evaluate``)."""
-    p.add_argument("--cluster-queries", type=float, nargs="?", const=0.7, default=None,
+    p.add_argument("--cluster-queries", type=fraction, nargs="?", const=0.7, default=None,
                    metavar="IOU",
                    help="merge queries whose masks overlap above IOU (default 0.7) into one "
                         "instance with their averaged mask and score (PCTrans' inference; on "
                         "by default for PCTrans models, 0 turns it off)")
-    p.add_argument("--duplicate-iou", type=float, default=None, metavar="IOU",
+    p.add_argument("--duplicate-iou", type=fraction, default=None, metavar="IOU",
                    help="drop a mask overlapping a higher-scored one above this mask IoU "
                         "(default 0.5: query duplicates go, real overlapping cells stay; "
                         "0 turns it off)")
@@ -111,12 +152,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..inference import Segmenter
+    from ..io.atomic import remove_stale_temp_files
     from ..io.coco import instances_to_coco, write_coco
     from ..io.images import read_image
 
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     rank, world, local_rank = _dist()
     device = args.device
@@ -135,15 +175,26 @@ def run(args: argparse.Namespace) -> int:
     names = [n for n, _ in items]
     if len(set(names)) != len(names):
         raise ValueError("two images share a file name; segment them in separate runs")
+    stems = output_stems(names)
+    renamed = [n for n in names if stems[n] != Path(n).stem]
+    if renamed and rank == 0:
+        print(f"{len(renamed)} images share a name stem with another ({', '.join(renamed[:4])}"
+              f"{', ...' if len(renamed) > 4 else ''}): their outputs keep the suffix "
+              f"({stems[renamed[0]]}.json)", file=sys.stderr)
     mine = names[rank::world]
 
     args.out.mkdir(parents=True, exist_ok=True)
+    targets = ([args.out / args.one_file] if args.one_file else
+               [args.out / (stems[n] + ".json") for n in mine])
+    if args.overlay:
+        targets += [args.out / (stems[n] + OVERLAY_SUFFIX) for n in mine]
+    remove_stale_temp_files(targets)  # left by a killed run
     if not args.overwrite:  # refuse before spending time on the model
-        targets = ([args.out / args.one_file] if args.one_file else
-                   [args.out / (Path(n).stem + ".json") for n in mine])
         existing = [t for t in targets if t.exists()]
         if existing:
-            raise FileExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise FileExistsError(f"{existing[0]}{more} exists; pass --overwrite to replace "
+                                  "it, or choose another --out folder")
 
     segmenter = Segmenter.from_checkpoint(
         args.weights, device=device, tile_size=_tile_arg(args.tile_size),
@@ -154,13 +205,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"
           + (f" (rank {rank}/{world})" if world > 1 else ""), file=sys.stderr)
 
+    from ..cli import error_text
+
     records = []
+    failed: list[tuple[str, str]] = []
     t_start = time.perf_counter()
     for k, name in enumerate(mine, 1):
-        image = np.asarray(loaders[name]())
-        t0 = time.perf_counter()
-        bar = _ProgressBar(f"[{k}/{len(mine)}] {name}")
-        inst = segmenter.segment(image, progress=bar)
+        label = f"[{k}/{len(mine)}] {name}"
+        try:
+            image = np.asarray(loaders[name]())
+            t0 = time.perf_counter()
+            bar = _ProgressBar(label)
+            inst = segmenter.segment(image, progress=bar)
+        except Exception as exc:  # one bad file must not stop the batch
+            if getattr(args, "debug", False):
+                raise
+            failed.append((name, error_text(exc)))
+            print(f"{label}: skipped: {error_text(exc)}", file=sys.stderr)
+            continue
         dt = time.perf_counter() - t0
         h, w = inst.image_shape
         records.append((name, h, w, inst))
@@ -169,11 +231,11 @@ def run(args: argparse.Namespace) -> int:
             from ..io.atomic import atomic_write_bytes
             from ..visualize import overlay
 
-            atomic_write_bytes(args.out / (Path(name).stem + "_overlay.png"),
-                               _png_bytes(overlay(image, inst)), overwrite=True)
+            atomic_write_bytes(args.out / (stems[name] + OVERLAY_SUFFIX),
+                               _png_bytes(overlay(image, inst)), overwrite=args.overwrite)
         if not args.one_file:
             coco = _to_coco([(name, h, w, inst)], info, args, instances_to_coco)
-            write_coco(args.out / (Path(name).stem + ".json"), coco, overwrite=args.overwrite)
+            write_coco(args.out / (stems[name] + ".json"), coco, overwrite=args.overwrite)
 
     if args.one_file:
         if world > 1:
@@ -181,16 +243,25 @@ def run(args: argparse.Namespace) -> int:
 
             dist.init_process_group("gloo")
             gathered: list = [None] * world
-            dist.all_gather_object(gathered, records)
+            dist.all_gather_object(gathered, (records, failed))
             dist.destroy_process_group()
-            records = [r for part in gathered for r in part]
-        if rank == 0:
+            records = [r for part, _ in gathered for r in part]
+            failed = [f for _, part in gathered for f in part]
+        if rank == 0 and records:
             records.sort(key=lambda r: names.index(r[0]))
             coco = _to_coco(records, info, args, instances_to_coco)
             write_coco(args.out / args.one_file, coco, overwrite=args.overwrite)
     total = sum(len(r[3]) for r in records)
     print(f"done: {len(records)} images, {total} instances, "
           f"{time.perf_counter() - t_start:.1f} s → {args.out}", file=sys.stderr)
+    if failed:
+        n = len(names) if args.one_file else len(mine)
+        print(f"napari-iaunet segment: error: {len(failed)} of {n} images could not be "
+              "segmented (their results were not written; fix or remove them and run again):",
+              file=sys.stderr)
+        for name, why in failed:
+            print(f"  {name}: {why}", file=sys.stderr)
+        return 1
     return 0
 
 

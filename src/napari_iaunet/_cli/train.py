@@ -16,6 +16,13 @@ import threading
 from pathlib import Path
 
 from ..model.registry import DEFAULT_FAMILY, FAMILIES
+from .options import (
+    int_at_least,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -45,14 +52,14 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--backbone", default="resnet50",
                        help="IAUNet / PCTrans backbone of a new model: resnet18/34/50/101, "
                             "swin_small, swin_base, efficientnet_lite0/1/2")
-    model.add_argument("--enc-layers", type=int, default=6,
+    model.add_argument("--enc-layers", type=positive_int, default=6,
                        help="PCTrans: deformable-attention encoder layers (default 6)")
-    model.add_argument("--enc-points", type=int, default=4,
+    model.add_argument("--enc-points", type=positive_int, default=4,
                        help="PCTrans: sampling points per head and level (default 4)")
-    model.add_argument("--queries", type=int, default=100, help="queries of a new model")
-    model.add_argument("--hidden-dim", type=int, default=256,
+    model.add_argument("--queries", type=positive_int, default=100, help="queries of a new model")
+    model.add_argument("--hidden-dim", type=positive_int, default=256,
                        help="decoder width of a new model (hidden and mask dimension)")
-    model.add_argument("--query-groups", type=int, default=1,
+    model.add_argument("--query-groups", type=positive_int, default=1,
                        help="a new IAUNet trains this many independent query groups, each "
                             "matched one-to-one (Group DETR: more matches per step, faster "
                             "early training); inference uses the first (default 1)")
@@ -69,12 +76,13 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     pct.add_argument("--contrast-losses", action="store_true",
                      help="query-embedding (QEC) and mask-candidate (MCC) contrast losses")
     pct.add_argument("--pctrans", action="store_true", help="all three options above")
-    pct.add_argument("--weight-centre", type=float, default=5.0, help="centre L1 loss weight")
-    pct.add_argument("--weight-qec", type=float, default=1.0, help="QEC loss weight")
-    pct.add_argument("--weight-mcc", type=float, default=1.0, help="MCC loss weight")
-    pct.add_argument("--contrast-temperature", type=float, default=0.1,
+    pct.add_argument("--weight-centre", type=non_negative_float, default=5.0,
+                     help="centre L1 loss weight")
+    pct.add_argument("--weight-qec", type=non_negative_float, default=1.0, help="QEC loss weight")
+    pct.add_argument("--weight-mcc", type=non_negative_float, default=1.0, help="MCC loss weight")
+    pct.add_argument("--contrast-temperature", type=positive_float, default=0.1,
                      help="temperature of both contrast losses")
-    model.add_argument("--input-size", type=int, default=None,
+    model.add_argument("--input-size", type=int_at_least(32), default=None,
                        help="longest image side fed to the network (default: 512 or the "
                             "checkpoint's)")
     model.add_argument("--freeze-batchnorm", action="store_true",
@@ -85,28 +93,32 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                             "and at inference (default: off, or the checkpoint's)")
     run = p.add_argument_group("schedule")
     length = run.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, default=None, help="optimisation steps")
-    length.add_argument("--epochs", type=int, default=None, help="passes over the training set")
-    run.add_argument("--batch-size", type=int, default=2, help="images per step and process")
-    run.add_argument("--lr", type=float, default=1e-4)
-    run.add_argument("--weight-decay", type=float, default=0.05)
-    run.add_argument("--min-lr", type=float, default=1e-6, help="end of the cosine schedule")
-    run.add_argument("--warmup", type=int, default=0, help="linear warm-up steps")
-    run.add_argument("--backbone-lr-mult", type=float, default=1.0,
+    length.add_argument("--steps", type=positive_int, default=None, help="optimisation steps")
+    length.add_argument("--epochs", type=positive_int, default=None,
+                        help="passes over the training set")
+    run.add_argument("--batch-size", type=positive_int, default=2,
+                     help="images per step and process")
+    run.add_argument("--lr", type=positive_float, default=1e-4)
+    run.add_argument("--weight-decay", type=non_negative_float, default=0.05)
+    run.add_argument("--min-lr", type=non_negative_float, default=1e-6,
+                     help="end of the cosine schedule")
+    run.add_argument("--warmup", type=non_negative_int, default=0, help="linear warm-up steps")
+    run.add_argument("--backbone-lr-mult", type=non_negative_float, default=1.0,
                      help="backbone learning-rate multiplier (e.g. 0.1 with pretrained weights)")
-    run.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
+    run.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
     run.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                      help="mixed precision (auto: on for CUDA, off on the CPU)")
-    run.add_argument("--points", type=int, default=12544,
+    run.add_argument("--points", type=positive_int, default=12544,
                      help="sampled points per mask for matching and mask losses")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
     run.add_argument("--seed", type=int, default=3407)
-    run.add_argument("--val-every", type=int, default=500, help="steps between validations")
-    run.add_argument("--checkpoint-every", type=int, default=None,
+    run.add_argument("--val-every", type=non_negative_int, default=500,
+                     help="steps between validations")
+    run.add_argument("--checkpoint-every", type=non_negative_int, default=None,
                      help="steps between last.pt writes (default: with each validation)")
-    run.add_argument("--patience", type=int, default=None,
+    run.add_argument("--patience", type=positive_int, default=None,
                      help="early stopping after this many validations without improvement")
     out = p.add_argument_group("run")
     out.add_argument("--out", "-o", type=Path, required=True, help="run folder")
@@ -114,9 +126,11 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     out.add_argument("--overwrite", action="store_true",
                      help="start again, replacing the run in --out")
     out.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
-    out.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
-    out.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    out.add_argument("--print-every", type=int, default=10, help="progress line every N steps")
+    out.add_argument("--workers", type=non_negative_int, default=0,
+                     help="data-loading worker processes")
+    out.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch")
+    out.add_argument("--print-every", type=positive_int, default=10,
+                     help="progress line every N steps")
 
 
 def pctrans_options(args: argparse.Namespace) -> dict[str, bool]:

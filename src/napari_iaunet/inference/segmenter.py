@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +43,35 @@ def clusters_queries_by_default(config: ModelConfig) -> bool:
     return family_of(config).clusters_queries
 
 
+def _as_settings(settings: PostprocessSettings | Mapping[str, Any] | None
+                 ) -> PostprocessSettings:
+    """``settings`` as :class:`PostprocessSettings` (a dict of its fields is accepted)."""
+    if settings is None:
+        return PostprocessSettings()
+    if isinstance(settings, PostprocessSettings):
+        return settings
+    if isinstance(settings, Mapping):
+        known = {f.name for f in dataclasses.fields(PostprocessSettings)}
+        unknown = sorted(str(k) for k in settings if k not in known)
+        if unknown:
+            raise ValueError(f"settings: unknown name(s) {unknown}; PostprocessSettings has "
+                             f"{sorted(known)}")
+        return PostprocessSettings(**settings)
+    raise TypeError(f"settings must be a PostprocessSettings or a dict of its fields, got "
+                    f"{type(settings).__name__}")
+
+
+def _check_array(image: Any) -> None:
+    """Refuse what is not an image array with a sentence (a path, None, a list of paths)."""
+    if isinstance(image, (str, os.PathLike)):
+        raise TypeError(f"Segmenter.segment takes an image array, but a path was given "
+                        f"({str(image)!r}): read it first with napari_iaunet.io.read_image(path) "
+                        "(napari_iaunet.segment accepts paths)")
+    if image is None or not (hasattr(image, "__array__") or isinstance(image, (list, tuple))):
+        raise TypeError(f"Segmenter.segment takes an image array (numpy, H×W or H×W×3), got "
+                        f"{type(image).__name__}")
+
+
 class Segmenter:
     """A model with its inference settings.
 
@@ -73,7 +103,7 @@ class Segmenter:
         model: torch.nn.Module,
         *,
         device: str | torch.device = "auto",
-        settings: PostprocessSettings | None = None,
+        settings: PostprocessSettings | Mapping[str, Any] | None = None,
         tile_size: int | str | None = "auto",
         tile_overlap: float = 0.25,
         amp: bool = True,
@@ -84,7 +114,7 @@ class Segmenter:
         self.device = select_device(device)
         self.match_brightness = match_brightness
         self.model = model.to(self.device).eval()
-        self.settings = settings or PostprocessSettings()
+        self.settings = _as_settings(settings)
         if not (tile_size in ("auto", None) or (isinstance(tile_size, int) and tile_size >= 64)):
             raise ValueError("tile_size must be 'auto', None or an int ≥ 64 (pixels)")
         if not 0.0 <= tile_overlap < 0.5:
@@ -142,6 +172,7 @@ class Segmenter:
         cancel: Callable[[], bool] | None = None,
     ) -> Instances:
         """Segment one 2-D gray/RGB/RGBA image of any dtype into overlapping instances."""
+        _check_array(image)
         hwc = as_hwc(image)
         tile = self._tile_size(hwc.shape[:2])
         if tile is None:

@@ -17,10 +17,13 @@ from typing import Any
 
 __all__ = [
     "atomic_path",
+    "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "check_can_write",
+    "remove_stale_temp_files",
+    "temp_files_of",
 ]
 
 
@@ -55,12 +58,55 @@ def check_can_write(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return target
 
 
+# errno values that mean "no room for this file": a full disk, a quota, a file-size limit
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _disk_full_error(target: Path) -> OSError:
     return OSError(
         errno.ENOSPC,
         f"not enough disk space to write {target}; nothing was changed (the previous file, if "
         f"any, is intact). Free some space or choose another drive and try again",
     )
+
+
+def _no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) says the disk, quota or file-size limit is full.
+
+    torch.save reports a failed write as a ``RuntimeError`` ("unexpected pos ...") that wraps
+    nothing; such writes are routed through :func:`_write_all` by :func:`atomic_torch_save`.
+    """
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def temp_files_of(path: str | os.PathLike) -> list[Path]:
+    """The temporary files :func:`atomic_path` makes for ``path`` that are still on disk."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    prefix = f".{target.name}."
+    return [p for p in target.parent.iterdir()
+            if p.name.startswith(prefix) and p.name.endswith(".tmp") and p.is_file()
+            and len(p.name) - len(prefix) - 4 == 8]  # mkstemp's 8 random characters
+
+
+def remove_stale_temp_files(paths: list[Path] | tuple[Path, ...]) -> list[Path]:
+    """Delete the temporary files a killed writer of ``paths`` left behind; returns them.
+
+    Call it when starting to write ``paths`` again (a new run, ``--resume``), never while another
+    process may be writing the same files.
+    """
+    removed = []
+    for path in paths:
+        for tmp in temp_files_of(path):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def _fsync_file(path: str) -> None:
@@ -108,7 +154,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if _no_space(exc):
             raise _disk_full_error(target) from exc
         raise
     _fsync_dir(target.parent)
@@ -129,6 +175,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = F
             _write_all(fd, data)
         finally:
             os.close(fd)
+    return Path(path)
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any, overwrite: bool = False) -> Path:
+    """``torch.save(obj, path)`` atomically; a full disk is reported as one plain sentence.
+
+    torch writes through a Python file object here, so the ``OSError`` of a failed write stays
+    attached to torch's "unexpected pos" error and :func:`atomic_path` can recognise it.
+    """
+    import torch
+
+    with atomic_path(path, overwrite) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
     return Path(path)
 
 

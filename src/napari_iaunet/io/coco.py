@@ -371,6 +371,21 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _far_outside(poly: list, height: int, width: int) -> tuple[float, float] | None:
+    """A vertex lying more than one image size outside the image, or None.
+
+    Polygons may poke a little past the border, but pycocotools rasterises every edge point by
+    point: a coordinate of 1e9 takes minutes and gigabytes, 1e308 kills the process.
+    """
+    margin = max(height, width)
+    xs, ys = np.asarray(poly[0::2], dtype=np.float64), np.asarray(poly[1::2], dtype=np.float64)
+    bad = ((xs < -margin) | (xs > width + margin) | (ys < -margin) | (ys > height + margin))
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return float(xs[i]), float(ys[i])
+
+
 def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
     """Why ``seg`` is not a COCO segmentation (None when it is fine, possibly degenerate)."""
     if isinstance(seg, list):
@@ -382,6 +397,13 @@ def _segmentation_problem(seg: Any, height: int, width: int) -> str | None:
                 return f"polygon {k} has an odd number of coordinates ({len(poly)})"
             if not all(_is_number(v) for v in poly):
                 return f"polygon {k} holds values that are not finite numbers"
+            if poly:
+                outside = _far_outside(poly, height, width)
+                if outside is not None:
+                    return (f"polygon {k} has a point at (x={outside[0]:.6g}, "
+                            f"y={outside[1]:.6g}), far outside its {width}×{height} image; "
+                            "coordinates are pixels of that image (x = column, y = row): "
+                            "fix or remove the annotation")
         return None
     if isinstance(seg, dict):
         size, counts = seg.get("size"), seg.get("counts")
@@ -471,6 +493,8 @@ def validate_coco(coco: Any, source: str = "COCO data") -> dict:
             problem(f"{name}: 'score' must be a finite number, got {ann['score']!r}")
     if problems:
         more = " (further checks stopped)" if len(problems) >= _MAX_PROBLEMS else ""
+        if len(problems) == 1:
+            raise ValueError(f"{source}: invalid COCO data: {problems[0]}")
         raise ValueError(f"{source}: invalid COCO data{more}:\n  " + "\n  ".join(problems))
     return coco
 
@@ -707,7 +731,7 @@ def _load_json(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"COCO file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # a byte-order mark is allowed
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}): "

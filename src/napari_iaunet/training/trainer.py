@@ -124,6 +124,19 @@ class TrainConfig:
             raise ValueError("TrainConfig: normalisation must be auto, data or keep")
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume and overwrite exclude each other")
+        for name, low in (("lr", None), ("num_points", 1), ("warmup_steps", 0),
+                          ("num_workers", 0), ("input_size", 32), ("num_threads", 1)):
+            v = getattr(self, name)
+            if v is None and name in ("input_size", "num_threads"):
+                continue
+            if low is None:
+                if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                    raise ValueError(f"TrainConfig: {name} must be a number greater than 0, "
+                                     f"got {v!r}")
+            elif not (isinstance(v, int) and v >= low):
+                raise ValueError(f"TrainConfig: {name} must be a whole number ≥ {low}, got {v!r}")
+        if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
+            raise ValueError(f"TrainConfig: min_lr must be 0 or more, got {self.min_lr!r}")
         self.scale_range = tuple(float(v) for v in self.scale_range)
 
     def to_dict(self) -> dict[str, Any]:
@@ -246,24 +259,44 @@ class _RunFolder:
                 f"{self.dir} already holds a training run ({', '.join(p.name for p in found)}); "
                 "continue it with resume (--resume), start again with overwrite (--overwrite), "
                 "or choose another output folder")
-        if overwrite:
-            for p in found:
-                p.unlink()
         self.dir.mkdir(parents=True, exist_ok=True)
+
+    def clear(self) -> None:
+        """Delete the previous run's files (``overwrite``): called only once the new run has
+        its data and model, so a run that cannot start leaves the old one as it was."""
+        for p in self.existing():
+            p.unlink()
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete the hidden temporary files a killed run left beside its checkpoints."""
+        from ..io.atomic import remove_stale_temp_files
+
+        removed = remove_stale_temp_files([self.dir / n for n in RUN_FILES])
+        if removed:
+            log.info("%s: removed %d temporary file(s) left by an interrupted run", self.dir,
+                     len(removed))
 
 
 def _save_state(path: Path, payload: dict[str, Any]) -> None:
-    from ..io.atomic import atomic_path
+    from ..io.atomic import atomic_torch_save
 
-    with atomic_path(path, overwrite=True) as tmp:
-        torch.save(payload, tmp)
+    atomic_torch_save(path, payload, overwrite=True)
+
+
+_STATE_KEYS = ("step", "model", "model_config", "optimizer", "scheduler", "torch_rng")
 
 
 def _load_state(path: Path) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from ..checkpoint import _torch_load
+
+    state = _torch_load(path, what="training state")
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
         raise ValueError(f"{path} is not a napari-iaunet training state (version "
                          f"{STATE_VERSION}); start a new run or use --overwrite")
+    missing = [k for k in _STATE_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is an incomplete training state (no {', '.join(missing)}); "
+                         "resume from another copy or start again with --overwrite")
     return state
 
 
@@ -421,6 +454,12 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     if val is not None and len(val) == 0:
         val = None
 
+    n_instances = sum(len(it.instances) for it in data)
+    if n_instances == 0:
+        raise ValueError(f"the training data ({len(data)} images) holds no usable cell "
+                         "annotations (all empty, iscrowd or degenerate); a model cannot learn "
+                         "from it: check the COCO files' annotations")
+
     resume_state = None
     if cfg.resume and run.state.exists():
         resume_state = _load_state(run.state)
@@ -431,9 +470,14 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     if resume_state is not None:
         from ..model import build_model
 
-        mcfg = config_from_dict(resume_state["model_config"])
-        model = build_model(mcfg)
-        model.load_state_dict(resume_state["model"])
+        try:
+            mcfg = config_from_dict(resume_state["model_config"])
+            model = build_model(mcfg)
+            model.load_state_dict(resume_state["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ValueError(f"{run.state} does not hold a usable model ({first}); start again "
+                             "with --overwrite") from exc
         origin = resume_state.get("origin", "resume")
     else:
         model, mcfg, origin = _build_model(cfg, model_config, start, backbone_weights,
@@ -445,6 +489,11 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             mcfg = mcfg.replace(pixel_mean=mean, pixel_std=std)
             model.config = mcfg
     model.to(device).train()
+    ddp.barrier(info)  # every rank has read its start checkpoint (it may be in the old run)
+    if info.is_main:  # the new run can start: now the old one may go
+        if cfg.overwrite:
+            run.clear()
+        run.remove_stale_temp_files()
 
     loss_fn, loss_keys = training_loss(mcfg, cfg, device)
     optimizer = _adamw(_param_groups(model, cfg), cfg)
@@ -637,7 +686,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             if not math.isfinite(values["loss"]):
                 raise FloatingPointError(
                     f"training diverged at step {step} (loss {values['loss']}); lower the "
-                    "learning rate or enable gradient clipping")
+                    "learning rate (--lr) or enable gradient clipping (--grad-clip)")
             loss_ema = (values["loss"] if loss_ema is None
                         else 0.95 * loss_ema + 0.05 * values["loss"])
             step_times.append(time.time() - t0)
