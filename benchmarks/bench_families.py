@@ -109,20 +109,17 @@ def split(data: Path, workdir: Path, val_fraction: float) -> tuple[str, str, dic
     return specs["train"], specs["test"], counts
 
 
-def model_config(args: argparse.Namespace, family: str) -> Any:
-    """The new model of ``family`` the comparison trains."""
-    from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, PCTransConfig
+def model_config(args: argparse.Namespace, case: str) -> Any:
+    """The new model of ``case`` (a family, or IAUNet with the PCTrans options) the comparison
+    trains; each family keeps the options it has (the registry's ``new_config``)."""
+    from napari_iaunet.model.registry import FAMILIES
 
-    if family == "maskrcnn":
-        return MaskRCNNConfig(variant=args.maskrcnn_variant, input_size=args.input_size)
-    common = dict(backbone=args.backbone, hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
-                  input_size=args.input_size)
-    if family == "pctrans":
-        return PCTransConfig(**common)
-    if family == OPTIONS_CASE:
-        return IAUNetConfig(**common, centre_guidance=True, dynamic_mask_head=True,
-                            contrast_losses=True)
-    return IAUNetConfig(**common)
+    options = dict(backbone=args.backbone, hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+                   variant=args.maskrcnn_variant)
+    if case == OPTIONS_CASE:
+        options.update(centre_guidance=True, dynamic_mask_head=True, contrast_losses=True)
+        case = "iaunet"
+    return FAMILIES[case].new_config(("cell",), args.input_size, **options)
 
 
 def _peak_memory_mb(device: str) -> float:

@@ -69,23 +69,23 @@ def _postprocess_note() -> str:
 
 
 def _new_model(args: argparse.Namespace) -> Any:
-    """The config of the model trained from random weights."""
-    from napari_iaunet.model import IAUNetConfig
-    from napari_iaunet.model.config import MaskRCNNConfig
+    """The config of the model trained from random weights (IAUNet-R18, or the LIVECell study's
+    Mask R-CNN R18-CBAM; each family takes the options it has)."""
+    from napari_iaunet.model.registry import FAMILIES
 
-    if args.family == "maskrcnn":
-        return MaskRCNNConfig(variant="r18_cbam", input_size=args.input_size or 384)
-    return IAUNetConfig(
-        backbone="resnet18", input_size=args.input_size or 384, num_queries=args.queries,
-        hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim, dropout=args.dropout,
-        contrast_losses=args.contrast_losses, query_groups=args.query_groups,
-        masked_attention=args.masked_attention)
+    return FAMILIES[args.family].new_config(
+        ("cell",), args.input_size or 384, backbone="resnet18", variant="r18_cbam",
+        num_queries=args.queries, hidden_dim=args.hidden_dim, mask_dim=args.hidden_dim,
+        dropout=args.dropout, contrast_losses=args.contrast_losses,
+        query_groups=args.query_groups, masked_attention=args.masked_attention)
 
 
 def _describe_start(args: argparse.Namespace) -> str:
     if args.weights:
         return str(args.weights)
-    if args.family == "maskrcnn":
+    from napari_iaunet.model.registry import FAMILIES
+
+    if not FAMILIES[args.family].query_based:
         return "random weights (Mask R-CNN R18-CBAM-FPN, the LIVECell study's)"
     extra = f", {args.query_groups} query groups in training" if args.query_groups > 1 else ""
     return (f"random weights (IAUNet ResNet-18, width {args.hidden_dim}, {args.queries} "
