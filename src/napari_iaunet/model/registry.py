@@ -81,12 +81,11 @@ class ModelFamily:
     def new_config(self, class_names: tuple[str, ...] | list[str], input_size: int,
                    **options: Any) -> ModelConfig:
         """A config of this family; ``options`` that are not fields of its config (another
-        family's settings) are left out, None values too (an ``input_size`` among them wins)."""
+        family's settings) are left out, None values too."""
         known = {f.name for f in fields(self.config_class)}
-        values: dict[str, Any] = {"num_classes": len(class_names),
-                                  "class_names": tuple(class_names), "input_size": int(input_size)}
-        values.update({k: v for k, v in options.items() if k in known and v is not None})
-        return self.config_class(**values)
+        values = {k: v for k, v in options.items() if k in known and v is not None}
+        return self.config_class(num_classes=len(class_names), class_names=tuple(class_names),
+                                 input_size=int(input_size), **values)
 
 
 def _resolve(target: str) -> Callable[..., Any]:
@@ -170,5 +169,6 @@ def new_model_config(key: str, class_names: tuple[str, ...] = ("cell",)) -> Mode
     if key not in presets:
         raise ValueError(f"unknown new model {key!r} (known: {', '.join(presets)})")
     family, preset = presets[key]
-    base = family.config_class()
-    return family.new_config(class_names, base.input_size, **preset.options)
+    options = dict(preset.options)
+    input_size = options.pop("input_size", family.config_class().input_size)
+    return family.new_config(class_names, input_size, **options)
