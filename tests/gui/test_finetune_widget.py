@@ -22,7 +22,7 @@ from napari_iaunet._widgets.finetune_widget import FineTuneWidget
 from napari_iaunet._widgets.layer_group import add_group_for_image, groups_for_image
 from napari_iaunet._widgets.loss_plot import LossPlot
 from napari_iaunet.instances import Instances
-from napari_iaunet.training.finetune import read_run
+from napari_iaunet.training.run_folder import read_run
 
 REPO = Path(__file__).resolve().parents[2]
 

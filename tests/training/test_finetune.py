@@ -10,14 +10,12 @@ import pytest
 from napari_iaunet.training.finetune import (
     DataError,
     FineTuneSettings,
-    default_run_dir,
-    free_run_dir,
-    holds_run,
     make_train_config,
     pairing_problem,
     points_for,
     scan_coco_folder,
 )
+from napari_iaunet.training.run_folder import default_run_dir, free_run_dir, holds_run
 
 
 def test_train_config_and_run_folders(tmp_path, monkeypatch):

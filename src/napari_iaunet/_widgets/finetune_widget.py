@@ -52,14 +52,16 @@ from ..training.finetune import (  # no torch: safe to import
     CocoEntry,
     DataError,
     FineTuneSettings,
+    make_train_config,
+    pairing_problem,
+    scan_coco_folder,
+)
+from ..training.run_folder import (  # no torch: safe to import
     default_run_dir,
     free_run_dir,
     holds_run,
     inside_package,
-    make_train_config,
-    pairing_problem,
     read_run,
-    scan_coco_folder,
 )
 from . import _qt_utils as qtu
 from ._torch_guard import make_torch_import_safe

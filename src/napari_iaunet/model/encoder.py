@@ -54,7 +54,6 @@ class BackboneSpec:
         return self.swin_window > 0
 
 
-
 class _SwinKeyView:
     """What timm's Swin checkpoint filter needs from a model, on top of our flattened encoder."""
 
@@ -78,7 +77,9 @@ def _efficientnet_keys(state: dict[str, torch.Tensor], encoder: Encoder
                        ) -> dict[str, torch.Tensor]:
     """EfficientNet-PyTorch (the pip packages) or timm names → ours (``blocks_N`` flattened)."""
     if is_efficientnet_pytorch_state(state):
-        depths = [len(getattr(encoder, f"blocks_{i}")) for i in range(7)]
+        stages = sorted((int(n.split("_")[1]), m) for n, m in encoder.named_children()
+                        if n.startswith("blocks_"))
+        depths = [len(m) for _, m in stages]
         state = efficientnet_pytorch_to_timm(state, depths)
     return {re.sub(r"^blocks\.(\d+)", r"blocks_\1", k): v for k, v in state.items()}
 

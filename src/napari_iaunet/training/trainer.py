@@ -44,13 +44,13 @@ from .augment import AugmentConfig
 from .callbacks import JsonlLog, TrainCallback, plot_loss_curve
 from .dataset import AnnotatedImage, AnnotatedImages, TrainingDataset, collate, normalisation_stats
 from .matcher import NUM_POINTS
+from .run_folder import RUN_FILES
 
 __all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "ValidationCancelled",
            "augment_config_for", "train", "training_loss", "validate"]
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")
 STATE_VERSION = 1
 
 
