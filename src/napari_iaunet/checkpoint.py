@@ -44,6 +44,11 @@ FORMAT_VERSION = 1
 _RESNET_BY_LAYER3_BLOCKS = {2: "resnet18", 6: "resnet50", 23: "resnet101"}
 
 
+# how a config's ``intensity`` brings images to the 0-255 scale, in words
+_INTENSITY_TEXT = {"percentile": "every image stretched by its 0.1/99.9 percentiles",
+                   "dtype": "8-bit values as stored, other dtypes stretched"}
+
+
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used; the message says why and what to do."""
 
@@ -68,10 +73,13 @@ class CheckpointInfo:
             f"format:      {self.source}",
             model_line,
             f"classes:     {', '.join(c.class_names)}",
-            f"normalise:   mean {_fmt(c.pixel_mean)}, std {_fmt(c.pixel_std)} (0-255 scale)",
+            f"normalise:   mean {_fmt(c.pixel_mean)}, std {_fmt(c.pixel_std)} (0-255 scale; "
+            f"{_INTENSITY_TEXT.get(c.intensity, c.intensity)}"
+            f"{', brightness matched' if c.match_brightness else ''})",
             f"weights:     {self.num_tensors} tensors stored as {self.dtype}",
         ]
-        for key in ("description", "training_data", "metrics", "created", "trained_steps"):
+        for key in ("description", "started_from", "training_data", "metrics", "created",
+                    "trained_steps"):
             if key in m:
                 text = (describe_training_data(m[key], details=True) if key == "training_data"
                         else _fmt(m[key]))
