@@ -245,24 +245,27 @@ class Candidate:
 
 def overlap_with_accepted(box: tuple[int, int, int, int], crop: np.ndarray,
                           accepted: Sequence[np.ndarray],
-                          areas: list[dict[int, int]] | None = None) -> float:
+                          areas: list[np.ndarray | None] | None = None) -> float:
     """Largest mask IoU between one mask (``box`` + ``crop``) and the cells of ``accepted``
     (label images whose non-zero values are cells; overlapping cells sit in different images).
-    ``areas`` (one dict per label image) caches cell areas between calls."""
+    ``areas`` (one slot per label image) caches each image's cell areas between calls."""
     y0, x0, y1, x1 = box
     area = int(np.count_nonzero(crop))
     best = 0.0
     for k, labels in enumerate(accepted):
         under = np.asarray(labels[y0:y1, x0:x1])[crop]
-        under = under[under != 0]
-        if under.size == 0:
+        if not under.any():
             continue
-        ids, inter = np.unique(under, return_counts=True)
-        for i, n in zip(ids.tolist(), inter.tolist()):
-            cache = areas[k] if areas is not None else {}
-            if i not in cache:
-                cache[i] = int(np.count_nonzero(np.asarray(labels) == i))
-            best = max(best, n / (area + cache[i] - n))
+        sizes = areas[k] if areas is not None else None
+        if sizes is None:  # every cell's area, from one pass over the label image
+            sizes = np.bincount(np.asarray(labels).ravel())
+            if areas is not None:
+                areas[k] = sizes
+        inter = np.bincount(under, minlength=len(sizes))
+        inter[0] = 0
+        hit = np.flatnonzero(inter)
+        iou = inter[hit] / (area + sizes[hit] - inter[hit])
+        best = max(best, float(iou.max()))
     return float(best)
 
 
@@ -336,7 +339,7 @@ def candidates_at(
         if drag[2] - drag[0] < 1 or drag[3] - drag[1] < 1:
             raise ValueError(f"the box {tuple(box)} is empty")
     found: list[tuple[float, Candidate]] = []
-    areas: list[dict[int, int]] = [{} for _ in accepted]
+    areas: list[np.ndarray | None] = [None] * len(accepted)
     for s_i, src in enumerate(candidates.sources):
         wy0, wx0, wy1, wx1 = src.window
         cuts = tuple(thresholds) if thresholds else (src.mask_threshold,)
