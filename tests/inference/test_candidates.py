@@ -165,3 +165,17 @@ def test_tiled_segmentation_keeps_each_tiles_queries(segmenter):
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_a_detector_keeps_no_candidates():
+    """Mask R-CNN has no queries: the same instances, and nothing to click."""
+    from napari_iaunet.model import MaskRCNNConfig
+
+    torch.manual_seed(0)
+    model = build_model(MaskRCNNConfig(variant="r18_cbam", input_size=128)).eval()
+    seg = Segmenter(model, device="cpu", settings=PostprocessSettings(score_threshold=0.0))
+    image = np.random.default_rng(2).integers(0, 255, (96, 96), dtype=np.uint8)
+    inst, cands = seg.segment(image, candidates=True)
+    np.testing.assert_array_equal(inst.to_dense(), seg.segment(image).to_dense())
+    assert cands.sources == [] and len(cands) == 0 and cands.image_shape == (96, 96)
+    assert candidates_at(cands, (48, 48)) == []
