@@ -8,6 +8,9 @@ This module adds what they cannot do across layers:
 * **delete cell** (D, or click): remove the cell under the pointer, in whichever layer it is;
 * **redraw cell** (R, or click): copy the cell under the pointer into the draft, edit it, commit;
 * **move cell** (Shift-M, or click): to the next layer where it fits, or to a chosen layer;
+* **add a missed cell** (A, or click; Shift-drag a box): the model's own candidate masks under the
+  pointer (every query of the segmentation, kept with the group) — the best appears as a draft at
+  once, Tab shows the next, C / Enter commits it like a new cell, Esc discards it;
 * **undo / redo** (Ctrl-Z / Ctrl-Shift-Z on a group layer, or the buttons) for all of them and for
   napari's own brush strokes on group layers.
 
@@ -62,6 +65,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SHORTCUTS",
     "EditToolsWidget",
+    "add_candidate_at",
     "commit_draft",
     "delete_cell_at",
     "discard_draft",
@@ -70,6 +74,7 @@ __all__ = [
     "install_shortcuts",
     "move_cell_at",
     "new_cell",
+    "next_candidate",
     "redraw_cell_at",
 ]
 
@@ -81,6 +86,8 @@ SHORTCUTS = {
     "d": "delete the cell under the pointer",
     "r": "redraw the cell under the pointer (copies it into the draft)",
     "Shift-M": "move the cell under the pointer to the next layer where it fits",
+    "a": "add the model's best candidate under the pointer as a draft (Tab: next, C / Enter: "
+         "commit, Esc: discard)",
     "Control-Z": "undo the last edit of the group (on a group layer)",
     "Control-Shift-Z": "redo (on a group layer)",
 }
@@ -150,10 +157,14 @@ def _open_draft(viewer: Viewer, group: InstanceGroup, replaces: int | None,
         )
         layer.brush_size = max(3, min(group.image_shape) // 80)
         layer.bind_key("c", lambda _layer: _run(commit_draft, viewer), overwrite=True)
+        layer.bind_key("Enter", lambda _layer: _run(commit_draft, viewer), overwrite=True)
+        layer.bind_key("Escape", lambda _layer: discard_draft(viewer, group), overwrite=True)
+        layer.bind_key("Tab", lambda _layer: _run(next_candidate, viewer), overwrite=True)
         viewer.layers.append(layer)
     else:
         layer.data = data
         layer.metadata[META_KEY]["replaces"] = replaces
+    _CYCLES.pop(layer, None)  # a new draft: no candidates to cycle through (add sets them)
     layer.selected_label = 1
     viewer.layers.selection.active = layer
     layer.mode = "paint"
@@ -220,6 +231,97 @@ def move_cell_at(viewer: Viewer, position: Sequence[float] | None = None,
     return dest
 
 
+class _Cycle:
+    """The ranked candidates of one click, and which of them the draft shows."""
+
+    def __init__(self, group: InstanceGroup, picks: list) -> None:
+        self.group = group
+        self.picks = picks
+        self.index = 0
+
+
+_CYCLES: weakref.WeakKeyDictionary[Any, _Cycle] = weakref.WeakKeyDictionary()
+
+
+def _group_for_point(viewer: Viewer, position: Sequence[float]) -> InstanceGroup | None:
+    """The group to add to: the selected layer's (or its draft's), else the newest with
+    candidates whose image holds ``position``, else the current group."""
+    active = group_of(viewer, viewer.layers.selection.active)
+    if active is not None:
+        return active
+    for group in reversed(groups(viewer)):
+        if group.candidates is not None and _data_point(group, position) is not None:
+            return group
+    return current_group(viewer)
+
+
+def _data_point(group: InstanceGroup, position: Sequence[float]) -> tuple[int, int] | None:
+    """``(row, column)`` image pixel of a world position on ``group``'s layers (None: outside)."""
+    coords = np.asarray(group.layers[0].world_to_data(position))[-2:]
+    r, c = (int(np.floor(v + 0.5)) for v in coords)
+    h, w = group.image_shape
+    return (r, c) if 0 <= r < h and 0 <= c < w else None
+
+
+def add_candidate_at(viewer: Viewer, position: Sequence[float] | None = None, *,
+                     box: Sequence[Sequence[float]] | None = None) -> Labels | None:
+    """Show the model's best candidate under ``position`` (world coordinates; default: the
+    pointer) as a draft of a new cell; Tab (:func:`next_candidate`) shows the next, C / Enter
+    commits, Esc discards. ``box`` (two world corners of a drag) keeps only candidates that fill
+    the box. Returns the draft layer, or None when no candidate fits (then: draw it, N)."""
+    from ..inference.candidates import candidates_at
+
+    position = viewer.cursor.position if position is None else position
+    group = _group_for_point(viewer, position if box is None else box[0])
+    if group is None:
+        raise EditError("there is no instance group here: segment the image first")
+    if group.candidates is None:
+        raise EditError(f"{group.name} has no model candidates (only a segmentation made in "
+                        "this session keeps them): draw the cell instead (N)")
+    point, rect = None, None
+    if box is None:
+        point = _data_point(group, position)
+        if point is None:
+            raise EditError("the pointer is outside the image")
+    else:
+        corners = [np.asarray(group.layers[0].world_to_data(c))[-2:] for c in box]
+        (r0, c0), (r1, c1) = corners
+        rect = (min(r0, r1), min(c0, c1), max(r0, r1) + 1, max(c0, c1) + 1)
+    picks = candidates_at(group.candidates, point, box=rect, accepted=group.label_images())
+    if not picks:
+        discard_draft(viewer, group)
+        where = "in this box" if box is not None else "under the pointer"
+        _notify(f"The model has no candidate {where}: draw the cell instead (N, then C).",
+                warning=True)
+        return None
+    layer = _open_draft(viewer, group, replaces=None, initial=picks[0].mask(group.image_shape))
+    layer.mode = "pan_zoom"  # the next click adds again instead of painting (paint to edit)
+    _CYCLES[layer] = _Cycle(group, picks)
+    _announce_candidate(layer)
+    return layer
+
+
+def next_candidate(viewer: Viewer, group: InstanceGroup | None = None) -> Labels | None:
+    """Show the next of the click's candidates in the draft (Tab); wraps around."""
+    group = group or current_group(viewer)
+    layer = draft_layer(viewer, group) if group is not None else None
+    cycle = _CYCLES.get(layer) if layer is not None else None
+    if layer is None or cycle is None:
+        raise EditError("no candidates to cycle through: press A over a missed cell first")
+    cycle.index = (cycle.index + 1) % len(cycle.picks)
+    layer.data = cycle.picks[cycle.index].mask(group.image_shape).astype(np.uint8)
+    _announce_candidate(layer)
+    return layer
+
+
+def _announce_candidate(layer: Labels) -> None:
+    cycle = _CYCLES[layer]
+    pick = cycle.picks[cycle.index]
+    more = (f"Tab: next of {len(cycle.picks)}, " if len(cycle.picks) > 1 else "")
+    _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} (score {pick.score:.2f}, "
+            f"{pick.area} px): {more}C or Enter: add it, Esc: discard.")
+
+
 def commit_draft(viewer: Viewer, group: InstanceGroup | None = None) -> int | None:
     """Put the draft into its group (new cell, or the redrawn cell); returns the cell id."""
     from scipy import ndimage
@@ -247,6 +349,7 @@ def commit_draft(viewer: Viewer, group: InstanceGroup | None = None) -> int | No
 
 
 def discard_draft(viewer: Viewer, group: InstanceGroup | None = None) -> None:
+    """Close the draft of ``group`` (default: the current group) without changing the group."""
     group = group or current_group(viewer)
     layer = draft_layer(viewer, group) if group is not None else None
     if layer is not None:
@@ -287,9 +390,41 @@ def install_shortcuts(viewer: Viewer) -> None:
         "d": delete_cell_at,
         "r": redraw_cell_at,
         "Shift-M": move_cell_at,
+        "a": add_candidate_at,
     }
     for key, fn in bindings.items():
         viewer.bind_key(key, lambda v, fn=fn: _run(fn, v), overwrite=True)
+    _install_tab_filter(viewer)
+
+
+def _install_tab_filter(viewer: Viewer) -> None:
+    """Tab never reaches napari's key bindings (Qt moves the keyboard focus with it): while a
+    draft of candidates is open, catch it on the canvas and show the next candidate."""
+    from qtpy.QtCore import QEvent, QObject, Qt
+
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    if qt_viewer is None:  # a viewer without a window (headless model)
+        return
+    viewer_ref = weakref.ref(viewer)
+
+    class _TabFilter(QObject):
+        def eventFilter(self, obj: Any, event: Any) -> bool:
+            if (event.type() != QEvent.Type.KeyPress or event.key() != Qt.Key.Key_Tab
+                    or event.modifiers() != Qt.KeyboardModifier.NoModifier):
+                return False
+            viewer = viewer_ref()
+            group = current_group(viewer) if viewer is not None else None
+            layer = draft_layer(viewer, group) if group is not None else None
+            if layer is None or layer not in _CYCLES:
+                return False
+            _run(next_candidate, viewer, group)
+            return True
+
+    tab_filter = _TabFilter(qt_viewer)  # owned by the viewer's widget
+    targets = [qt_viewer, getattr(getattr(qt_viewer, "canvas", None), "native", None)]
+    for target in targets:
+        if target is not None:
+            target.installEventFilter(tab_filter)
 
 
 # ---------------------------------------------------------------------------------- COCO export
@@ -307,7 +442,7 @@ def export_group(group: InstanceGroup, path: str | Path, *, rle: bool = False,
 
 
 # ---------------------------------------------------------------------------------- widget
-CLICK_ACTIONS = ("off", "delete", "redraw", "move")
+CLICK_ACTIONS = ("off", "delete", "redraw", "move", "add")
 
 
 class EditToolsWidget(QWidget):
@@ -371,7 +506,7 @@ class EditToolsWidget(QWidget):
         lay.addWidget(QLabel("Click a cell to:"))
         self.click_buttons = QButtonGroup(self)
         texts = {"off": "nothing", "delete": "delete (D)", "redraw": "redraw (R)",
-                 "move": "move (Shift-M)"}
+                 "move": "move (Shift-M)", "add": "add missed (A)"}
         radios = []
         for i, action in enumerate(CLICK_ACTIONS):
             radio = QRadioButton(texts[action])
@@ -380,6 +515,9 @@ class EditToolsWidget(QWidget):
                 "delete": "Click deletes the cell under the pointer, in whichever layer.",
                 "redraw": "Click copies the cell into the draft; edit it and Commit.",
                 "move": "Click moves the cell to the layer chosen below.",
+                "add": "Click a cell the model missed: its best own candidate mask there "
+                       "appears as a draft (Tab: next, C / Enter: add, Esc: discard). "
+                       "Shift-drag a box to pick among the candidates inside it.",
             }[action])
             self.click_buttons.addButton(radio, i)
             radios.append(radio)
@@ -434,7 +572,7 @@ class EditToolsWidget(QWidget):
         lay.addWidget(qtu.hbox(self.export_btn, self.import_btn))
         layout.addWidget(box)
 
-        keys = ", ".join(f"{k}" for k in ("N", "C", "D", "R", "Shift-M", "Ctrl-Z"))
+        keys = ", ".join(f"{k}" for k in ("N", "C", "D", "R", "Shift-M", "A", "Tab", "Ctrl-Z"))
         hint = QLabel(f"Keys (pointer over the canvas): {keys}")
         hint.setWordWrap(True)
         hint.setToolTip("\n".join(f"{k}: {v}" for k, v in SHORTCUTS.items()))
@@ -526,10 +664,24 @@ class EditToolsWidget(QWidget):
             return _run(redraw_cell_at, self.viewer, position)
         if action == "move":
             return _run(move_cell_at, self.viewer, position, self.move_target.currentData())
+        if action == "add":
+            return _run(add_candidate_at, self.viewer, position)
         return None
 
-    def _on_click(self, viewer: Viewer, event: Any) -> None:
+    def add_in_box(self, start: Sequence[float], end: Sequence[float]) -> Any:
+        """Candidates inside the box between two world positions (what a Shift-drag does)."""
+        return _run(lambda v: add_candidate_at(v, box=(start, end)), self.viewer)
+
+    def _on_click(self, viewer: Viewer, event: Any) -> Any:
         if self._click_action == "off" or event.type != "mouse_press" or event.button != 1:
+            return
+        if self._click_action == "add" and set(event.modifiers) == {"Shift"}:
+            # a Shift-drag (vispy does not pan while a modifier is held): candidates in the box
+            start = tuple(event.position)
+            yield
+            while event.type == "mouse_move":
+                yield
+            self.add_in_box(start, tuple(event.position))
             return
         if event.modifiers:
             return

@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from napari.layers import Image, Labels
     from napari.viewer import Viewer
 
+    from ..inference.candidates import Candidates
+
 __all__ = [
     "META_KEY",
     "EditError",
@@ -396,6 +398,9 @@ class InstanceGroup:
         self._busy = False  # True while this object changes layers (ignore own events)
         self._max_id = 0
         self._pending: set = set()  # layers napari painted on, refreshed from the event loop
+        # every query mask of the segmentation that made the group (click-to-add, key A); only
+        # in memory, set by the segment widget, dropped with the group
+        self.candidates: Candidates | None = None
         for layer in self.layers:
             self._read_layer_state(layer)
         cmap = _colormap(self.colours)
@@ -797,6 +802,7 @@ class InstanceGroup:
             self._busy = False
         self._undo.clear()
         self._redo.clear()
+        self.candidates = None
         _unregister(self.viewer, self)
         with contextlib.suppress(TypeError, ValueError, RuntimeError):
             self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
@@ -968,6 +974,7 @@ class InstanceGroup:
         self._undo.clear()
         self._redo.clear()
         if not self.layers:
+            self.candidates = None
             _unregister(self.viewer, self)
             with contextlib.suppress(TypeError, ValueError, RuntimeError):
                 self.viewer.layers.events.removed.disconnect(self._on_layer_removed)

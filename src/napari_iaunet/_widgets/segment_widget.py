@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from napari.layers import Image
     from napari.viewer import Viewer
 
+    from ..inference.candidates import Candidates
     from ..instances import Instances
 
 __all__ = ["SEGMENT_WIDGETS_CHANGED", "SegmentWidget", "find_segment_widget"]
@@ -80,6 +81,7 @@ class _Job:
     checkpoint: str
     replace: list[InstanceGroup]
     started: float
+    candidates: Any = None  # every query mask (set by the worker), kept by the new group
 
 
 class _Signals(QObject):
@@ -434,7 +436,7 @@ class SegmentWidget(QWidget):
         self._job = _Job(image_layer, frame, path, replace, time.perf_counter())
         self._pbar = cancelable_progress(total=0, desc=f"IAUNet: loading {Path(path).name}",
                                          cancel_callback=self.cancel)
-        worker = create_worker(self._work, plane, path, kwargs, _start_thread=False,
+        worker = create_worker(self._work, plane, path, kwargs, self._job, _start_thread=False,
                                _ignore_errors=True)  # errors: _on_errored + napari's notice
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
@@ -470,10 +472,12 @@ class SegmentWidget(QWidget):
                 self._segmenter_cache[key] = seg
             return seg
 
-    def _work(self, plane: np.ndarray, path: str, kwargs: dict) -> tuple[Instances, list] | None:
+    def _work(self, plane: np.ndarray, path: str, kwargs: dict, job: _Job | None = None
+              ) -> tuple[Instances, list] | None:
         """Runs in the worker thread: library calls only, no napari/Qt objects touched.
 
         Returns None when cancelled (an exception would reach napari's error notifications).
+        Every query's mask is kept in ``job.candidates`` for click-to-add (the edit tools' A).
         """
         from ..inference import SegmentationCancelled
         from ..layers import split_into_layers
@@ -486,15 +490,18 @@ class SegmentWidget(QWidget):
         seg.match_brightness = kwargs["match_brightness"]
         self._signals.stage.emit(f"IAUNet: segmenting on {seg.device}")
         try:
-            instances = seg.segment(
+            instances, candidates = seg.segment(
                 plane,
                 progress=lambda done, total: self._signals.progress.emit(done, total),
                 cancel=self._is_cancelled,
+                candidates=True,
             )
         except SegmentationCancelled:
             return None
         if self._is_cancelled():
             return None
+        if job is not None:
+            job.candidates = candidates
         self._signals.stage.emit("IAUNet: building layers")
         return instances, split_into_layers(instances)
 
@@ -526,6 +533,7 @@ class SegmentWidget(QWidget):
             instances, job.image_layer, frame=job.frame, label_images=label_images,
             checkpoint=job.checkpoint, replace=job.replace,
             class_names=tuple(class_names.class_names) if class_names else ("cell",),
+            candidates=job.candidates,
         )
         seconds = time.perf_counter() - job.started
         self.status.setText(f"{self.status.text()[:-1]} ({seconds:.1f} s).")
@@ -579,10 +587,13 @@ class SegmentWidget(QWidget):
         checkpoint: str | None = None,
         replace: list[InstanceGroup] | None = None,
         class_names: tuple[str, ...] = ("cell",),
+        candidates: Candidates | None = None,
     ) -> InstanceGroup:
         """Show segmentation ``instances`` of ``image_layer`` as a new group (the result seam).
 
-        ``replace`` lists groups to remove first. Tests feed real :class:`Instances` through here.
+        ``replace`` lists groups to remove first. ``candidates`` (every query mask of the
+        segmentation) stay with the group for click-to-add. Tests feed real :class:`Instances`
+        through here.
         """
         for old in replace or []:
             old.remove()
@@ -590,6 +601,7 @@ class SegmentWidget(QWidget):
             self.viewer, image_layer, instances, frame=frame, label_images=label_images,
             source="model", checkpoint=checkpoint, class_names=class_names,
         )
+        group.candidates = candidates
         self.last_group = group
         self.status.setText(f"{_count(len(instances), 'cell')} in "
                             f"{_count(len(group.layers), 'layer')}.")

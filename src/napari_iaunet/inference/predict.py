@@ -21,9 +21,14 @@ __all__ = ["predict_detections", "predict_queries"]
 
 
 @torch.inference_mode()
-def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage]) -> list[Instances]:
+def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
+                    candidate_sources: list | None = None) -> list[Instances]:
     """Query models (IAUNet, PCTrans): one padded batch in, per-query class scores and masks
-    out, post-processed with the segmenter's effective settings."""
+    out, post-processed with the segmenter's effective settings.
+
+    ``candidate_sources``: when a list, every query of each image is appended to it as a
+    :class:`~napari_iaunet.inference.candidates.CandidateSource` (click-to-add candidates).
+    """
     from .postprocess import postprocess
 
     batch = pad_batch([p.tensor for p in prepared])
@@ -33,6 +38,14 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage]) -> list
         outputs = segmenter.inference_model()(batch, with_aux=False)
     padded = tuple(batch.shape[-2:])
     settings = segmenter.effective_settings()
+    if candidate_sources is not None:
+        from .candidates import CandidateSource
+
+        candidate_sources.extend(
+            CandidateSource.from_outputs(outputs["pred_logits"][i], outputs["pred_masks"][i],
+                                         padded, p.resized_shape, p.original_shape,
+                                         mask_threshold=settings.mask_threshold)
+            for i, p in enumerate(prepared))
     return [
         postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
                     p.resized_shape, p.original_shape, settings)
@@ -41,8 +54,14 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage]) -> list
 
 
 @torch.inference_mode()
-def predict_detections(segmenter: Segmenter, prepared: list[PreparedImage]) -> list[Instances]:
-    """Mask R-CNN: unpadded images in, boxes + 28×28 masks out, pasted inside their boxes."""
+def predict_detections(segmenter: Segmenter, prepared: list[PreparedImage],
+                       candidate_sources: list | None = None) -> list[Instances]:
+    """Mask R-CNN: unpadded images in, boxes + 28×28 masks out, pasted inside their boxes.
+
+    A detector has no queries to keep: ``candidate_sources`` gets None per image.
+    """
+    if candidate_sources is not None:
+        candidate_sources.extend([None] * len(prepared))
     from .detections import detections_to_instances
 
     images = [p.tensor[:, :p.resized_shape[0], :p.resized_shape[1]] for p in prepared]

@@ -15,6 +15,7 @@ import torch
 from ..instances import Instances
 from ..model.config import ModelConfig
 from ..model.registry import family_of
+from .candidates import Candidates
 from .device import select_device
 from .postprocess import PostprocessSettings
 from .preprocess import (
@@ -170,13 +171,25 @@ class Segmenter:
         *,
         progress: ProgressCallback | None = None,
         cancel: Callable[[], bool] | None = None,
-    ) -> Instances:
-        """Segment one 2-D gray/RGB/RGBA image of any dtype into overlapping instances."""
+        candidates: bool = False,
+    ) -> Instances | tuple[Instances, Candidates]:
+        """Segment one 2-D gray/RGB/RGBA image of any dtype into overlapping instances.
+
+        ``candidates=True`` returns ``(instances, candidates)``: the instances are the same, and
+        :class:`~napari_iaunet.inference.candidates.Candidates` keeps every query's mask and
+        score (the ones the thresholds dropped too) for click-to-add
+        (:func:`~napari_iaunet.inference.candidates.candidates_at`). A tiled image keeps the
+        queries of every tile, in image coordinates; a model without queries (Mask R-CNN) keeps
+        none.
+        """
         _check_array(image)
         hwc = as_hwc(image)
+        sources: list | None = [] if candidates else None
         tile = self._tile_size(hwc.shape[:2])
         if tile is None:
-            return self.segment_batch([hwc], progress=progress, cancel=cancel)[0]
+            result = self.segment_batch([hwc], progress=progress, cancel=cancel,
+                                        candidate_sources=sources)[0]
+            return (result, _candidates(hwc.shape[:2], sources)) if candidates else result
         # stretch the whole image once (to uint8, fed raw): a tile stretched on its own would
         # get its own contrast (a background tile's noise blown up to the full range)
         whole = to_model_range(hwc, self.config.intensity)
@@ -187,8 +200,16 @@ class Segmenter:
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
         results = self.segment_batch(crops, progress=progress, cancel=cancel,
-                                     offsets=[offset] * len(crops), intensity="dtype")
-        return merge_tiles(tiles, results, hwc.shape[:2])
+                                     offsets=[offset] * len(crops), intensity="dtype",
+                                     candidate_sources=sources)
+        merged = merge_tiles(tiles, results, hwc.shape[:2])
+        if not candidates:
+            return merged
+        for t, src in zip(tiles, sources or [], strict=True):
+            if src is not None:  # tile coordinates → image coordinates
+                y0, x0, y1, x1 = src.window
+                src.window = (y0 + t.y0, x0 + t.x0, y1 + t.y0, x1 + t.x0)
+        return merged, _candidates(hwc.shape[:2], sources)
 
     def segment_batch(
         self,
@@ -198,6 +219,7 @@ class Segmenter:
         cancel: Callable[[], bool] | None = None,
         offsets: Sequence[float] | None = None,
         intensity: str | None = None,
+        candidate_sources: list | None = None,
     ) -> list[Instances]:
         """Segment several images (no tiling), ``batch_size`` per forward pass.
 
@@ -205,6 +227,8 @@ class Segmenter:
         share the whole image's); without them each image is matched to the model's brightness
         when brightness matching is on (:meth:`effective_match_brightness`). ``intensity``: how
         values reach 0-255 (None: the model's; tiles of a stretched image use ``"dtype"``).
+        ``candidate_sources``: a list that gets every image's queries
+        (:class:`~napari_iaunet.inference.candidates.CandidateSource`, None for a detector).
         """
         cfg = self.config
         intensity = intensity or cfg.intensity
@@ -221,7 +245,7 @@ class Segmenter:
                                 cfg.size_divisibility, self.device, offset=off,
                                 intensity=intensity)
                         for im, off in zip(chunk, shifts, strict=True)]
-            out.extend(self._predict(prepared))
+            out.extend(self._predict(prepared, candidate_sources))
             if progress is not None:
                 progress(min(start + len(chunk), total), total)
         return out
@@ -285,8 +309,17 @@ class Segmenter:
         side = info.metadata.get("image_side") if info is not None else None
         return int(side) if isinstance(side, (int, float)) and side > 0 else None
 
-    def _predict(self, prepared: list[PreparedImage]) -> list[Instances]:
-        return family_of(self.config).predictor()(self, prepared)
+    def _predict(self, prepared: list[PreparedImage],
+                 candidate_sources: list | None = None) -> list[Instances]:
+        predictor = family_of(self.config).predictor()
+        if candidate_sources is None:
+            return predictor(self, prepared)
+        return predictor(self, prepared, candidate_sources=candidate_sources)
+
+
+def _candidates(shape: tuple[int, ...], sources: list | None) -> Candidates:
+    return Candidates((int(shape[0]), int(shape[1])),
+                      [s for s in sources or [] if s is not None])
 
 
 def auto_tile_size(input_size: int, trained_image_side: int | None) -> int:
