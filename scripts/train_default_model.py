@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.out / "run"
     if not args.skip_training:
         t0 = time.time()
+        stop = threading.Event()  # SIGINT / SIGTERM: finish the step, write last.pt + state.pt
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         result = train(
             train_data, val_data,
             TrainConfig(out_dir=run_dir, steps=args.steps, batch_size=args.batch_size,
@@ -198,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             start=args.init,
             backbone_weights=IMAGENET if args.encoder == "imagenet" and not args.init else None,
             callbacks=[PrintProgress(every=20)],
+            cancel=stop,
         )
+        if result.cancelled:
+            print(f"stopped at step {result.steps}; run the same command again to continue",
+                  file=sys.stderr)
+            return 0
         print(f"training took {(time.time() - t0) / 3600:.2f} h; best {result.best_metric}",
               file=sys.stderr)
 
