@@ -177,6 +177,19 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
         mcc_temperature=args.contrast_temperature)
+    backbone_weights = args.backbone_weights
+    if args.pretrained:
+        if args.weights is not None or backbone_weights is not None:
+            raise ValueError("--pretrained starts a new model from ImageNet weights: it does "
+                             "not go with --weights or --backbone-weights")
+        from ..model.encoder import IMAGENET, imagenet_weights_path
+
+        if not FAMILIES[args.family].takes_backbone:
+            raise ValueError(f"--pretrained needs a family built on a timm backbone "
+                             f"({', '.join(n for n, f in FAMILIES.items() if f.takes_backbone)}); "
+                             f"for {args.family} pass --backbone-weights")
+        imagenet_weights_path(args.backbone)  # says what to install before anything starts
+        backbone_weights = IMAGENET
     train_data = AnnotatedImages.from_coco(args.train)
     val_data = AnnotatedImages.from_coco(args.val) if args.val else None
     model_config = None
@@ -191,19 +204,6 @@ def run(args: argparse.Namespace) -> int:
         options.update({k: True for k, on in pctrans_options(args).items() if on})
         model_config = family.new_config(train_data.class_names or ["cell"],
                                          args.input_size or 512, **options)
-    backbone_weights = args.backbone_weights
-    if args.pretrained:
-        if args.weights is not None or backbone_weights is not None:
-            raise ValueError("--pretrained starts a new model from ImageNet weights: it does "
-                             "not go with --weights or --backbone-weights")
-        from ..model.encoder import IMAGENET, imagenet_weights_path
-
-        if not FAMILIES[args.family].takes_backbone:
-            raise ValueError(f"--pretrained needs a family built on a timm backbone "
-                             f"({', '.join(n for n, f in FAMILIES.items() if f.takes_backbone)}); "
-                             f"for {args.family} pass --backbone-weights")
-        imagenet_weights_path(args.backbone)  # says what to install before anything starts
-        backbone_weights = IMAGENET
     stop = threading.Event()
     _install_stop_handler(stop)
     rank0 = not ddp.launched_distributed() or int(os.environ.get("RANK", "0")) == 0

@@ -74,15 +74,14 @@ def to_model_range(image: np.ndarray, intensity: str = "percentile") -> np.ndarr
     elif hwc.dtype == bool or (np.issubdtype(hwc.dtype, np.number)
                                and not np.issubdtype(hwc.dtype, np.complexfloating)):
         if hwc.dtype in (np.uint8, np.uint16, bool):  # exact, from a histogram (fast)
-            counts = np.bincount(hwc.ravel().view(np.uint8) if hwc.dtype == bool
-                                 else hwc.ravel())
+            values = hwc.view(np.uint8) if hwc.dtype == bool else hwc
+            counts = np.bincount(values.ravel())
             lo, hi = _percentiles_from_counts(counts)
             if hi <= lo:
                 nonzero = np.flatnonzero(counts)
                 lo, hi = float(nonzero[0]), float(nonzero[-1])
             # a lookup table: one gather instead of float arithmetic over every pixel
-            table = _stretch(np.arange(len(counts), dtype=np.float32), lo, hi)
-            out = table[hwc.astype(np.uint16, copy=False) if hwc.dtype == bool else hwc]
+            out = _stretch(np.arange(len(counts), dtype=np.float32), lo, hi)[values]
         else:
             out = hwc.astype(np.float32)
             finite = np.isfinite(out)

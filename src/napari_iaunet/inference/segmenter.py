@@ -311,10 +311,8 @@ class Segmenter:
 
     def _predict(self, prepared: list[PreparedImage],
                  candidate_sources: list | None = None) -> list[Instances]:
-        predictor = family_of(self.config).predictor()
-        if candidate_sources is None:
-            return predictor(self, prepared)
-        return predictor(self, prepared, candidate_sources=candidate_sources)
+        return family_of(self.config).predictor()(self, prepared,
+                                                   candidate_sources=candidate_sources)
 
 
 def _candidates(shape: tuple[int, ...], sources: list | None) -> Candidates:

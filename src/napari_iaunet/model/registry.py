@@ -56,7 +56,9 @@ class ModelFamily:
     config_class: type
     builder: str  # "module:function(config, backbone_weights) -> nn.Module"
     loss: str  # "module:function(model_config, train_config, device) -> (loss_fn, loss_keys)"
-    predict: str  # "module:function(segmenter, prepared_images) -> list[Instances]"
+    # "module:function(segmenter, prepared_images, candidate_sources=None) -> list[Instances]";
+    # a list as candidate_sources gets each image's query masks (None for a detector)
+    predict: str
     query_based: bool = True  # per-query masks and class scores: query clustering applies
     fuses: bool = True  # the Segmenter folds BatchNorm and fuses conv+ReLU for inference
     clusters_queries: bool = False  # inference merges near-duplicate queries by default
@@ -74,8 +76,8 @@ class ModelFamily:
         return _resolve(self.loss)(model_config, train_config, device)
 
     def predictor(self) -> Callable[..., Any]:
-        """``fn(segmenter, prepared_images) -> list[Instances]``: a forward pass and the
-        family's post-processing."""
+        """``fn(segmenter, prepared_images, candidate_sources=None) -> list[Instances]``: a
+        forward pass and the family's post-processing."""
         return _resolve(self.predict)
 
     def new_config(self, class_names: tuple[str, ...] | list[str], input_size: int,
