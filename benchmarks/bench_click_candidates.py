@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
+from napari_iaunet.evaluation.edits import interior_point
 from napari_iaunet.evaluation.metrics import pairwise_iou
 from napari_iaunet.inference import Segmenter
 from napari_iaunet.inference.candidates import (
@@ -46,13 +46,6 @@ from napari_iaunet.io.images import read_image
 from napari_iaunet.layers import split_into_layers
 
 DEFAULT_WEIGHTS = C.REPO / "weights" / "iaunet_default.pt"
-
-
-def interior_point(mask: np.ndarray) -> tuple[int, int]:
-    """The most interior pixel of a mask (maximum of its distance transform)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-    r, c = np.unravel_index(int(np.argmax(dist)), mask.shape)
-    return int(r), int(c)
 
 
 def iou_with(cand: Candidate, box: np.ndarray, crop: np.ndarray) -> float:

@@ -23,15 +23,19 @@ def test_train_config_and_run_folders(tmp_path, monkeypatch):
 
     cfg = make_train_config(FineTuneSettings(augment=False, every=7), tmp_path / "r",
                             input_size=512)
-    assert (cfg.steps, cfg.batch_size, cfg.lr) == (200, 2, 5e-5)
+    assert (cfg.steps, cfg.batch_size, cfg.lr) == (80, 2, 1e-4)  # the quick recipe
     assert cfg.val_every == cfg.checkpoint_every == 7
     assert cfg.scale_range == (1.0, 1.0) and cfg.normalisation == "keep"
-    assert cfg.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
+    assert cfg.freeze_encoder and cfg.num_points == 3136
+    thorough = make_train_config(FineTuneSettings.thorough(), tmp_path / "t", input_size=512)
+    assert (thorough.steps, thorough.lr, thorough.freeze_encoder) == (200, 5e-5, False)
+    assert thorough.num_points == 12544 and points_for(256) == 3136 and points_for(64) == 256
     on = make_train_config(FineTuneSettings(), tmp_path, input_size=512)
     assert on.scale_range == (0.8, 1.5) and on.augment
     new = make_train_config(FineTuneSettings(), tmp_path, input_size=512, new_model=True)
     assert new.normalisation == "data"
     assert on.freeze_batchnorm and not new.freeze_batchnorm  # a start model keeps its statistics
+    assert not new.freeze_encoder  # a new model's encoder learns too
     # augment off is off for real: no flips and no rotations either, only the resize
     from napari_iaunet.training.augment import AugmentConfig
     from napari_iaunet.training.trainer import augment_config_for

@@ -80,3 +80,55 @@ def test_train_cli_masked_attention_reaches_a_new_model(train_args, trainer_call
     assert trainer_calls[-1][1].masked_attention is True
     assert main([*common, "--family", "pctrans", "--masked-attention"]) == 0
     assert trainer_calls[-1][1].masked_attention is True
+
+
+@pytest.mark.slow
+def test_train_quick_says_how_long_and_which_model_to_use(tmp_path, capsys):
+    ann = write_synthetic_coco(tmp_path / "d", 2, 64, seed=2, params=SynthParams(scale=0.15))
+    start = ["train", "--train", str(ann), "--out", str(tmp_path / "start"), "--backbone",
+             "resnet18", "--queries", "6", "--hidden-dim", "32", "--input-size", "64",
+             "--points", "256", "--threads", "1", "--steps", "1"]
+    assert main(start) == 0
+    capsys.readouterr()
+    quick = ["train", "--quick", "--train", str(ann), "--weights",
+             str(tmp_path / "start" / "last.pt"), "--out", str(tmp_path / "quick"), "--steps",
+             "2", "--points", "256", "--threads", "1", "--print-every", "1"]
+    assert main(quick) == 0
+    out = capsys.readouterr()
+    assert "this run should take about" in out.err and "on cpu (2 steps of" in out.err
+    assert "on the held-back part" in out.out
+    used = out.out.strip().splitlines()[-1]
+    assert used.startswith("use: ") and used.endswith(".pt")
+    from napari_iaunet.training.finetune import read_verdict
+
+    verdict = read_verdict(tmp_path / "quick")
+    assert verdict is not None
+    expected = "start/last.pt" if verdict["keep"] == "start" else "quick/best.pt"
+    assert used.endswith(expected)
+    assert load_checkpoint(tmp_path / "quick" / "last.pt").metadata["train_config"][
+        "freeze_encoder"] is True
+
+
+def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, capsys):
+    from napari_iaunet._cli import train as train_cli
+    from napari_iaunet.training import finetune
+
+    seen = {}
+
+    def fake_run(data, cfg, *, start=None, hold_back=0.0, **kwargs):
+        seen.update(start=start, hold_back=hold_back, cfg=cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(finetune, "run_finetune", fake_run)
+    monkeypatch.setattr(train_cli, "_install_stop_handler", lambda event: None)
+    with pytest.raises(SystemExit):
+        main([*train_args, "--quick"])
+    from napari_iaunet.weights import default_weights
+
+    assert seen["start"] == default_weights() and seen["hold_back"] == 0.2
+    assert seen["cfg"].freeze_encoder and seen["cfg"].lr == 1e-4 and seen["cfg"].steps == 1
+    assert "starting from the bundled model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a validation set replaces the held-back strip
+        main([*train_args, "--quick", "--val", train_args[2]])
+    assert seen["hold_back"] == 0.0
+    assert main([*train_args, "--quick", "--pretrained"]) == 1

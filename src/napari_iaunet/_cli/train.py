@@ -1,9 +1,13 @@
 """``napari-iaunet train --train COCO[:IMAGES]... --out DIR``: train or fine-tune a model.
 
+``--quick`` is the fine-tune widget's recipe (few steps, the encoder frozen, a held-back strip of
+each image that keeps the start model when the fine-tune is worse there); without ``--weights``
+it starts from the bundled default model.
+
 Works the same under ``torchrun --nproc_per_node=N`` (DDP: gloo on the CPU, nccl on GPUs; only
-rank 0 writes). Ctrl-C (SIGINT) or SIGTERM stops between steps (or between the images of a
-validation, which is then dropped) and writes ``last.pt`` + ``state.pt``; ``--resume`` continues
-from there.
+rank 0 writes; not ``--quick``). Ctrl-C (SIGINT) or SIGTERM stops between steps (or between
+the images of a validation, which is then dropped) and writes ``last.pt`` + ``state.pt``;
+``--resume`` continues from there.
 """
 
 from __future__ import annotations
@@ -34,7 +38,12 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument("--weights", "-w", type=Path, default=None,
                        help="checkpoint to fine-tune (keeps its architecture, family and "
-                            "normalisation)")
+                            "normalisation; with --quick: default the bundled model)")
+    model.add_argument("--quick", action="store_true",
+                       help="fine-tune with the widget's quick recipe: 80 steps, decoder only, "
+                            "lr 1e-4, 3136 points, a held-back strip of each image (20 %%) that "
+                            "keeps the start model when the fine-tune does worse there (no "
+                            "--val needed; options given explicitly still apply)")
     model.add_argument("--family", default=DEFAULT_FAMILY, choices=tuple(FAMILIES),
                        help="model family of a new model: IAUNet, PCTrans (deformable-attention "
                             "pixel decoder + all PCTrans options) or torchvision's Mask R-CNN")
@@ -98,7 +107,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                         help="passes over the training set")
     run.add_argument("--batch-size", type=positive_int, default=2,
                      help="images per step and process")
-    run.add_argument("--lr", type=positive_float, default=1e-4)
+    run.add_argument("--lr", type=positive_float, default=None,
+                     help="learning rate (default 1e-4; --quick: its recipe's)")
     run.add_argument("--weight-decay", type=non_negative_float, default=0.05)
     run.add_argument("--min-lr", type=non_negative_float, default=1e-6,
                      help="end of the cosine schedule")
@@ -108,14 +118,15 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     run.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
     run.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                      help="mixed precision (auto: on for CUDA, off on the CPU)")
-    run.add_argument("--points", type=positive_int, default=12544,
-                     help="sampled points per mask for matching and mask losses")
+    run.add_argument("--points", type=positive_int, default=None,
+                     help="sampled points per mask for matching and mask losses (default 12544; "
+                          "--quick: its recipe's)")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
     run.add_argument("--seed", type=int, default=3407)
-    run.add_argument("--val-every", type=non_negative_int, default=500,
-                     help="steps between validations")
+    run.add_argument("--val-every", type=non_negative_int, default=None,
+                     help="steps between validations (default 500; --quick: its recipe's)")
     run.add_argument("--checkpoint-every", type=non_negative_int, default=None,
                      help="steps between last.pt writes (default: with each validation)")
     run.add_argument("--patience", type=positive_int, default=None,
@@ -155,6 +166,39 @@ def _install_stop_handler(event: threading.Event) -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _quick_config(args: argparse.Namespace) -> tuple[object, float]:
+    """The TrainConfig of ``--quick`` (options given explicitly replace the recipe's) and the
+    fraction held back."""
+    from ..training.finetune import FineTuneSettings, make_train_config
+
+    if args.pretrained or args.backbone_weights is not None:
+        raise ValueError("--quick fine-tunes a trained model (--weights, or the bundled one); "
+                         "it does not go with --pretrained or --backbone-weights")
+    recipe = FineTuneSettings()
+    settings = FineTuneSettings(
+        steps=args.steps or recipe.steps, lr=args.lr or recipe.lr, batch_size=args.batch_size,
+        input_size=args.input_size, augment=args.augment, device=args.device,
+        every=args.val_every or recipe.every, num_points=args.points or recipe.num_points,
+        hold_back=recipe.hold_back if not args.val else 0.0)
+    if args.epochs:
+        raise ValueError("--quick counts steps: give --steps, not --epochs")
+    cfg = make_train_config(settings, args.out, input_size=args.input_size or _input_size(
+        args.weights), resume=args.resume)
+    cfg.overwrite = args.overwrite
+    cfg.num_threads = args.threads
+    cfg.seed = args.seed
+    cfg.num_workers = args.workers
+    if args.checkpoint_every is not None:
+        cfg.checkpoint_every = args.checkpoint_every
+    return cfg, settings.hold_back
+
+
+def _input_size(weights: Path) -> int:
+    from ..checkpoint import read_checkpoint_info
+
+    return int(read_checkpoint_info(weights).config.input_size)
+
+
 def run(args: argparse.Namespace) -> int:
     import logging
 
@@ -164,15 +208,19 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quick:
+        return _run_quick(args)
     cfg = TrainConfig(
         out_dir=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, min_lr=args.min_lr, warmup_steps=args.warmup,
+        lr=args.lr or 1e-4, weight_decay=args.weight_decay, min_lr=args.min_lr,
+        warmup_steps=args.warmup,
         backbone_lr_multiplier=args.backbone_lr_mult, grad_clip=args.grad_clip, amp=args.amp,
-        seed=args.seed, num_workers=args.workers, val_every=args.val_every,
+        seed=args.seed, num_workers=args.workers,
+        val_every=500 if args.val_every is None else args.val_every,
         checkpoint_every=args.checkpoint_every, early_stopping=args.patience,
         input_size=args.input_size, match_brightness=args.match_brightness,
         freeze_batchnorm=args.freeze_batchnorm,
-        num_points=args.points, augment=args.augment,
+        num_points=args.points or 12544, augment=args.augment,
         device=args.device, num_threads=args.threads, resume=args.resume,
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
@@ -221,4 +269,38 @@ def run(args: argparse.Namespace) -> int:
         for p in (result.best_path, result.last_path):
             if p is not None:
                 print(f"wrote {p}")
+    return 0
+
+
+def _run_quick(args: argparse.Namespace) -> int:
+    """``train --quick``: the widget's recipe with its held-back check, in one process."""
+    from ..training import distributed as ddp
+    from ..training.callbacks import PrintProgress
+    from ..training.dataset import AnnotatedImages
+    from ..training.finetune import run_finetune
+    from ..weights import default_weights
+
+    if ddp.launched_distributed():
+        raise ValueError("--quick runs in one process; under torchrun train without --quick")
+    if args.weights is None:
+        args.weights = default_weights()
+        print(f"starting from the bundled model {args.weights}", file=sys.stderr)
+    cfg, fraction = _quick_config(args)
+    train_data = AnnotatedImages.from_coco(args.train)
+    val_data = AnnotatedImages.from_coco(args.val) if args.val else None
+    stop = threading.Event()
+    _install_stop_handler(stop)
+    outcome = run_finetune(train_data, cfg, start=args.weights, val_data=val_data,
+                           hold_back=fraction, callbacks=[PrintProgress(args.print_every)],
+                           cancel=stop)
+    result = outcome.result
+    state = "cancelled" if result.cancelled else "finished"
+    print(f"{state} after {result.steps}/{result.total_steps} steps in "
+          f"{result.elapsed_s / 60:.1f} min")
+    for note in outcome.notes:
+        print(f"note: {note}")
+    if outcome.verdict is not None:
+        print(outcome.verdict.sentence())
+    if outcome.model_path is not None:
+        print(f"use: {outcome.model_path}")
     return 0

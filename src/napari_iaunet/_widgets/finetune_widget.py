@@ -3,7 +3,10 @@
 Training data are the open image / instance-group pairs the user ticks (the current one is ticked
 for them) and, optionally, folders of COCO files. The widget collects the settings, snapshots the
 data (pixels and :class:`~napari_iaunet.instances.Instances`, so later edits do not disturb a
-running job) and calls :func:`napari_iaunet.training.train` in a napari thread worker.
+running job) and calls :func:`napari_iaunet.training.finetune.run_finetune` in a napari thread
+worker. The *quick* recipe (the default) trains the decoder only and holds back a strip of each
+image: before the first step the status says how long the run should take on this device, and at
+the end how the start and the fine-tuned model score on the strip; a worse fine-tune is not used.
 
 Threads: the worker thread runs ``train``; the trainer's callbacks (:class:`_Relay`) emit Qt
 signals, which Qt queues to the GUI thread, where the progress bar, the loss plot and the labels
@@ -12,8 +15,8 @@ are updated. Nothing in the worker touches napari or Qt widgets. Cancel sets a
 it then writes ``last.pt`` and ``state.pt``, so *Resume* continues exactly where it stopped.
 *Use this model* switches the segment widget
 (:func:`~napari_iaunet._widgets.segment_widget.find_segment_widget`) to the run's best
-checkpoint; the *start from* list follows the segment widget's model through its
-``checkpoint_changed`` signal.
+checkpoint (or keeps the start model when the held-back check chose it); the *start from* list
+follows the segment widget's model through its ``checkpoint_changed`` signal.
 
 The run folder is the trainer's (``best.pt``, ``last.pt``, ``state.pt``, ``log.jsonl``,
 ``loss.png``); a folder that already holds a run is never reused without asking.
@@ -54,6 +57,7 @@ from ..training.finetune import (  # no torch: safe to import
     FineTuneSettings,
     make_train_config,
     pairing_problem,
+    read_verdict,
     scan_coco_folder,
 )
 from ..training.run_folder import (  # no torch: safe to import
@@ -81,6 +85,10 @@ BROWSE = "Browse…"
 SEGMENT_MODEL = "<segment widget>"
 NEW_MODEL = "new:"  # prefix of the "start from" entries that build a new model (registry presets)
 LR_CHOICES = ("1e-5", "2e-5", "5e-5", "1e-4", "2e-4", "5e-4", "1e-3")
+RECIPES = {  # name -> (label, settings)
+    "quick": ("quick: decoder only, held-back check", FineTuneSettings()),
+    "thorough": ("thorough: the whole network", FineTuneSettings.thorough()),
+}
 ERROR_STYLE = "color:#e06c5a"
 
 
@@ -178,6 +186,7 @@ class _Signals(QObject):
     validation = Signal(int, object)  # step, metrics
     checkpoint = Signal(str)  # path
     stage = Signal(str)
+    estimate = Signal(float, object)  # seconds, the parts
 
 
 class _Relay(TrainCallback):
@@ -190,6 +199,9 @@ class _Relay(TrainCallback):
     def _emit(self, name: str, *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the widget was closed meanwhile
             getattr(self.signals, name).emit(*args)
+
+    def on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
+        self._emit("estimate", float(seconds), dict(info))
 
     def on_start(self, info: dict[str, Any]) -> None:
         self._emit("started", dict(info))
@@ -231,6 +243,7 @@ class _Job:
     n_cells: int
     model_config: Any = None
     backbone_weights: str | None = None  # "imagenet": a new model's encoder from ImageNet
+    hold_back: float = 0.0  # fraction of each image held back to check the result
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -264,6 +277,7 @@ class FineTuneWidget(QWidget):
         self._signals.validation.connect(self._on_validation)
         self._signals.checkpoint.connect(self._on_checkpoint)
         self._signals.stage.connect(self._on_stage)
+        self._signals.estimate.connect(self._on_estimate)
         self._cancel = threading.Event()
         self._worker: Any = None
         self._job: _Job | None = None
@@ -280,6 +294,8 @@ class FineTuneWidget(QWidget):
         self._segment_widget: Any = None  # the segment widget whose model "start from" follows
         self._models_stale = False  # its model changed during a run: refresh afterwards
         self.last_result: Any = None
+        self.last_outcome: Any = None  # the FineTuneOutcome (verdict, the model to use)
+        self.estimate: tuple[float, dict] | None = None  # the running job's, before step 1
         self.latest_checkpoint: str | None = None
         make_torch_import_safe()
         self._build()
@@ -346,6 +362,15 @@ class FineTuneWidget(QWidget):
         self.model_info = qtu.monospace_label()
         form.addRow(self.model_info)
         defaults = FineTuneSettings()
+        self.recipe_combo = QComboBox()
+        for key, (label, _) in RECIPES.items():
+            self.recipe_combo.addItem(label, key)
+        self.recipe_combo.setToolTip(
+            "quick: the encoder stays as it is, the decoder learns (about 3 minutes for one "
+            "1080² image on a laptop CPU). thorough: the whole network at a low learning rate "
+            "(several times longer). Choosing one sets steps, learning rate and the check.")
+        self.recipe_combo.currentIndexChanged.connect(self._on_recipe_changed)
+        form.addRow("recipe", self.recipe_combo)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 1_000_000)
         self.steps_spin.setValue(defaults.steps)
@@ -388,6 +413,14 @@ class FineTuneWidget(QWidget):
         self.every_spin.setToolTip("Validate (with a validation image) and write last.pt this "
                                    "often; best.pt whenever validation improves.")
         form.addRow("validate, save every", self.every_spin)
+        self.holdback_check = QCheckBox(f"hold back {round(100 * defaults.hold_back)} % of each "
+                                        "image; keep the start model if the result is worse there")
+        self.holdback_check.setChecked(defaults.hold_back > 0)
+        self.holdback_check.setToolTip(
+            "With no validation image, a strip of every image (where the cut crosses the fewest "
+            "cells) is not trained on: the start model and each checkpoint are scored there, and "
+            "Use this model keeps the start model when fine-tuning made it worse.")
+        form.addRow("check", self.holdback_check)
         self.out_edit = QLineEdit()
         self.out_edit.setToolTip("The run folder (best.pt, last.pt, state.pt, log.jsonl, "
                                  "loss.png). Default: beside the image.")
@@ -846,6 +879,10 @@ class FineTuneWidget(QWidget):
     def _load_run_settings(self, run: dict[str, Any]) -> None:
         """Show an existing run: its settings in the controls, its loss so far in the plot."""
         tc = run.get("train_config") or {}
+        recipe = "quick" if tc.get("freeze_encoder") else "thorough"
+        was = self.recipe_combo.blockSignals(True)  # the run's own values follow
+        self.recipe_combo.setCurrentIndex(self.recipe_combo.findData(recipe))
+        self.recipe_combo.blockSignals(was)
         if tc.get("steps"):
             self.steps_spin.setValue(int(tc["steps"]))
         if tc.get("lr"):
@@ -884,11 +921,22 @@ class FineTuneWidget(QWidget):
             raise ValueError(f"learning rate '{text}' is not a number (e.g. 5e-5)") from None
         if not 0 < lr < 1:
             raise ValueError(f"learning rate {lr:g} is out of range (0 < lr < 1)")
+        recipe = RECIPES[str(self.recipe_combo.currentData())][1]
+        fraction = FineTuneSettings().hold_back if self.holdback_check.isChecked() else 0.0
         return FineTuneSettings(
             steps=int(self.steps_spin.value()), lr=lr, batch_size=int(self.batch_spin.value()),
             input_size=int(self.size_spin.value()) // 32 * 32,
             augment=self.augment_check.isChecked(), device=str(self.device_combo.currentData()),
-            every=int(self.every_spin.value()))
+            every=int(self.every_spin.value()), freeze_encoder=recipe.freeze_encoder,
+            num_points=recipe.num_points, hold_back=fraction)
+
+    def _on_recipe_changed(self, _index: int = 0) -> None:
+        """Set the controls to the chosen recipe's values."""
+        recipe = RECIPES[str(self.recipe_combo.currentData())][1]
+        self.steps_spin.setValue(recipe.steps)
+        self.lr_combo.setCurrentText(f"{recipe.lr:g}")
+        self.every_spin.setValue(recipe.every)
+        self.holdback_check.setChecked(recipe.hold_back > 0)
 
     # ------------------------------------------------------------------ run
     @property
@@ -913,10 +961,15 @@ class FineTuneWidget(QWidget):
     def _usable_checkpoint(self) -> Path | None:
         """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
         validation never found a cell (AP 0 everywhere: no validation says best.pt is better
-        than the newest weights)."""
+        than the newest weights). The start model when the finished run's held-back check
+        kept it."""
         folder = self._job.out_dir if self._job is not None else self.output_dir
         if folder is None:
             return None
+        if self._job is None:
+            kept = self._kept_start(folder)
+            if kept is not None:
+                return kept
         names = ("best.pt", "last.pt")
         if self._best is not None and self._best[1] <= 0:
             names = ("last.pt", "best.pt")
@@ -924,6 +977,15 @@ class FineTuneWidget(QWidget):
             if (folder / name).is_file():
                 return folder / name
         return None
+
+    def _kept_start(self, folder: Path) -> Path | None:
+        """The start model, when the run in ``folder`` ended with its held-back check keeping
+        it (and it is still there)."""
+        verdict = read_verdict(folder)
+        if verdict is None or verdict.get("keep") != "start":
+            return None
+        start = Path(str(verdict.get("start_model", "")))
+        return start if start.is_file() else None
 
     def start(self, resume: bool = False) -> Any:
         """Start (or with ``resume`` continue) a run in a worker; the worker, or None with the
@@ -987,10 +1049,13 @@ class FineTuneWidget(QWidget):
                                    self._model_info.config.input_size)
         job = _Job(out_dir=out, start=start, config=config, data=data, coco=coco, val=val,
                    resume=resume, n_images=n_images, n_cells=n_cells, model_config=new,
-                   backbone_weights=self.new_model_backbone_weights if new is not None else None)
+                   backbone_weights=self.new_model_backbone_weights if new is not None else None,
+                   hold_back=settings.hold_back if val is None and new is None else 0.0)
         self._cancel.clear()
         self._job = job
         self.last_result = None
+        self.last_outcome = None
+        self.estimate = None
         self.latest_checkpoint = None
         run = read_run(out) if resume else None
         if run is not None:
@@ -1040,18 +1105,21 @@ class FineTuneWidget(QWidget):
     def _work(self, job: _Job) -> Any:
         """Worker thread: library calls only (no napari or Qt widgets)."""
         make_torch_import_safe()
-        from ..training import AnnotatedImages, train
+        from ..training import AnnotatedImages
+        from ..training.finetune import run_finetune
 
         data = job.data
         if job.coco:
             self._signals.stage.emit("reading the COCO files…")
             data = data + AnnotatedImages.from_coco(job.coco)
-        self._signals.stage.emit("loading the model…")
-        result = train(data, job.val, job.config, start=job.start,
-                       model_config=job.model_config, backbone_weights=job.backbone_weights,
-                       callbacks=[_Relay(self._signals)], cancel=self._cancel)
-        result.model = None  # the weights are in the run folder; free the memory now
-        return result
+        self._signals.stage.emit("loading the model, timing one step…" if job.start else
+                                 "loading the model…")
+        outcome = run_finetune(data, job.config, start=job.start, model_config=job.model_config,
+                               backbone_weights=job.backbone_weights, val_data=job.val,
+                               hold_back=job.hold_back, callbacks=[_Relay(self._signals)],
+                               cancel=self._cancel)
+        outcome.result.model = None  # the weights are in the run folder; free the memory now
+        return outcome
 
     def cancel(self) -> None:
         """Stop the run after its current step, or a validation after its current image
@@ -1083,14 +1151,27 @@ class FineTuneWidget(QWidget):
             return None
         seg.set_checkpoint(path)
         self._refresh_models()  # "start from" the segment widget's model is now this one
-        self._set_status(f"The segment widget now uses {path.parent.name}/{path.name}: "
-                         "click Segment there to see the difference.")
+        folder = self._job.out_dir if self._job is not None else self.output_dir
+        if self._job is None and folder is not None and self._kept_start(folder) == path:
+            self._set_status(f"The held-back check kept the start model: the segment widget "
+                             f"uses {path.name}.")
+        else:
+            self._set_status(f"The segment widget now uses {path.parent.name}/{path.name}: "
+                             "click Segment there to see the difference.")
         return path
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
     def _on_stage(self, text: str) -> None:
         if self._job is not None and self.progress.maximum() == 0:
             self.progress.setFormat(text)
+
+    def _on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
+        self.estimate = (seconds, info)
+        checks = (f" and {info['validations']} held-back checks" if info.get("validations")
+                  else "")
+        self._set_status(f"This run should take about {format_duration(seconds)} on "
+                         f"{info.get('device', '?')} ({info.get('steps')} steps of "
+                         f"{info.get('step_s', 0):.2g} s{checks}).")
 
     def _on_started(self, info: dict[str, Any]) -> None:
         job = self._job
@@ -1108,8 +1189,11 @@ class FineTuneWidget(QWidget):
             self._set_status(f"This run already has {start_step}/{total} steps: raise steps to "
                              "train longer.")
             return
+        expected = (f" Expected: about {format_duration(self.estimate[0])}."
+                    if self.estimate is not None else "")
         self._set_status(f"Training on {info.get('device', '?')}: {_count(job.n_images, 'image')}, "
-                         f"{_count(job.n_cells, 'cell')}, steps {start_step + 1}–{total}.")
+                         f"{_count(job.n_cells, 'cell')}, steps {start_step + 1}–{total}."
+                         f"{expected}")
 
     def _on_step(self, step: int, total: int, loss: float, eta: float) -> None:
         job = self._job
@@ -1157,8 +1241,9 @@ class FineTuneWidget(QWidget):
         self.latest_checkpoint = path
         self._update_enabled()
 
-    def _on_returned(self, result: Any) -> None:
-        self.last_result = result
+    def _on_returned(self, outcome: Any) -> None:
+        self.last_outcome = outcome
+        self.last_result = result = outcome.result
         job = self._job
         elapsed = time.perf_counter() - job.started if job is not None else result.elapsed_s
         done = f"{result.steps}/{result.total_steps} steps"
@@ -1180,7 +1265,15 @@ class FineTuneWidget(QWidget):
             text = f"Stopped early at {done} in {format_duration(elapsed)}.{best}"
         else:
             text = f"Done: {done} in {format_duration(elapsed)}.{best}"
-        self._set_status(text + " Use this model switches the segment widget to it.")
+        if outcome.verdict is not None:
+            text += " " + outcome.verdict.sentence()
+        for note in outcome.notes:
+            text += f" Note: {note}."
+        if outcome.verdict is not None and outcome.verdict.kept_start:
+            text += " Use this model keeps the start model."
+        else:
+            text += " Use this model switches the segment widget to it."
+        self._set_status(text)
 
     def _on_errored(self, exc: BaseException) -> None:
         self._set_status(f"Training failed: {exc}", error=True)

@@ -24,6 +24,10 @@ __all__ = [
 class TrainCallback:
     """Base class: override what you need. Called on rank 0 only, between steps."""
 
+    def on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
+        """Before a fine-tune starts (:func:`~napari_iaunet.training.finetune.run_finetune`):
+        how long it should take on this device, from one timed step (``info``: the parts)."""
+
     def on_start(self, info: dict[str, Any]) -> None:
         """Once, before the first step (``info``: total steps, resumed step, config, data)."""
 
@@ -57,6 +61,12 @@ class PrintProgress(TrainCallback):
     def __init__(self, every: int = 10, stream: TextIO | None = None) -> None:
         self.every = max(1, int(every))
         self.stream = stream or sys.stderr
+
+    def on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
+        print(f"this run should take about {format_duration(seconds)} on {info.get('device')} "
+              f"({info.get('steps')} steps of {info.get('step_s', 0):.2g} s"
+              + (f", {info['validations']} checks of {info.get('validation_s', 0):.2g} s"
+                 if info.get("validations") else "") + ")", file=self.stream, flush=True)
 
     def on_start(self, info: dict[str, Any]) -> None:
         print(f"training {info.get('total_steps')} steps "

@@ -61,6 +61,9 @@ class AnnotatedImage:
     image: np.ndarray | None = None
     path: Path | None = None
     name: str = ""
+    # validation scores only the cells inside this (y0, x0, y1, x1) part of the image (the
+    # model still sees the whole image): the held-back strip of a fine-tune
+    score_window: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.image is None and self.path is None:

@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["RUN_FILES", "default_run_dir", "free_run_dir", "holds_run", "inside_package",
            "read_run"]
 
-RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png")
+RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png", "holdback.json")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 

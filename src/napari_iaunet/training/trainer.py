@@ -65,6 +65,9 @@ class TrainConfig:
     keeps a fine-tuned checkpoint's; ``"data"`` / ``"keep"`` force one or the other.
     ``augment=False`` turns off the random flips, 90° rotations and scale jitter (``scale_range``
     is then ignored): every image is only resized (longest side to the input size) and padded.
+    ``freeze_encoder`` keeps the backbone's weights and BatchNorm statistics as they are and
+    trains the rest; no gradient flows back through the encoder (a fine-tuning step on the CPU
+    takes about a third less time).
     """
 
     out_dir: str | Path = "runs/train"
@@ -87,6 +90,7 @@ class TrainConfig:
     input_size: int | None = None  # override the model's input size (also when fine-tuning)
     match_brightness: bool | None = None  # override the model's brightness matching (None: keep)
     freeze_batchnorm: bool = False  # keep BatchNorm running statistics (fine-tuning, tiny batches)
+    freeze_encoder: bool = False  # train only the decoder: no gradients through the encoder
     augment: bool = True  # flips, 90° rotations, scale jitter (False: resize + pad only)
     scale_range: tuple[float, float] = (0.8, 1.5)
     num_points: int = NUM_POINTS
@@ -311,6 +315,7 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
              amp: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
              ) -> dict[str, float]:
     """COCO AP (and friends) of ``model`` on annotated images, at the model's input size.
+    An image with a ``score_window`` is segmented whole and scored inside the window.
 
     ``cancel`` is checked before each image; when it is set, :class:`ValidationCancelled` is
     raised (partial metrics would be misleading, so there are none).
@@ -318,6 +323,7 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
     from ..evaluation import evaluate
     from ..inference.postprocess import PostprocessSettings
     from ..inference.segmenter import Segmenter
+    from .holdback import crop_instances
 
     was_training = model.training
     seg = Segmenter(model, device=device, settings=PostprocessSettings(
@@ -328,11 +334,16 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
             if _is_cancelled(cancel):
                 raise ValidationCancelled(f"validation cancelled after {i} of {len(data)} "
                                           "images")
-            preds.append(seg.segment(item.load_raw()))
+            pred = seg.segment(item.load_raw())
+            if item.score_window is not None:  # a held-back strip: score inside it only
+                pred = crop_instances(pred, item.score_window)
+            preds.append(pred)
     finally:
         model.train(was_training)
+    truth = [item.instances if item.score_window is None
+             else crop_instances(item.instances, item.score_window) for item in data]
     # AP ranks every prediction; the matching metrics (F1, PQ, ...) count only confident ones
-    metrics = evaluate([item.instances for item in data], preds, score_threshold=0.5)
+    metrics = evaluate(truth, preds, score_threshold=0.5)
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
@@ -355,6 +366,20 @@ def freeze_batchnorm(model: torch.nn.Module) -> int:
     for m in layers:
         m.eval()
     return len(layers)
+
+
+def freeze_encoder(model: torch.nn.Module) -> int:
+    """Stop the backbone of ``model`` from learning: its parameters need no gradient and its
+    layers stay in eval mode (BatchNorm statistics fixed). Returns how many tensors were frozen."""
+    frozen = 0
+    for name, p in model.named_parameters():
+        if name.startswith(_BACKBONE_PREFIXES):
+            p.requires_grad_(False)
+            frozen += 1
+    for name, m in model.named_modules():
+        if (name + ".").startswith(_BACKBONE_PREFIXES):
+            m.eval()
+    return frozen
 
 
 def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
@@ -489,6 +514,9 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             mcfg = mcfg.replace(pixel_mean=mean, pixel_std=std)
             model.config = mcfg
     model.to(device).train()
+    if cfg.freeze_encoder and not freeze_encoder(model):
+        raise ValueError(f"freeze_encoder: the {type(model).__name__} has no encoder parameters "
+                         f"(names starting with {' or '.join(_BACKBONE_PREFIXES)})")
     ddp.barrier(info)  # every rank has read its start checkpoint (it may be in the old run)
     if info.is_main:  # the new run can start: now the old one may go
         if cfg.overwrite:
@@ -664,6 +692,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             t0 = time.time()
             if cfg.freeze_batchnorm:  # each step: a validation's model.train() unfreezes them
                 freeze_batchnorm(model)
+            if cfg.freeze_encoder:
+                freeze_encoder(model)
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()}
                        for t in targets]

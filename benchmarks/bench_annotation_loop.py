@@ -1,0 +1,223 @@
+"""The annotation loop, played by the ground truth: edits per 100 cells, round after round.
+
+    .venv/bin/python benchmarks/bench_annotation_loop.py --data ../shared/data/isbi2014 \\
+        --images isbi_25.tif,isbi_26.tif,isbi_27.tif --rounds 2 [--weights W] [--out DIR]
+
+An annotator works through the images in order. Round k segments image k with the current model
+(the default settings, as the segment widget) and counts the **edits** that turn the result into
+the ground truth (:func:`napari_iaunet.evaluation.edits.count_edits`: delete each false
+detection; add each missed cell, by one click where the model's own candidate under it fits at
+IoU ≥ 0.5, else by drawing; redraw each matched cell below IoU 0.75). The ground truth then
+stands for the corrected image: the model is fine-tuned on every corrected image so far with the
+fine-tune widget's recipe (:func:`napari_iaunet.training.finetune.run_finetune`, including the
+held-back check that keeps the start model when the fine-tune is worse there), and the model
+the check chose goes on to the next round. After each round the images not used yet are scored:
+edits per 100 cells, AP50 and F1 (score ≥ 0.5, IoU 0.5). ``--recipe thorough`` replays the
+earlier recipe instead.
+
+Writes ``<out>/annotation_loop_<name>.json`` and ``.md``; ``--plot FILE`` draws edits per 100
+cells against rounds for every result JSON given with ``--plot-from``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+DEFAULT_WEIGHTS = C.REPO / "weights" / "iaunet_default.pt"
+
+
+def _score(seg: Any, items: list[Any]) -> dict[str, Any]:
+    """Edits, AP50 and F1 of the segmenter on annotated images (the default settings)."""
+    from napari_iaunet.evaluation import evaluate
+    from napari_iaunet.evaluation.edits import Edits, count_edits
+
+    edits, preds, truth = Edits(), [], []
+    for item in items:
+        found, cands = seg.segment(item.load_raw(), candidates=True)
+        edits = edits + count_edits(item.instances, found, cands)
+        preds.append(found)
+        truth.append(item.instances)
+    m = evaluate(truth, preds, score_threshold=0.5) if items else {}
+    return {"images": len(items), "edits": edits.to_dict(),
+            "AP": round(m["AP"], 4) if m else None, "AP50": round(m["AP50"], 4) if m else None,
+            "f1": round(m["f1"], 4) if m else None}
+
+
+def play(data: Any, weights: Path, rounds: int, recipe: str, work: Path, device: str,
+         name: str) -> list[dict[str, Any]]:
+    """Run the loop on the annotated images ``data`` (in order); one record per round."""
+    from napari_iaunet.inference import Segmenter
+    from napari_iaunet.training import AnnotatedImages
+    from napari_iaunet.training.finetune import (
+        FineTuneSettings,
+        make_train_config,
+        run_finetune,
+    )
+
+    settings = FineTuneSettings() if recipe == "quick" else FineTuneSettings.thorough()
+    settings.device = device
+    current = weights
+    records = []
+    seg = Segmenter.from_checkpoint(current, device=device)
+    rest = _score(seg, data.items)
+    records.append({"round": 0, "model": str(current), "unused_before": rest})
+    print(f"{name} start: unused images {rest}", flush=True)
+    for k in range(1, rounds + 1):
+        if k > len(data) - 1:
+            break
+        image = data.items[k - 1]
+        now = _score(seg, [image])
+        corrected = AnnotatedImages(data.items[:k], [{"source": name, "images": k}])
+        out = work / f"{name}_round{k}"
+        config = make_train_config(settings, out, input_size=seg.model.config.input_size)
+        config.overwrite = True
+        t0 = time.perf_counter()
+        outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back)
+        wall = time.perf_counter() - t0
+        current = outcome.model_path
+        seg = Segmenter.from_checkpoint(current, device=device)
+        after = _score(seg, data.items[k:])
+        record = {
+            "round": k, "image": image.name, "image_edits": now,
+            "finetune_s": round(wall, 1), "estimate_s": round(outcome.estimate_s or 0, 1),
+            "steps": outcome.result.steps, "device": str(config.device),
+            "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
+            "notes": outcome.notes, "model": str(current), "unused_after": after,
+        }
+        records.append(record)
+        print(f"{name} round {k}: {image.name} needed {now['edits']['per_100_cells']} edits/100 "
+              f"cells; fine-tune {wall:.0f} s (estimate {record['estimate_s']} s); "
+              f"{record['verdict']['sentence'] if record['verdict'] else 'no check'}; unused "
+              f"images: {after}", flush=True)
+    return records
+
+
+def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        if r["round"] == 0:
+            u = r["unused_before"]
+            rows.append({"round": 0, "image": "", "edits": "", "wall": "", "kept": "",
+                         "rest": f"{u['edits']['per_100_cells']}", "ap50": u["AP50"],
+                         "f1": u["f1"]})
+            continue
+        u, e, v = r["unused_after"], r["image_edits"]["edits"], r["verdict"]
+        rows.append({
+            "round": r["round"], "image": r["image"],
+            "edits": f"{e['per_100_cells']} ({e['deletes']} del, {e['clicks']} click, "
+                     f"{e['drawings']} draw, {e['redraws']} redraw)",
+            "wall": f"{r['finetune_s']} ({r['estimate_s']})",
+            "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
+                     if v else "no check"),
+            "rest": u["edits"]["per_100_cells"], "ap50": u["AP50"], "f1": u["f1"]})
+    return rows
+
+
+def plot(paths: list[Path], out: Path) -> None:
+    """Edits per 100 cells of the image each round segments, one line per result file."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        rounds = [r for r in payload["rounds"] if r["round"] > 0]
+        xs = [r["round"] for r in rounds]
+        ys = [r["image_edits"]["edits"]["per_100_cells"] for r in rounds]
+        label = payload["name"]
+        ax.plot(xs, ys, marker="o", label=f"{label}: image k, model tuned on 1…k-1")
+        start = payload["rounds"][0]["unused_before"]["edits"]["per_100_cells"]
+        ax.axhline(start, ls=":", lw=1, color=ax.lines[-1].get_color())
+    ax.set_xlabel("round k (image segmented)")
+    ax.set_ylabel("edits per 100 cells")
+    ax.set_title("Annotation loop (dotted: the start model on every image)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, help="COCO folder: annotations.json + images/")
+    p.add_argument("--images", default=None,
+                   help="comma-separated file names, in the order the annotator takes them "
+                        "(default: every image, in file order)")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--recipe", choices=("quick", "thorough"), default="quick")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
+    p.add_argument("--work", type=Path, default=None, help="run folders (default: a temp dir)")
+    p.add_argument("--name", default=None, help="result name (default: the data folder's)")
+    p.add_argument("--plot", type=Path, default=None, help="draw the plot into this PNG")
+    p.add_argument("--plot-from", type=Path, nargs="*", default=[],
+                   help="result JSON files to plot (with --plot and no --data)")
+    args = p.parse_args()
+    if args.data is None:
+        if args.plot is None:
+            p.error("give --data (a run) or --plot with --plot-from (a figure)")
+        plot(args.plot_from, args.plot)
+        return
+    C.set_cpu_threads(args.threads)
+    from napari_iaunet.training import AnnotatedImages
+
+    data = AnnotatedImages.from_coco(f"{args.data / 'annotations.json'}:{args.data / 'images'}")
+    if args.images:
+        wanted = [n.strip() for n in args.images.split(",") if n.strip()]
+        by_name = {Path(str(it.path)).name: it for it in data.items}
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            p.error(f"not in {args.data}: {', '.join(missing)}")
+        data = AnnotatedImages([by_name[n] for n in wanted], data.sources, data.class_names)
+    for it in data.items:
+        it.name = Path(str(it.path)).name
+    name = args.name or args.data.resolve().name
+    with tempfile.TemporaryDirectory(prefix="annotation_loop_") as tmp:
+        work = args.work or Path(tmp)
+        t0 = time.perf_counter()
+        records = play(data, args.weights, args.rounds, args.recipe, work, args.device, name)
+        total = time.perf_counter() - t0
+    walls = [r["finetune_s"] for r in records if r["round"] > 0]
+    payload = {
+        "name": name, "command": C.command_line(), "machine": C.machine_info(),
+        "data": str(args.data), "images": [it.name for it in data.items],
+        "weights": str(args.weights), "recipe": args.recipe, "device": args.device,
+        "threads": args.threads, "rounds": records,
+        "finetune_s_median": statistics.median(walls) if walls else None,
+        "finetune_s_max": max(walls) if walls else None, "total_s": round(total, 1),
+    }
+    md = "\n".join([
+        f"# Annotation loop: {name} ({args.recipe} recipe)", "",
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine']['host_cpu']}, {args.threads} thread(s), device "
+        f"{args.device}, load {payload['machine']['load_average']}.  ",
+        f"Images in order: {', '.join(payload['images'])}. Edits per 100 cells (deletes, adds by "
+        "click, adds by drawing, redraws below IoU 0.75); round k segments image k with the "
+        "model tuned on images 1…k-1, then fine-tunes on images 1…k; *unused* = the images after "
+        "k, scored with the model the round ends with (round 0: the start model).", "",
+        C.md_table(_rows(records), [
+            ("round", "round"), ("image", "image k"), ("edits", "edits / 100 cells on image k"),
+            ("wall", "fine-tune s (estimate)"), ("kept", "held-back check"),
+            ("rest", "unused: edits / 100 cells"), ("ap50", "unused: AP50"),
+            ("f1", "unused: F1")]), ""])
+    C.write_results(f"annotation_loop_{name}", payload, md, out_dir=args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The held-back check of a fine-tune: the split, the verdict, and the quick run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_iaunet.instances import Instances
+from napari_iaunet.training import AnnotatedImages
+from napari_iaunet.training.holdback import crop_instances, hold_back, judge
+
+
+def _disc(shape, cy, cx, r):
+    yy, xx = np.ogrid[:shape[0], :shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r ** 2
+
+
+def _image_with_cells(shape=(80, 120)):
+    """Cells in columns 5–40, 50–75 and 95–115: the columns 76–94 hold none."""
+    masks = [_disc(shape, 20, 20, 12), _disc(shape, 55, 25, 12), _disc(shape, 40, 62, 10),
+             _disc(shape, 20, 105, 9), _disc(shape, 60, 104, 9)]
+    image = np.full(shape, 40, np.uint8)
+    for m in masks:
+        image[m] = 200
+    return image, Instances.from_masks(masks, image_shape=shape)
+
+
+def test_crop_instances_moves_cells_into_the_window_and_drops_slivers():
+    inst = Instances.from_masks([_disc((50, 50), 10, 10, 5), _disc((50, 50), 30, 30, 6)],
+                                image_shape=(50, 50))
+    part = crop_instances(inst, (0, 8, 50, 50), min_area=16)
+    assert part.image_shape == (50, 42)
+    assert list(part.ids) == [1, 2]
+    assert np.array_equal(part.mask(1), inst.mask(1)[:, 8:])
+    # only the edge of cell 1 lies right of column 14: fewer than 16 pixels, dropped
+    assert list(crop_instances(inst, (0, 14, 50, 50), min_area=16).ids) == [2]
+    assert len(crop_instances(inst, (40, 40, 50, 50))) == 0
+
+
+def test_hold_back_cuts_the_longer_side_where_no_cell_is():
+    image, inst = _image_with_cells()
+    data = AnnotatedImages.from_pairs([(image, inst)])
+    held = hold_back(data, 0.25)  # nominal cut at column 90, searched within 84–96
+    (y0, x0, y1, x1), = held.windows
+    assert (y0, y1, x1) == (0, 80, 120) and 84 <= x0 <= 94  # a column no cell crosses
+    train_item, held_item = held.train[0], held.held[0]
+    assert train_item.instances.image_shape == (80, x0)
+    assert np.array_equal(train_item.load_raw(), image[:, :x0])
+    assert len(train_item.instances) == 3 and held.cells == 2  # no cell was cut
+    # the held-back item is the whole image, scored inside the strip only
+    assert held_item.score_window == (0, x0, 80, 120)
+    assert held_item.instances.image_shape == (80, 120)
+    # a tall image is cut across its rows
+    tall = AnnotatedImages.from_pairs([(image.T.copy(), Instances.from_masks(
+        [inst.mask(i).T for i in range(len(inst))], image_shape=(120, 80)))])
+    assert hold_back(tall, 0.25).windows[0][1:] == (0, 120, 80)
+    with pytest.raises(ValueError, match="fraction"):
+        hold_back(data, 0.7)
+
+
+def test_judge_keeps_the_start_model_only_when_the_fine_tune_is_worse():
+    start = {"AP": 0.4, "AP50": 0.8}
+    assert judge(start, {"AP": 0.4, "AP50": 0.7}, 20, 5).keep == "fine-tuned"  # a tie
+    worse = judge(start, {"AP": 0.3, "AP50": 0.9}, 40, 5)
+    assert worse.kept_start and "Kept the start model" in worse.sentence()
+    assert "AP 0.400 → 0.300" in worse.sentence() and "(5 cells)" in worse.sentence()
+    assert judge(start, None, None, 5).kept_start  # cancelled before any check
+    assert judge(start, {"AP": 0.5}, 60, 1).to_dict()["keep"] == "fine-tuned"
+
+
+@pytest.mark.slow
+def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pairs,
+                                                                tiny_config):
+    from napari_iaunet.training import TrainCallback, TrainConfig, train
+    from napari_iaunet.training.finetune import (
+        HOLDBACK_FILE,
+        FineTuneSettings,
+        make_train_config,
+        read_verdict,
+        run_finetune,
+    )
+
+    first = train(tiny_pairs, None, TrainConfig(out_dir=tmp_path / "start", steps=2, lr=1e-3,
+                                                num_points=256, plot=False),
+                  model_config=tiny_config())
+
+    class Heard(TrainCallback):
+        def __init__(self):
+            self.estimates, self.validations = [], []
+
+        def on_estimate(self, seconds, info):
+            self.estimates.append((seconds, info))
+
+        def on_validation(self, step, metrics):
+            self.validations.append(step)
+
+    settings = FineTuneSettings(steps=4, every=2, num_points=256)
+    cfg = make_train_config(settings, tmp_path / "quick", input_size=64)
+    assert cfg.freeze_encoder and cfg.num_points == 256 and cfg.lr == settings.lr
+    heard = Heard()
+    data = AnnotatedImages.from_pairs(tiny_pairs[:2])
+    outcome = run_finetune(data, cfg, start=first.last_path, hold_back=0.25, callbacks=[heard])
+    (seconds, info), = heard.estimates
+    assert seconds > 0 and info["steps"] == 4 and info["validations"] == 2
+    assert heard.validations == [2, 4]  # the strips validate the run
+    verdict = outcome.verdict
+    assert verdict is not None and verdict.cells > 0
+    assert set(verdict.start) >= {"AP", "AP50"} and verdict.tuned_step in (2, 4)
+    record = read_verdict(tmp_path / "quick")
+    assert record["keep"] == verdict.keep and len(record["windows"]) == 2
+    assert json.loads((tmp_path / "quick" / HOLDBACK_FILE).read_text())["cells"] == verdict.cells
+    result = outcome.result
+    tuned = result.last_path if result.best_metric <= 0 else result.best_path  # AP 0: nothing
+    assert outcome.model_path == (first.last_path if verdict.kept_start else tuned)  # ranked
+    # the encoder did not move; the decoder did
+    from napari_iaunet.checkpoint import load_checkpoint
+
+    before = load_checkpoint(first.last_path).model.state_dict()
+    after = load_checkpoint(outcome.result.last_path).model.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before if k.startswith("encoder."))
+    assert any(not np.array_equal(before[k], after[k]) for k in before
+               if k.startswith("decoder.") and before[k].is_floating_point())
+
+
+def test_hold_back_takes_another_end_when_the_strip_holds_no_cell():
+    image, inst = _image_with_cells()
+    keep = [i for i in range(len(inst)) if inst.boxes[i][1] < 80]  # no cell right of column 80
+    left_only = inst[np.asarray(keep)]
+    held = hold_back(AnnotatedImages.from_pairs([(image, left_only)]), 0.25)
+    (y0, x0, y1, x1), = held.windows
+    assert (y0, x0, y1) == (0, 0, 80) and x1 < 40 and held.cells >= 1  # the left end
+    assert held.train[0].instances.image_shape == (80, 120 - x1)
