@@ -94,10 +94,10 @@ def play(data: Any, weights: Path, rounds: int, recipe: str, work: Path, device:
             "notes": outcome.notes, "model": str(current), "unused_after": after,
         }
         records.append(record)
+        check = outcome.verdict.sentence().rstrip(".") if outcome.verdict else "no check"
         print(f"{name} round {k}: {image.name} needed {now['edits']['per_100_cells']} edits/100 "
-              f"cells; fine-tune {wall:.0f} s (estimate {record['estimate_s']} s); "
-              f"{record['verdict']['sentence'] if record['verdict'] else 'no check'}; unused "
-              f"images: {after}", flush=True)
+              f"cells; fine-tune {wall:.0f} s (estimate {record['estimate_s']} s); {check}; "
+              f"unused images: {after}", flush=True)
     return records
 
 
