@@ -13,7 +13,8 @@ fine-tune widget's recipe (:func:`napari_iaunet.training.finetune.run_finetune`,
 held-back check that keeps the start model when the fine-tune is worse there), and the model
 the check chose goes on to the next round. After each round the images not used yet are scored:
 edits per 100 cells, AP50 and F1 (score ≥ 0.5, IoU 0.5). ``--recipe thorough`` replays the
-earlier recipe instead.
+earlier recipe instead; ``--steps``, ``--lr``, ``--points``, ``--whole-network`` and
+``--no-hold-back`` change one thing of the recipe (the options measured in docs/finetune.md).
 
 Writes ``<out>/annotation_loop_<name>.json`` and ``.md``; ``--plot FILE`` draws edits per 100
 cells against rounds for every result JSON given with ``--plot-from``.
@@ -22,6 +23,7 @@ cells against rounds for every result JSON given with ``--plot-from``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -52,18 +54,13 @@ def _score(seg: Any, items: list[Any]) -> dict[str, Any]:
             "f1": round(m["f1"], 4) if m else None}
 
 
-def play(data: Any, weights: Path, rounds: int, recipe: str, work: Path, device: str,
+def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, device: str,
          name: str) -> list[dict[str, Any]]:
     """Run the loop on the annotated images ``data`` (in order); one record per round."""
     from napari_iaunet.inference import Segmenter
     from napari_iaunet.training import AnnotatedImages
-    from napari_iaunet.training.finetune import (
-        FineTuneSettings,
-        make_train_config,
-        run_finetune,
-    )
+    from napari_iaunet.training.finetune import make_train_config, run_finetune
 
-    settings = FineTuneSettings() if recipe == "quick" else FineTuneSettings.thorough()
     settings.device = device
     current = weights
     records = []
@@ -160,6 +157,11 @@ def main() -> None:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--recipe", choices=("quick", "thorough"), default="quick")
+    p.add_argument("--steps", type=int, default=None, help="the recipe's, unless given")
+    p.add_argument("--lr", type=float, default=None, help="the recipe's, unless given")
+    p.add_argument("--points", type=int, default=None, help="the recipe's, unless given")
+    p.add_argument("--whole-network", action="store_true", help="train the encoder too")
+    p.add_argument("--no-hold-back", action="store_true", help="no held-back check")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
@@ -187,23 +189,37 @@ def main() -> None:
         data = AnnotatedImages([by_name[n] for n in wanted], data.sources, data.class_names)
     for it in data.items:
         it.name = Path(str(it.path)).name
+    from napari_iaunet.training.finetune import FineTuneSettings
+
+    settings = FineTuneSettings() if args.recipe == "quick" else FineTuneSettings.thorough()
+    for key in ("steps", "lr"):
+        if getattr(args, key) is not None:
+            setattr(settings, key, getattr(args, key))
+    if args.points is not None:
+        settings.num_points = args.points
+    if args.whole_network:
+        settings.freeze_encoder = False
+    if args.no_hold_back:
+        settings.hold_back = 0.0
     name = args.name or args.data.resolve().name
     with tempfile.TemporaryDirectory(prefix="annotation_loop_") as tmp:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
-        records = play(data, args.weights, args.rounds, args.recipe, work, args.device, name)
+        records = play(data, args.weights, args.rounds, settings, work, args.device, name)
         total = time.perf_counter() - t0
     walls = [r["finetune_s"] for r in records if r["round"] > 0]
     payload = {
         "name": name, "command": C.command_line(), "machine": C.machine_info(),
         "data": str(args.data), "images": [it.name for it in data.items],
-        "weights": str(args.weights), "recipe": args.recipe, "device": args.device,
+        "weights": str(args.weights), "recipe": args.recipe,
+        "settings": dataclasses.asdict(settings), "device": args.device,
         "threads": args.threads, "rounds": records,
         "finetune_s_median": statistics.median(walls) if walls else None,
         "finetune_s_max": max(walls) if walls else None, "total_s": round(total, 1),
     }
     md = "\n".join([
         f"# Annotation loop: {name} ({args.recipe} recipe)", "",
+        f"Settings: {payload['settings']}.  ",
         f"Command: `{payload['command']}`  ",
         f"Machine: {payload['machine']['host_cpu']}, {args.threads} thread(s), device "
         f"{args.device}, load {payload['machine']['load_average']}.  ",

@@ -9,11 +9,13 @@ What the fine-tune widget does, without the GUI: the two 1080×1080 brightfield 
 held-out test image. The start model (``--weights``; by default the bundled
 ``weights/iaunet_default.pt``, which must exist: pass ``--weights`` otherwise) segments both; then
 it is fine-tuned on the training image with the widget's own settings
-(:func:`napari_iaunet.training.finetune.make_train_config`, defaults 200 steps, batch 2,
-lr 5e-5, the model's input size, augmentation on, a checkpoint every 25 steps) and the result
-segments both again. Without a validation image (the only other image is the test image, which
-must not choose the checkpoint) ``best.pt`` is the checkpoint with the lowest smoothed training
-loss: that is what *Use this model* picks; ``last.pt`` is reported too.
+(:func:`napari_iaunet.training.finetune.make_train_config` of
+:meth:`~napari_iaunet.training.finetune.FineTuneSettings.thorough`, the widget's *thorough*
+recipe: 200 steps, batch 2, lr 5e-5, the whole network, the model's input size, augmentation on,
+a checkpoint every 25 steps; the quick recipe is measured by ``bench_annotation_loop.py``) and
+the result segments both again. Without a validation image (the only other image is the test
+image, which must not choose the checkpoint) ``best.pt`` is the checkpoint with the lowest
+smoothed training loss: that is what *Use this model* picks; ``last.pt`` is reported too.
 
 AP is COCO mask AP over all detections with score > 0.01 (as ``napari-iaunet evaluate``);
 precision, recall and F1 count detections with score ≥ 0.5 matched at IoU 0.5. Wall time covers
@@ -56,7 +58,7 @@ MATCH_SCORE = 0.5  # detections counted by precision / recall / F1
 def _args() -> argparse.Namespace:
     from napari_iaunet.training.finetune import FineTuneSettings
 
-    d = FineTuneSettings()
+    d = FineTuneSettings.thorough()  # the recipe this benchmark measured (see docs/finetune.md)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", default=None,
                    help="start checkpoint (default: weights/iaunet_default.pt)")
@@ -114,9 +116,10 @@ def _fold(args: argparse.Namespace, weights: Path, train_item: Any, test_item: A
     from napari_iaunet.training.finetune import FineTuneSettings, make_train_config
 
     info = read_checkpoint_info(weights)
-    settings = FineTuneSettings(steps=args.steps, lr=args.lr, batch_size=args.batch_size,
-                                input_size=args.input_size, augment=not args.no_augment,
-                                device=args.device, every=args.every)
+    settings = dataclasses.replace(
+        FineTuneSettings.thorough(), steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+        input_size=args.input_size, augment=not args.no_augment, device=args.device,
+        every=args.every)
     input_size = args.input_size or info.config.input_size
     out_dir = runs / f"train_on_{Path(train_item.name).stem}"
     config = make_train_config(settings, out_dir, input_size=input_size)
