@@ -73,6 +73,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
             break
         image = data.items[k - 1]
         now = _score(seg, [image])
+        before = _score(seg, data.items[k:])  # the images after k, with this round's start
         corrected = AnnotatedImages(data.items[:k], [{"source": name, "images": k}])
         out = work / f"{name}_round{k}"
         config = make_train_config(settings, out, input_size=seg.model.config.input_size)
@@ -88,7 +89,8 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
             "finetune_s": round(wall, 1), "estimate_s": round(outcome.estimate_s or 0, 1),
             "steps": outcome.result.steps, "device": str(config.device),
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
-            "notes": outcome.notes, "model": str(current), "unused_after": after,
+            "notes": outcome.notes, "model": str(current), "unused_before": before,
+            "unused_after": after,
         }
         records.append(record)
         check = outcome.verdict.sentence().rstrip(".") if outcome.verdict else "no check"
@@ -108,6 +110,7 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                          "f1": u["f1"]})
             continue
         u, e, v = r["unused_after"], r["image_edits"]["edits"], r["verdict"]
+        b = r.get("unused_before", u)
         rows.append({
             "round": r["round"], "image": r["image"],
             "edits": f"{e['per_100_cells']} ({e['deletes']} del, {e['clicks']} click, "
@@ -115,7 +118,8 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall": f"{r['finetune_s']} ({r['estimate_s']})",
             "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
                      if v else "no check"),
-            "rest": u["edits"]["per_100_cells"], "ap50": u["AP50"], "f1": u["f1"]})
+            "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
+            "ap50": f"{b['AP50']} → {u['AP50']}", "f1": f"{b['f1']} → {u['f1']}"})
     return rows
 
 
@@ -226,7 +230,8 @@ def main() -> None:
         f"Images in order: {', '.join(payload['images'])}. Edits per 100 cells (deletes, adds by "
         "click, adds by drawing, redraws below IoU 0.75); round k segments image k with the "
         "model tuned on images 1…k-1, then fine-tunes on images 1…k; *unused* = the images after "
-        "k, scored with the model the round ends with (round 0: the start model).", "",
+        "k, scored before → after the round's fine-tune (round 0: the start model on every "
+        "image).", "",
         C.md_table(_rows(records), [
             ("round", "round"), ("image", "image k"), ("edits", "edits / 100 cells on image k"),
             ("wall", "fine-tune s (estimate)"), ("kept", "held-back check"),

@@ -439,6 +439,63 @@ def test_new_model_with_an_imagenet_encoder(make_napari_viewer, synthetic, tmp_p
     widget.cleanup()
 
 
+@pytest.mark.slow
+def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_checkpoint,
+                                               synthetic, tmp_path, no_weights_dir):
+    """The default (quick) recipe: the estimate before step 1, training on all but a strip of
+    the image, the start model and the checkpoints scored on the strip, and Use this model
+    taking the one the check chose."""
+    from napari_iaunet._widgets.segment_widget import SegmentWidget
+    from napari_iaunet.training.finetune import HOLDBACK_FILE, FineTuneSettings, read_verdict
+
+    image, truth = synthetic
+    viewer = make_napari_viewer()
+    _, group = _image_with_cells(viewer, "plate1", image, truth)
+    segment = SegmentWidget(viewer, ask=Asker("Keep both"), with_edit_tools=False)
+    segment.set_checkpoint(tiny_checkpoint)
+    viewer.layers.selection.active = group.layers[0]
+    widget = FineTuneWidget(viewer, ask=Asker())
+    quick = FineTuneSettings()
+    assert widget.recipe_combo.currentData() == "quick" and widget.holdback_check.isChecked()
+    assert (widget.steps_spin.value(), widget.every_spin.value()) == (quick.steps, quick.every)
+    widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("thorough"))
+    assert widget.steps_spin.value() == 200 and not widget.holdback_check.isChecked()
+    assert not widget.settings().freeze_encoder
+    widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("quick"))
+    assert widget.settings().freeze_encoder and widget.settings().hold_back == quick.hold_back
+    widget.refresh()
+    _tiny_settings(widget, steps=4, every=2)
+    out = tmp_path / "quick"
+    widget.set_output_dir(out)
+    statuses: list[str] = []
+    widget._signals.estimate.connect(lambda *a: statuses.append(widget.status.text()))
+    worker = widget.start()
+    assert worker is not None, widget.status.text()
+    qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
+    assert statuses and statuses[0].startswith("This run should take about"), statuses
+    assert "4 steps of" in statuses[0] and "2 held-back checks" in statuses[0]
+    outcome = widget.last_outcome
+    assert outcome is not None and outcome.verdict is not None, widget.status.text()
+    text = widget.status.text()
+    assert text.startswith("Done: 4/4 steps") and "on the held-back part" in text
+    assert [v[0] for v in widget.plot.validations] == [2, 4]  # the strip validated the run
+    assert (out / HOLDBACK_FILE).is_file() and read_verdict(out)["keep"] == outcome.verdict.keep
+    path = widget.use_model()
+    assert path == outcome.model_path
+    assert segment.checkpoint_path == str(path.resolve())
+
+    # a run whose check kept the start model: Use this model takes the start model, and says so
+    record = read_verdict(out)
+    record.update(keep="start", start_model=str(tiny_checkpoint))
+    (out / HOLDBACK_FILE).write_text(json.dumps(record))
+    widget.set_output_dir(out)
+    assert widget._usable_checkpoint() == tiny_checkpoint
+    segment.set_checkpoint(out / "last.pt")
+    assert widget.use_model() == tiny_checkpoint
+    assert segment.checkpoint_path == str(tiny_checkpoint.resolve())
+    assert widget.status.text().startswith("The held-back check kept the start model")
+
+
 # ---------------------------------------------------------------------------------- screenshots
 def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under Xvfb
     """docs/images/finetune_*.png: the dock mid-training, and after *Use this model*."""
@@ -525,6 +582,24 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
     if dock is not None:
         dock.raise_()  # show the segment widget's tab: it now uses the fine-tuned model
     shot("4_use_model")
+
+    # the quick recipe without a validation image: the estimate, then the held-back verdict
+    ft.set_validation(None)
+    ft.recipe_combo.setCurrentIndex(ft.recipe_combo.findData("quick"))
+    ft.steps_spin.setValue(20)
+    ft.every_spin.setValue(10)
+    ft.lr_combo.setCurrentText("5e-4")
+    ft.set_output_dir(tmp / "synthetic_cells_quick")
+    ft.start()
+    while ft.running:
+        pump(1)
+        time.sleep(0.01)
+    dock = ft
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
+    shot("5_quick_check", ft.parentWidget() or ft)
     viewer.close()
 
 
@@ -550,61 +625,3 @@ if __name__ == "__main__":  # pragma: no cover
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     _screenshots(Path(args.out))
-
-
-
-@pytest.mark.slow
-def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_checkpoint,
-                                               synthetic, tmp_path, no_weights_dir):
-    """The default (quick) recipe: the estimate before step 1, training on all but a strip of
-    the image, the start model and the checkpoints scored on the strip, and Use this model
-    taking the one the check chose."""
-    from napari_iaunet._widgets.segment_widget import SegmentWidget
-    from napari_iaunet.training.finetune import HOLDBACK_FILE, FineTuneSettings, read_verdict
-
-    image, truth = synthetic
-    viewer = make_napari_viewer()
-    _, group = _image_with_cells(viewer, "plate1", image, truth)
-    segment = SegmentWidget(viewer, ask=Asker("Keep both"), with_edit_tools=False)
-    segment.set_checkpoint(tiny_checkpoint)
-    viewer.layers.selection.active = group.layers[0]
-    widget = FineTuneWidget(viewer, ask=Asker())
-    quick = FineTuneSettings()
-    assert widget.recipe_combo.currentData() == "quick" and widget.holdback_check.isChecked()
-    assert (widget.steps_spin.value(), widget.every_spin.value()) == (quick.steps, quick.every)
-    widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("thorough"))
-    assert widget.steps_spin.value() == 200 and not widget.holdback_check.isChecked()
-    assert not widget.settings().freeze_encoder
-    widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("quick"))
-    assert widget.settings().freeze_encoder and widget.settings().hold_back == quick.hold_back
-    widget.refresh()
-    _tiny_settings(widget, steps=4, every=2)
-    out = tmp_path / "quick"
-    widget.set_output_dir(out)
-    statuses: list[str] = []
-    widget._signals.estimate.connect(lambda *a: statuses.append(widget.status.text()))
-    worker = widget.start()
-    assert worker is not None, widget.status.text()
-    qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
-    assert statuses and statuses[0].startswith("This run should take about"), statuses
-    assert "4 steps of" in statuses[0] and "2 held-back checks" in statuses[0]
-    outcome = widget.last_outcome
-    assert outcome is not None and outcome.verdict is not None, widget.status.text()
-    text = widget.status.text()
-    assert text.startswith("Done: 4/4 steps") and "on the held-back part" in text
-    assert [v[0] for v in widget.plot.validations] == [2, 4]  # the strip validated the run
-    assert (out / HOLDBACK_FILE).is_file() and read_verdict(out)["keep"] == outcome.verdict.keep
-    path = widget.use_model()
-    assert path == outcome.model_path
-    assert segment.checkpoint_path == str(path.resolve())
-
-    # a run whose check kept the start model: Use this model takes the start model, and says so
-    record = read_verdict(out)
-    record.update(keep="start", start_model=str(tiny_checkpoint))
-    (out / HOLDBACK_FILE).write_text(json.dumps(record))
-    widget.set_output_dir(out)
-    assert widget._usable_checkpoint() == tiny_checkpoint
-    segment.set_checkpoint(out / "last.pt")
-    assert widget.use_model() == tiny_checkpoint
-    assert segment.checkpoint_path == str(tiny_checkpoint.resolve())
-    assert widget.status.text().startswith("The held-back check kept the start model")

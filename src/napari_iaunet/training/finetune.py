@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .run_folder import HOLDBACK_FILE
+
 if TYPE_CHECKING:
     import threading
 
@@ -37,7 +39,6 @@ __all__ = [
     "scan_coco_folder",
 ]
 
-HOLDBACK_FILE = "holdback.json"  # the run folder's record of the held-back check
 
 PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
 

@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_FILES", "default_run_dir", "free_run_dir", "holds_run", "inside_package",
-           "read_run"]
+__all__ = ["HOLDBACK_FILE", "RUN_FILES", "default_run_dir", "free_run_dir", "holds_run",
+           "inside_package", "read_run"]
 
-RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png", "holdback.json")
+HOLDBACK_FILE = "holdback.json"  # the held-back verdict of a fine-tune (finetune.run_finetune)
+RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png", HOLDBACK_FILE)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
