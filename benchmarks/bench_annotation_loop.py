@@ -37,21 +37,27 @@ import _common as C
 DEFAULT_WEIGHTS = C.REPO / "weights" / "iaunet_default.pt"
 
 
-def _score(seg: Any, items: list[Any]) -> dict[str, Any]:
-    """Edits, AP50 and F1 of the segmenter on annotated images (the default settings)."""
+def _score(seg: Any, items: list[Any], per_image: bool = False) -> dict[str, Any]:
+    """Edits, AP50 and F1 of the segmenter on annotated images (the default settings);
+    ``per_image`` adds each image's edits."""
     from napari_iaunet.evaluation import evaluate
     from napari_iaunet.evaluation.edits import Edits, count_edits
 
-    edits, preds, truth = Edits(), [], []
+    edits, preds, truth, each = Edits(), [], [], {}
     for item in items:
         found, cands = seg.segment(item.load_raw(), candidates=True)
-        edits = edits + count_edits(item.instances, found, cands)
+        mine = count_edits(item.instances, found, cands)
+        each[item.name] = mine.to_dict()
+        edits = edits + mine
         preds.append(found)
         truth.append(item.instances)
     m = evaluate(truth, preds, score_threshold=0.5) if items else {}
-    return {"images": len(items), "edits": edits.to_dict(),
-            "AP": round(m["AP"], 4) if m else None, "AP50": round(m["AP50"], 4) if m else None,
-            "f1": round(m["f1"], 4) if m else None}
+    out = {"images": len(items), "edits": edits.to_dict(),
+           "AP": round(m["AP"], 4) if m else None, "AP50": round(m["AP50"], 4) if m else None,
+           "f1": round(m["f1"], 4) if m else None}
+    if per_image:
+        out["per_image"] = each
+    return out
 
 
 def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, device: str,
@@ -65,7 +71,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
     current = weights
     records = []
     seg = Segmenter.from_checkpoint(current, device=device)
-    rest = _score(seg, data.items)
+    rest = _score(seg, data.items, per_image=True)
     records.append({"round": 0, "model": str(current), "unused_before": rest})
     print(f"{name} start: unused images {rest}", flush=True)
     for k in range(1, rounds + 1):
@@ -105,16 +111,19 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         if r["round"] == 0:
             u = r["unused_before"]
-            rows.append({"round": 0, "image": "", "edits": "", "wall": "", "kept": "",
+            rows.append({"round": 0, "image": "", "edits": "", "start": "", "wall": "",
+                         "kept": "",
                          "rest": f"{u['edits']['per_100_cells']}", "ap50": u["AP50"],
                          "f1": u["f1"]})
             continue
         u, e, v = r["unused_after"], r["image_edits"]["edits"], r["verdict"]
+        first = records[0]["unused_before"].get("per_image", {}).get(r["image"])
         b = r.get("unused_before", u)
         rows.append({
             "round": r["round"], "image": r["image"],
             "edits": f"{e['per_100_cells']} ({e['deletes']} del, {e['clicks']} click, "
                      f"{e['drawings']} draw, {e['redraws']} redraw)",
+            "start": first["per_100_cells"] if first else "",
             "wall": f"{r['finetune_s']} ({r['estimate_s']})",
             "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
                      if v else "no check"),
@@ -124,7 +133,8 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def plot(paths: list[Path], out: Path) -> None:
-    """Edits per 100 cells of the image each round segments, one line per result file."""
+    """Edits per 100 cells of the image each round segments, one colour per result file: solid,
+    with the model the loop has reached; dotted, with the start model (the same images)."""
     import json
 
     import matplotlib
@@ -132,20 +142,24 @@ def plot(paths: list[Path], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+    last = 1
     for path in paths:
         payload = json.loads(Path(path).read_text())
-        rounds = [r for r in payload["rounds"] if r["round"] > 0]
-        xs = [r["round"] for r in rounds]
-        ys = [r["image_edits"]["edits"]["per_100_cells"] for r in rounds]
-        label = payload["name"]
-        ax.plot(xs, ys, marker="o", label=f"{label}: image k, model tuned on 1…k-1")
-        start = payload["rounds"][0]["unused_before"]["edits"]["per_100_cells"]
-        ax.axhline(start, ls=":", lw=1, color=ax.lines[-1].get_color())
-    ax.set_xlabel("round k (image segmented)")
-    ax.set_ylabel("edits per 100 cells")
-    ax.set_title("Annotation loop (dotted: the start model on every image)", fontsize=9)
-    ax.legend(fontsize=7)
+        done = [r for r in payload["rounds"] if r["round"] > 0]
+        xs = [r["round"] for r in done]
+        line, = ax.plot(xs, [r["image_edits"]["edits"]["per_100_cells"] for r in done],
+                        marker="o", label=f"{payload['name']}: the loop's model")
+        start = payload["rounds"][0]["unused_before"].get("per_image")
+        if start:
+            ax.plot(xs, [start[r["image"]]["per_100_cells"] for r in done], ls=":",
+                    marker="x", color=line.get_color(), label=f"{payload['name']}: start model")
+        last = max([last, *xs])
+    ax.set_xticks(range(1, last + 1))
+    ax.set_xlabel("round k: image k segmented, the model tuned on images 1…k-1")
+    ax.set_ylabel("edits per 100 cells on image k")
+    ax.set_title("Annotation loop, quick recipe, 2 CPU threads", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -234,6 +248,7 @@ def main() -> None:
         "image).", "",
         C.md_table(_rows(records), [
             ("round", "round"), ("image", "image k"), ("edits", "edits / 100 cells on image k"),
+            ("start", "… with the start model"),
             ("wall", "fine-tune s (estimate)"), ("kept", "held-back check"),
             ("rest", "unused: edits / 100 cells"), ("ap50", "unused: AP50"),
             ("f1", "unused: F1")]), ""])
