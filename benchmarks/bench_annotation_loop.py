@@ -16,8 +16,9 @@ edits per 100 cells, AP50 and F1 (score ≥ 0.5, IoU 0.5). ``--recipe thorough``
 earlier recipe instead; ``--steps``, ``--lr``, ``--points``, ``--whole-network`` and
 ``--no-hold-back`` change one thing of the recipe (the options measured in docs/finetune.md).
 
-Writes ``<out>/annotation_loop_<name>.json`` and ``.md``; ``--plot FILE`` draws edits per 100
-cells against rounds for every result JSON given with ``--plot-from``.
+Writes ``<out>/annotation_loop_<name>.json`` and ``.md``. Without ``--data``, ``--plot-from``
+result files are summed up: ``--plot FILE`` draws edits per 100 cells against rounds, and
+``<out>/annotation_loop.json`` / ``.md`` hold one table of every round of every file.
 """
 
 from __future__ import annotations
@@ -166,6 +167,45 @@ def plot(paths: list[Path], out: Path) -> None:
     fig.savefig(out)
 
 
+def summarise(paths: list[Path], out_dir: Path) -> None:
+    """``annotation_loop.json`` / ``.md`` in ``out_dir``: every round of every result file."""
+    import json
+
+    rows, results = [], []
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        results.append({"file": Path(path).name, "name": payload["name"],
+                        "settings": payload.get("settings"), "rounds": payload["rounds"],
+                        "command": payload["command"], "machine": payload["machine"]})
+        start = payload["rounds"][0]["unused_before"].get("per_image", {})
+        for r in payload["rounds"][1:]:
+            e, v = r["image_edits"]["edits"], r["verdict"]
+            b, u = r["unused_before"], r["unused_after"]
+            rows.append({
+                "run": f"[{payload['name']}]({Path(path).with_suffix('.md').name})",
+                "round": r["round"], "image": r["image"],
+                "edits": e["per_100_cells"],
+                "start": start.get(r["image"], {}).get("per_100_cells", ""),
+                "wall": f"{r['finetune_s']} ({r['estimate_s']})",
+                "kept": v["keep"] if v else "no check",
+                "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
+                "ap50": f"{b['AP50']} → {u['AP50']}"})
+    payload = {"command": C.command_line(), "results": results}
+    md = "\n".join([
+        "# Annotation loop: every round", "",
+        "Edits per 100 cells on the image each round segments (with the loop's model, and with "
+        "the start model), the fine-tune's wall time (and the estimate given before it), which "
+        "model the held-back check kept, and the images not used yet before → after the "
+        "round's fine-tune. Each run's own table (linked) has its command, machine and load.",
+        "", C.md_table(rows, [
+            ("run", "run"), ("round", "round"), ("image", "image k"),
+            ("edits", "edits / 100 cells"), ("start", "… start model"),
+            ("wall", "fine-tune s (estimate)"), ("kept", "check kept"),
+            ("rest", "images after k: edits / 100 cells"), ("ap50", "images after k: AP50")]),
+        ""])
+    C.write_results("annotation_loop", payload, md, out_dir=out_dir)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, help="COCO folder: annotations.json + images/")
@@ -187,12 +227,14 @@ def main() -> None:
     p.add_argument("--name", default=None, help="result name (default: the data folder's)")
     p.add_argument("--plot", type=Path, default=None, help="draw the plot into this PNG")
     p.add_argument("--plot-from", type=Path, nargs="*", default=[],
-                   help="result JSON files to plot (with --plot and no --data)")
+                   help="result JSON files to sum up (no --data): the table, and --plot")
     args = p.parse_args()
     if args.data is None:
-        if args.plot is None:
-            p.error("give --data (a run) or --plot with --plot-from (a figure)")
-        plot(args.plot_from, args.plot)
+        if not args.plot_from:
+            p.error("give --data (a run) or --plot-from result files (a summary)")
+        summarise(args.plot_from, args.out)
+        if args.plot is not None:
+            plot(args.plot_from, args.plot)
         return
     C.set_cpu_threads(args.threads)
     from napari_iaunet.training import AnnotatedImages

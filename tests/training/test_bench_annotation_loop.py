@@ -43,7 +43,10 @@ def test_annotation_loop_benchmark_counts_edits_and_plots(tmp_path, tiny_pairs, 
     assert "| 1 |" in (tmp_path / "out" / "annotation_loop_tiny.md").read_text()
     png = tmp_path / "loop.png"
     plot = subprocess.run([sys.executable, str(script), "--plot", str(png), "--plot-from",
-                           str(tmp_path / "out" / "annotation_loop_tiny.json")],
+                           str(tmp_path / "out" / "annotation_loop_tiny.json"), "--out",
+                           str(tmp_path / "summary")],
                           capture_output=True, text=True, timeout=300)
     assert plot.returncode == 0, plot.stderr[-2000:]
     assert png.stat().st_size > 10_000
+    summary = (tmp_path / "summary" / "annotation_loop.md").read_text()
+    assert "[tiny](annotation_loop_tiny.md) | 2 |" in summary

@@ -39,7 +39,6 @@ __all__ = [
     "scan_coco_folder",
 ]
 
-
 PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
 
 
@@ -47,9 +46,9 @@ PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
 @dataclass
 class FineTuneSettings:
     """What the settings controls stand for. The defaults are the quick recipe measured in
-    ``docs/benchmarks/annotation_loop.md``: the encoder stays as it is and only the decoder
-    learns, at a higher learning rate, with fewer sampled mask points, for few steps; a strip of
-    every corrected image is held back to check the result against the start model.
+    ``docs/benchmarks/annotation_loop.md`` (``benchmarks/bench_annotation_loop.py``): the encoder
+    stays as it is and only the decoder learns, with fewer sampled mask points, for few steps; a
+    strip of every corrected image is held back to check the result against the start model.
 
     ``num_points``: points per mask for the mask losses (None: :func:`points_for` the input size).
     ``hold_back``: the fraction of each image held back (0: no check; only when fine-tuning a
