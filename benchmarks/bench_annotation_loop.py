@@ -11,8 +11,11 @@ IoU ≥ 0.5, else by drawing; redraw each matched cell below IoU 0.75). The grou
 stands for the corrected image: the model is fine-tuned on every corrected image so far with the
 fine-tune widget's recipe (:func:`napari_iaunet.training.finetune.run_finetune`, including the
 held-back check that keeps the start model when the fine-tune is worse there), and the model
-the check chose goes on to the next round. After each round the images not used yet are scored:
-edits per 100 cells, AP50 and F1 (score ≥ 0.5, IoU 0.5). ``--recipe thorough`` replays the
+the check chose goes on to the next round, with the score threshold that needed the fewest edits
+on the held-back part (as *Use this model* sets it; ``--keep-threshold``: always 0.5). After
+each round the images not used yet are scored: edits per 100 cells, AP50 and F1 (IoU 0.5; F1
+counts the detections above the threshold in use; AP ranks every detection above 0.05).
+``--recipe thorough`` replays the
 earlier recipe instead; ``--steps``, ``--lr``, ``--points``, ``--whole-network`` and
 ``--no-hold-back`` change one thing of the recipe (the options measured in docs/finetune.md).
 
@@ -38,21 +41,28 @@ import _common as C
 DEFAULT_WEIGHTS = C.REPO / "weights" / "iaunet_default.pt"
 
 
-def _score(seg: Any, items: list[Any], per_image: bool = False) -> dict[str, Any]:
-    """Edits, AP50 and F1 of the segmenter on annotated images (the default settings);
-    ``per_image`` adds each image's edits."""
+AP_SCORE = 0.05  # detections ranked by AP (as validation); edits and F1 use the threshold
+
+
+def _score(seg: Any, items: list[Any], threshold: float, per_image: bool = False
+           ) -> dict[str, Any]:
+    """Edits and F1 of the detections at ``threshold`` and AP / AP50 of all of them (the
+    segmenter keeps every one above :data:`AP_SCORE`); ``per_image`` adds each image's edits."""
+    import numpy as np
+
     from napari_iaunet.evaluation import evaluate
     from napari_iaunet.evaluation.edits import Edits, count_edits
 
     edits, preds, truth, each = Edits(), [], [], {}
     for item in items:
         found, cands = seg.segment(item.load_raw(), candidates=True)
-        mine = count_edits(item.instances, found, cands)
+        shown = found[np.flatnonzero(found.scores >= threshold)] if len(found) else found
+        mine = count_edits(item.instances, shown, cands)
         each[item.name] = mine.to_dict()
         edits = edits + mine
         preds.append(found)
         truth.append(item.instances)
-    m = evaluate(truth, preds, score_threshold=0.5) if items else {}
+    m = evaluate(truth, preds, score_threshold=threshold) if items else {}
     out = {"images": len(items), "edits": edits.to_dict(),
            "AP": round(m["AP"], 4) if m else None, "AP50": round(m["AP50"], 4) if m else None,
            "f1": round(m["f1"], 4) if m else None}
@@ -62,41 +72,50 @@ def _score(seg: Any, items: list[Any], per_image: bool = False) -> dict[str, Any
 
 
 def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, device: str,
-         name: str) -> list[dict[str, Any]]:
-    """Run the loop on the annotated images ``data`` (in order); one record per round."""
-    from napari_iaunet.inference import Segmenter
+         name: str, calibrate: bool = True) -> list[dict[str, Any]]:
+    """Run the loop on the annotated images ``data`` (in order); one record per round. With
+    ``calibrate`` the score threshold each fine-tune found on its held-back part is used from
+    the next round on (as *Use this model* sets it in the segment widget)."""
+    from napari_iaunet.inference import PostprocessSettings, Segmenter
     from napari_iaunet.training import AnnotatedImages
     from napari_iaunet.training.finetune import make_train_config, run_finetune
 
     settings.device = device
     current = weights
+    threshold = PostprocessSettings().score_threshold
     records = []
-    seg = Segmenter.from_checkpoint(current, device=device)
-    rest = _score(seg, data.items, per_image=True)
+    ranked = PostprocessSettings(score_threshold=AP_SCORE)
+    seg = Segmenter.from_checkpoint(current, device=device, settings=ranked)
+    rest = _score(seg, data.items, threshold, per_image=True)
     records.append({"round": 0, "model": str(current), "unused_before": rest})
     print(f"{name} start: unused images {rest}", flush=True)
     for k in range(1, rounds + 1):
         if k > len(data) - 1:
             break
         image = data.items[k - 1]
-        now = _score(seg, [image])
-        before = _score(seg, data.items[k:])  # the images after k, with this round's start
+        now = _score(seg, [image], threshold)
+        before = _score(seg, data.items[k:], threshold)  # the images after k, before the round
         corrected = AnnotatedImages(data.items[:k], [{"source": name, "images": k}])
         out = work / f"{name}_round{k}"
         config = make_train_config(settings, out, input_size=seg.model.config.input_size)
         config.overwrite = True
         t0 = time.perf_counter()
-        outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back)
+        outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back,
+                               score_threshold=threshold)
         wall = time.perf_counter() - t0
         current = outcome.model_path
-        seg = Segmenter.from_checkpoint(current, device=device)
-        after = _score(seg, data.items[k:])
+        if calibrate and outcome.threshold is not None:
+            threshold = outcome.threshold.value
+        seg = Segmenter.from_checkpoint(current, device=device, settings=ranked)
+        after = _score(seg, data.items[k:], threshold)
         record = {
             "round": k, "image": image.name, "image_edits": now,
             "finetune_s": round(wall, 1), "estimate_s": round(outcome.estimate_s or 0, 1),
             "steps": outcome.result.steps, "device": str(config.device),
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
-            "notes": outcome.notes, "model": str(current), "unused_before": before,
+            "notes": outcome.notes, "model": str(current), "score_threshold": threshold,
+            "threshold_check": outcome.threshold.to_dict() if outcome.threshold else None,
+            "unused_before": before,
             "unused_after": after,
         }
         records.append(record)
@@ -113,7 +132,7 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["round"] == 0:
             u = r["unused_before"]
             rows.append({"round": 0, "image": "", "edits": "", "start": "", "wall": "",
-                         "kept": "",
+                         "kept": "", "threshold": 0.5,
                          "rest": f"{u['edits']['per_100_cells']}", "ap50": u["AP50"],
                          "f1": u["f1"]})
             continue
@@ -128,6 +147,7 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wall": f"{r['finetune_s']} ({r['estimate_s']})",
             "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
                      if v else "no check"),
+            "threshold": r.get("score_threshold", ""),
             "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
             "ap50": f"{b['AP50']} → {u['AP50']}", "f1": f"{b['f1']} → {u['f1']}"})
     return rows
@@ -188,6 +208,7 @@ def summarise(paths: list[Path], out_dir: Path) -> None:
                 "start": start.get(r["image"], {}).get("per_100_cells", ""),
                 "wall": f"{r['finetune_s']} ({r['estimate_s']})",
                 "kept": v["keep"] if v else "no check",
+                "threshold": r.get("score_threshold", ""),
                 "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
                 "ap50": f"{b['AP50']} → {u['AP50']}"})
     payload = {"command": C.command_line(), "results": results}
@@ -201,6 +222,7 @@ def summarise(paths: list[Path], out_dir: Path) -> None:
             ("run", "run"), ("round", "round"), ("image", "image k"),
             ("edits", "edits / 100 cells"), ("start", "… start model"),
             ("wall", "fine-tune s (estimate)"), ("kept", "check kept"),
+            ("threshold", "threshold next"),
             ("rest", "images after k: edits / 100 cells"), ("ap50", "images after k: AP50")]),
         ""])
     C.write_results("annotation_loop", payload, md, out_dir=out_dir)
@@ -220,6 +242,8 @@ def main() -> None:
     p.add_argument("--points", type=int, default=None, help="the recipe's, unless given")
     p.add_argument("--whole-network", action="store_true", help="train the encoder too")
     p.add_argument("--no-hold-back", action="store_true", help="no held-back check")
+    p.add_argument("--keep-threshold", action="store_true",
+                   help="keep the score threshold 0.5 (do not use the held-back one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
@@ -265,7 +289,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="annotation_loop_") as tmp:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
-        records = play(data, args.weights, args.rounds, settings, work, args.device, name)
+        records = play(data, args.weights, args.rounds, settings, work, args.device, name,
+                       calibrate=not args.keep_threshold)
         total = time.perf_counter() - t0
     walls = [r["finetune_s"] for r in records if r["round"] > 0]
     payload = {
@@ -292,6 +317,7 @@ def main() -> None:
             ("round", "round"), ("image", "image k"), ("edits", "edits / 100 cells on image k"),
             ("start", "… with the start model"),
             ("wall", "fine-tune s (estimate)"), ("kept", "held-back check"),
+            ("threshold", "score threshold next"),
             ("rest", "unused: edits / 100 cells"), ("ap50", "unused: AP50"),
             ("f1", "unused: F1")]), ""])
     C.write_results(f"annotation_loop_{name}", payload, md, out_dir=args.out)

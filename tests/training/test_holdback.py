@@ -110,6 +110,8 @@ def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pa
     assert set(verdict.start) >= {"AP", "AP50"} and verdict.tuned_step in (2, 4)
     record = read_verdict(tmp_path / "quick")
     assert record["keep"] == verdict.keep and len(record["windows"]) == 2
+    assert outcome.threshold is not None and record["score_threshold"]["value"] == (
+        outcome.threshold.value)
     assert json.loads((tmp_path / "quick" / HOLDBACK_FILE).read_text())["cells"] == verdict.cells
     result = outcome.result
     tuned = result.last_path if result.best_metric <= 0 else result.best_path  # AP 0: nothing
@@ -132,3 +134,37 @@ def test_hold_back_takes_another_end_when_the_strip_holds_no_cell():
     (y0, x0, y1, x1), = held.windows
     assert (y0, x0, y1) == (0, 0, 80) and x1 < 40 and held.cells >= 1  # the left end
     assert held.train[0].instances.image_shape == (80, 120 - x1)
+
+
+def test_calibrate_threshold_picks_the_fewest_edits_inside_the_window(monkeypatch):
+    """Two true cells and three false ones inside the strip: the false ones score 0.55–0.65,
+    the true ones 0.9, so 0.7 removes every false one; a false one outside the strip does not
+    count."""
+    import napari_iaunet.inference.segmenter as segmenter
+    from napari_iaunet.training.holdback import THRESHOLDS, calibrate_threshold
+
+    image, inst = _image_with_cells()
+    data = AnnotatedImages.from_pairs([(image, inst)])
+    held = hold_back(data, 0.25)
+    x0 = held.windows[0][1]
+    shape = inst.image_shape
+    right = [i for i in range(len(inst)) if inst.boxes[i][1] >= x0]
+    false = [_disc(shape, 72, x0 + 8, 4), _disc(shape, 40, x0 + 12, 4), _disc(shape, 8, x0 + 8, 4),
+             _disc(shape, 40, 10, 5)]  # the last lies outside the strip
+    shown = Instances.from_masks([inst.mask(i) for i in right] + false, image_shape=shape,
+                                 scores=[0.9] * len(right) + [0.55, 0.6, 0.65, 0.3])
+
+    class Fixed:
+        def __init__(self, model, **kwargs):
+            self.threshold = kwargs["settings"].score_threshold
+
+        def segment(self, image):
+            return shown[np.flatnonzero(shown.scores >= self.threshold)]
+
+    monkeypatch.setattr(segmenter, "Segmenter", Fixed)
+    chosen = calibrate_threshold(object(), held.held)
+    assert chosen.value == 0.7 and chosen.edits == 0 and chosen.edits_default == 3
+    assert chosen.cells == len(right) and 0.3 in THRESHOLDS
+    assert "0.70 instead of 0.50: 0 edits instead of 3" in chosen.sentence()
+    same = calibrate_threshold(object(), held.held, thresholds=(0.5,))
+    assert same.value == 0.5 and "stays" in same.sentence()

@@ -301,6 +301,11 @@ def _run_quick(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     if outcome.verdict is not None:
         print(outcome.verdict.sentence())
+    if outcome.threshold is not None:
+        print(outcome.threshold.sentence())
     if outcome.model_path is not None:
-        print(f"use: {outcome.model_path}")
+        threshold = (f" (segment with --score-threshold {outcome.threshold.value:.2f})"
+                     if outcome.threshold is not None
+                     and outcome.threshold.value != outcome.threshold.default else "")
+        print(f"use: {outcome.model_path}{threshold}")
     return 0

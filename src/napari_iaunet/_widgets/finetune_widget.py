@@ -1152,13 +1152,27 @@ class FineTuneWidget(QWidget):
         seg.set_checkpoint(path)
         self._refresh_models()  # "start from" the segment widget's model is now this one
         folder = self._job.out_dir if self._job is not None else self.output_dir
+        threshold = ""
+        suggested = self._suggested_threshold(folder) if self._job is None else None
+        if suggested is not None and abs(seg.score_spin.value() - suggested) > 1e-6:
+            seg.score_spin.setValue(suggested)
+            threshold = (f" Its score threshold is now {suggested:.2f}, which needed the fewest "
+                         "edits on the held-back part.")
         if self._job is None and folder is not None and self._kept_start(folder) == path:
             self._set_status(f"The held-back check kept the start model: the segment widget "
-                             f"uses {path.name}.")
+                             f"uses {path.name}.{threshold}")
         else:
             self._set_status(f"The segment widget now uses {path.parent.name}/{path.name}: "
-                             "click Segment there to see the difference.")
+                             f"click Segment there to see the difference.{threshold}")
         return path
+
+    @staticmethod
+    def _suggested_threshold(folder: Path | None) -> float | None:
+        """The score threshold the finished run in ``folder`` found on its held-back part."""
+        record = read_verdict(folder) if folder is not None else None
+        chosen = (record or {}).get("score_threshold") or {}
+        value = chosen.get("value") if isinstance(chosen, dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
 
     # ------------------------------------------------------------------ worker signals (GUI thread)
     def _on_stage(self, text: str) -> None:
@@ -1267,6 +1281,8 @@ class FineTuneWidget(QWidget):
             text = f"Done: {done} in {format_duration(elapsed)}.{best}"
         if outcome.verdict is not None:
             text += " " + outcome.verdict.sentence()
+        if outcome.threshold is not None:
+            text += " " + outcome.threshold.sentence()
         for note in outcome.notes:
             text += f" Note: {note}."
         if outcome.verdict is not None and outcome.verdict.kept_start:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from .callbacks import TrainCallback
     from .dataset import AnnotatedImages
-    from .holdback import Verdict
+    from .holdback import Threshold, Verdict
     from .trainer import TrainConfig, TrainResult
 
 __all__ = [
@@ -118,6 +118,7 @@ class FineTuneOutcome:
     start: Path | None = None
     estimate_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    threshold: Threshold | None = None  # the score threshold the held-back part asks for
 
     @property
     def model_path(self) -> Path | None:
@@ -183,20 +184,22 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                  start: str | Path | None = None, model_config: Any = None,
                  backbone_weights: str | Path | None = None, val_data: Any = None,
                  hold_back: float = 0.0, callbacks: Sequence[TrainCallback] = (),
-                 cancel: threading.Event | Callable[[], bool] | None = None) -> FineTuneOutcome:
+                 cancel: threading.Event | Callable[[], bool] | None = None,
+                 score_threshold: float = 0.5) -> FineTuneOutcome:
     """Fine-tune (or train a new model) as the widget and ``napari-iaunet train --quick`` do.
 
     With a ``start`` checkpoint, no ``val_data`` and ``hold_back`` > 0, a strip of each image is
     held back (:func:`~napari_iaunet.training.holdback.hold_back`): the start model is scored
     there, the run validates there (best.pt = the best score) and the verdict keeps the start
-    model when the fine-tuned one is worse. Before the first step each callback's
-    ``on_estimate`` hears how long the run should take on this device (one timed step). The
-    verdict is written to ``OUT/holdback.json``.
+    model when the fine-tuned one is worse; then the model chosen picks the detection score
+    threshold with the fewest edits on the strips (``score_threshold``, the one in use, wins
+    ties). Before the first step each callback's ``on_estimate`` hears how long the run should
+    take on this device (three timed steps). Verdict and threshold go to ``OUT/holdback.json``.
     """
     from ..checkpoint import load_checkpoint
     from ..inference.device import select_device
+    from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
-    from .holdback import judge
     from .trainer import train, validate
 
     notes: list[str] = []
@@ -238,21 +241,30 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         del model
     result = train(train_data, val_data, config, start=start, model_config=model_config,
                    backbone_weights=backbone_weights, callbacks=callbacks, cancel=cancel)
-    verdict = None
+    outcome = FineTuneOutcome(result, None, Path(start) if start is not None else None,
+                              estimate, notes)
     if held is not None:
         best = next((h["metrics"] for h in reversed(result.history)
                      if h["step"] == result.best_step), None)
-        verdict = judge(start_metrics, best, result.best_step, held.cells, config.metric)
-        _write_verdict(Path(config.out_dir), verdict, held, start)
-    return FineTuneOutcome(result, verdict, Path(start) if start is not None else None,
-                           estimate, notes)
+        outcome.verdict = judge(start_metrics, best, result.best_step, held.cells,
+                                config.metric)
+        chosen = outcome.model_path
+        if chosen is not None and not result.cancelled:
+            device = select_device(config.device)
+            overrides = {"input_size": config.input_size} if config.input_size else None
+            model = load_checkpoint(chosen, device=device, overrides=overrides).model
+            outcome.threshold = calibrate_threshold(model, held.held, default=score_threshold,
+                                                    device=device)
+        _write_verdict(Path(config.out_dir), outcome, held)
+    return outcome
 
 
-def _write_verdict(out_dir: Path, verdict: Verdict, held: Any, start: Any) -> None:
+def _write_verdict(out_dir: Path, outcome: FineTuneOutcome, held: Any) -> None:
     from ..io.atomic import atomic_write_text
 
-    record = {**verdict.to_dict(), "start_model": str(start), "fraction": held.fraction,
-              "windows": [list(map(int, w)) for w in held.windows]}
+    record = {**outcome.verdict.to_dict(), "start_model": str(outcome.start),
+              "fraction": held.fraction, "windows": [list(map(int, w)) for w in held.windows],
+              "score_threshold": outcome.threshold.to_dict() if outcome.threshold else None}
     atomic_write_text(out_dir / HOLDBACK_FILE, json.dumps(record, indent=1), overwrite=True)
 
 

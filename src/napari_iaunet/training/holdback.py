@@ -6,7 +6,9 @@ strip holds no cell) where the cut crosses the fewest cell pixels, so most cells
 one side; the model trains on the rest and the strip judges it: validation segments the whole
 image (the model sees the strip's context, as it will when it is used) and scores only the cells
 inside the strip. :func:`judge` compares the start model's and the fine-tuned model's scores
-there: the fine-tuned model is kept only when it is not worse.
+there: the fine-tuned model is kept only when it is not worse. :func:`calibrate_threshold` then
+picks the detection score threshold with the fewest edits on the strips (the corrections say
+which detections were false).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import numpy as np
 from ..instances import Instances
 from .dataset import AnnotatedImage, AnnotatedImages
 
-__all__ = ["HeldBack", "Verdict", "crop_annotated", "crop_instances", "hold_back", "judge"]
+__all__ = ["THRESHOLDS", "HeldBack", "Threshold", "Verdict", "calibrate_threshold",
+           "crop_annotated", "crop_instances", "hold_back", "judge"]
 
+THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 … 0.9
 MIN_PIECE = 16  # pixels: smaller pieces of a cut cell are dropped from either side
 SEARCH = 0.05  # the cut is searched within ±5 % of the image around the nominal fraction
 
@@ -196,3 +200,53 @@ def judge(start: dict[str, float], tuned: dict[str, float] | None, tuned_step: i
     worse = t is None or (s is not None and t < s)
     return Verdict("start" if worse else "fine-tuned", metric, dict(start), dict(tuned),
                    tuned_step, cells)
+
+
+@dataclass
+class Threshold:
+    """The detection score threshold with the fewest edits on the held-back part."""
+
+    value: float
+    edits: int  # at ``value``
+    edits_default: int  # at ``default``
+    default: float
+    cells: int
+
+    def sentence(self) -> str:
+        if self.value == self.default:
+            return (f"Score threshold {self.default:.2f} stays: no other one needs fewer edits "
+                    f"on the held-back part ({self.edits} for {self.cells} cells).")
+        return (f"Score threshold {self.value:.2f} instead of {self.default:.2f}: "
+                f"{self.edits} edits instead of {self.edits_default} on the held-back part "
+                f"({self.cells} cells).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "edits": self.edits, "edits_default": self.edits_default,
+                "default": self.default, "cells": self.cells, "sentence": self.sentence()}
+
+
+def calibrate_threshold(model: Any, held: AnnotatedImages, *, default: float = 0.5,
+                        device: Any = "cpu", thresholds: tuple[float, ...] = THRESHOLDS
+                        ) -> Threshold:
+    """The score threshold of ``thresholds`` whose detections need the fewest edits
+    (:func:`~napari_iaunet.evaluation.edits.count_edits`, every missed cell drawn) inside the
+    held-back windows; among equals the one nearest ``default``. ``model``: a loaded model."""
+    from ..evaluation.edits import Edits, count_edits
+    from ..inference.postprocess import PostprocessSettings
+    from ..inference.segmenter import Segmenter
+
+    grid = sorted({float(t) for t in (*thresholds, default)})
+    seg = Segmenter(model, device=device, settings=PostprocessSettings(score_threshold=grid[0]),
+                    tile_size=None, batch_size=1)
+    totals = dict.fromkeys(grid, Edits())
+    cells = 0
+    for item in held:
+        window = item.score_window or (0, 0, *item.instances.image_shape)
+        found = crop_instances(seg.segment(item.load_raw()), window)
+        truth = crop_instances(item.instances, window)
+        cells += len(truth)
+        for t in grid:  # a missed cell counts as drawn (the click candidates are not cropped)
+            shown = found[np.flatnonzero(found.scores >= t)] if len(found) else found
+            totals[t] = totals[t] + count_edits(truth, shown)
+    best = min(grid, key=lambda t: (totals[t].total, abs(t - default)))
+    return Threshold(best, totals[best].total, totals[default].total, float(default), cells)
