@@ -155,7 +155,8 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot(paths: list[Path], out: Path) -> None:
     """Edits per 100 cells of the image each round segments, one colour per result file: solid,
-    with the model the loop has reached; dotted, with the start model (the same images)."""
+    with the model the loop has reached; dotted, with the start model (the same images). The
+    last point of a line is every image after the last round, with the model it ended with."""
     import json
 
     import matplotlib
@@ -168,17 +169,26 @@ def plot(paths: list[Path], out: Path) -> None:
     for path in paths:
         payload = json.loads(Path(path).read_text())
         done = [r for r in payload["rounds"] if r["round"] > 0]
+        if not done:
+            continue
+        start = payload["rounds"][0]["unused_before"].get("per_image", {})
         xs = [r["round"] for r in done]
-        line, = ax.plot(xs, [r["image_edits"]["edits"]["per_100_cells"] for r in done],
-                        marker="o", label=f"{payload['name']}: the loop's model")
-        start = payload["rounds"][0]["unused_before"].get("per_image")
+        loop = [r["image_edits"]["edits"]["per_100_cells"] for r in done]
+        first = [start.get(r["image"], {}).get("per_100_cells") for r in done]
+        rest = payload["images"][done[-1]["round"]:]
+        if rest and start:  # the images after the last round: the model it ended with
+            xs.append(done[-1]["round"] + 1)
+            loop.append(done[-1]["unused_after"]["edits"]["per_100_cells"])
+            first.append(100.0 * sum(start[n]["total"] for n in rest)
+                         / max(1, sum(start[n]["cells"] for n in rest)))
+        line, = ax.plot(xs, loop, marker="o", label=f"{payload['name']}: the loop's model")
         if start:
-            ax.plot(xs, [start[r["image"]]["per_100_cells"] for r in done], ls=":",
-                    marker="x", color=line.get_color(), label=f"{payload['name']}: start model")
+            ax.plot(xs, first, ls=":", marker="x", color=line.get_color(),
+                    label=f"{payload['name']}: start model")
         last = max([last, *xs])
     ax.set_xticks(range(1, last + 1))
-    ax.set_xlabel("round k: image k segmented, the model tuned on images 1…k-1")
-    ax.set_ylabel("edits per 100 cells on image k")
+    ax.set_xlabel("image k (the model tuned on images 1…k-1; last point: all images left)")
+    ax.set_ylabel("edits per 100 cells")
     ax.set_title("Annotation loop, quick recipe, 2 CPU threads", fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
