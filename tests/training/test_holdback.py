@@ -116,6 +116,16 @@ def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pa
     result = outcome.result
     tuned = result.last_path if result.best_metric <= 0 else result.best_path  # AP 0: nothing
     assert outcome.model_path == (first.last_path if verdict.kept_start else tuned)  # ranked
+    # cancelled while the start model is scored: no error, no step, nothing judged or written
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    cancelled = run_finetune(data, make_train_config(settings, tmp_path / "stopped",
+                                                     input_size=64),
+                             start=first.last_path, hold_back=0.25, cancel=stop)
+    assert cancelled.result.cancelled and cancelled.result.steps == 0
+    assert cancelled.verdict is None and not (tmp_path / "stopped" / HOLDBACK_FILE).exists()
     # the encoder did not move; the decoder did
     from napari_iaunet.checkpoint import load_checkpoint
 

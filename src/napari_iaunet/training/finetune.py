@@ -200,7 +200,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     from ..inference.device import select_device
     from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
-    from .trainer import train, validate
+    from .trainer import ValidationCancelled, train, validate
 
     notes: list[str] = []
     held = None
@@ -216,42 +216,39 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
             held = None
         else:
             train_data, val_data = held.train, held.held
-    if start is not None and not config.resume:
-        device = select_device(config.device)
-        overrides = {"input_size": config.input_size} if config.input_size else None
+    device = select_device(config.device)
+    overrides = {"input_size": config.input_size} if config.input_size else None
+    if start is not None and (held is not None or not config.resume):
         model = load_checkpoint(start, device=device, overrides=overrides).model
-        if held is not None:
+        cancelled = False
+        if held is not None:  # the start model's score on the strips
             t0 = time.perf_counter()
-            start_metrics = validate(model, held.held.items, device=device,
-                                     score_threshold=config.score_threshold, cancel=cancel)
+            try:
+                start_metrics = validate(model, held.held.items, device=device,
+                                         score_threshold=config.score_threshold, cancel=cancel)
+            except ValidationCancelled:  # the trainer sees the cancel too and stops at once
+                cancelled = True
             val_seconds = time.perf_counter() - t0
-        step_s = _step_seconds(model, config, train_data, device)  # trains this copy
-        del model
-        n_val = config.steps // max(1, config.val_every) if held is not None else 0
-        estimate = step_s * config.steps + val_seconds * n_val
-        info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds,
-                "validations": n_val, "device": str(device)}
-        for cb in callbacks:
-            cb.on_estimate(estimate, info)
-    elif held is not None:  # resuming: the start model's score on the same strips
-        model = load_checkpoint(start, overrides={"input_size": config.input_size}
-                                if config.input_size else None).model
-        start_metrics = validate(model, held.held.items, score_threshold=config.score_threshold,
-                                 cancel=cancel)
+        if not (config.resume or cancelled):  # a resumed run shows its own ETA
+            step_s = _step_seconds(model, config, train_data, device)  # trains this copy
+            n_val = config.steps // max(1, config.val_every) if held is not None else 0
+            estimate = step_s * config.steps + val_seconds * n_val
+            info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds,
+                    "validations": n_val, "device": str(device)}
+            for cb in callbacks:
+                cb.on_estimate(estimate, info)
         del model
     result = train(train_data, val_data, config, start=start, model_config=model_config,
                    backbone_weights=backbone_weights, callbacks=callbacks, cancel=cancel)
     outcome = FineTuneOutcome(result, None, Path(start) if start is not None else None,
                               estimate, notes)
-    if held is not None:
+    if held is not None and result.steps > 0:  # cancelled before step 1: nothing to judge
         best = next((h["metrics"] for h in reversed(result.history)
                      if h["step"] == result.best_step), None)
         outcome.verdict = judge(start_metrics, best, result.best_step, held.cells,
                                 config.metric)
         chosen = outcome.model_path
         if chosen is not None and not result.cancelled:
-            device = select_device(config.device)
-            overrides = {"input_size": config.input_size} if config.input_size else None
             model = load_checkpoint(chosen, device=device, overrides=overrides).model
             outcome.threshold = calibrate_threshold(model, held.held, default=score_threshold,
                                                     device=device)
