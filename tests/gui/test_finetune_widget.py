@@ -208,6 +208,7 @@ def test_finetune_in_background_cancel_resume_use_model(make_napari_viewer, tiny
     assert widget.start_checkpoint == str(tiny_checkpoint.resolve())
     widget.refresh()
     widget.set_validation(val_group)
+    assert not widget.holdback_check.isEnabled()  # the validation image judges instead
     _tiny_settings(widget, steps=10, every=5)
     out = tmp_path / "run"
     widget.set_output_dir(out)
@@ -457,6 +458,7 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     widget = FineTuneWidget(viewer, ask=Asker())
     quick = FineTuneSettings()
     assert widget.recipe_combo.currentData() == "quick" and widget.holdback_check.isChecked()
+    assert widget.holdback_check.isEnabled()
     assert (widget.steps_spin.value(), widget.every_spin.value()) == (quick.steps, quick.every)
     widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("thorough"))
     assert widget.steps_spin.value() == 200 and not widget.holdback_check.isChecked()

@@ -958,6 +958,8 @@ class FineTuneWidget(QWidget):
         self.use_btn.setEnabled(self._usable_checkpoint() is not None)
         for box in (self.data_box, self.settings_box):
             box.setEnabled(not running)
+        # a validation image (or a new model, which has no start to compare with) replaces it
+        self.holdback_check.setEnabled(self._validation() is None and self.new_model is None)
 
     def _usable_checkpoint(self) -> Path | None:
         """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
