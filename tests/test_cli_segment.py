@@ -143,3 +143,31 @@ def test_progress_bar_fills_on_a_terminal(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "[1/1] big.tif [######------------------] 1/4 tiles" in err
     assert "4/4 tiles" in err and err.endswith("[1/1] big.tif: 12 instances in 1.00 s\n")
+
+
+def test_segment_uses_the_threshold_the_checkpoint_recommends(tiny_weights, images, tmp_path,
+                                                              capsys):
+    from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
+    from napari_iaunet.inference import PostprocessSettings, Segmenter
+
+    loaded = load_checkpoint(tiny_weights)
+    tuned = save_checkpoint(tmp_path / "tuned.pt", loaded.model, {
+        **loaded.metadata, "score_threshold": {"value": 0.99, "chosen_on": "held-back strips"}})
+    assert recommended_score_threshold(load_checkpoint(tuned).metadata) == 0.99
+    assert recommended_score_threshold({"score_threshold": {"value": 1.5}}) is None
+    assert recommended_score_threshold(loaded.metadata) is None
+    assert Segmenter.from_checkpoint(tuned, device="cpu").settings.score_threshold == 0.99
+    explicit = Segmenter.from_checkpoint(tuned, device="cpu",
+                                         settings=PostprocessSettings(score_threshold=0.2))
+    assert explicit.settings.score_threshold == 0.2
+    counts = {}
+    for name, weights, extra in (("plain", tiny_weights, []), ("tuned", tuned, []),
+                                 ("override", tuned, ["--score-threshold", "0.0"])):
+        out = tmp_path / name
+        assert main(["segment", str(images / "im0.png"), "--weights", str(weights), "--out",
+                     str(out), "--device", "cpu", *extra]) == 0
+        err = capsys.readouterr().err
+        assert ("score threshold 0.99: the checkpoint's" in err) == (name == "tuned")
+        counts[name] = len(json.loads((out / "im0.json").read_text())["annotations"])
+    # the tiny model's queries score about 0.98: 0.99 keeps none, 0.5 and 0.0 keep them
+    assert counts["tuned"] == 0 and counts["plain"] > 0 and counts["override"] > 0

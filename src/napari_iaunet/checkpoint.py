@@ -35,6 +35,7 @@ __all__ = [
     "describe_training_data",
     "load_checkpoint",
     "read_checkpoint_info",
+    "recommended_score_threshold",
     "save_checkpoint",
 ]
 
@@ -256,6 +257,16 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_torch_save(path, payload, overwrite=overwrite)
+
+
+def recommended_score_threshold(metadata: dict[str, Any] | None) -> float | None:
+    """The detection score threshold a checkpoint's metadata recommends (a quick fine-tune picks
+    it on its held-back cells: :func:`napari_iaunet.training.finetune.run_finetune`), or None."""
+    entry = (metadata or {}).get("score_threshold")
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    return None
 
 
 def _torch_load(path: Path, what: str = "checkpoint") -> Any:

@@ -485,6 +485,7 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     path = widget.use_model()
     assert path == outcome.model_path
     assert segment.checkpoint_path == str(path.resolve())
+    assert segment.score_spin.value() == pytest.approx(outcome.threshold.value)
 
     # a run whose check kept the start model: Use this model takes the start model, and says so
     record = read_verdict(out)

@@ -112,6 +112,13 @@ def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pa
     assert record["keep"] == verdict.keep and len(record["windows"]) == 2
     assert outcome.threshold is not None and record["score_threshold"]["value"] == (
         outcome.threshold.value)
+    from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
+
+    used = load_checkpoint(outcome.model_path).metadata
+    if not verdict.kept_start:  # the fine-tuned checkpoint now recommends its threshold
+        assert recommended_score_threshold(used) == outcome.threshold.value
+    else:  # the start model's file is never rewritten
+        assert recommended_score_threshold(used) is None
     assert json.loads((tmp_path / "quick" / HOLDBACK_FILE).read_text())["cells"] == verdict.cells
     result = outcome.result
     tuned = result.last_path if result.best_metric <= 0 else result.best_path  # AP 0: nothing

@@ -31,8 +31,8 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="IoU for precision / recall / F1 / mean IoU (default 0.5)")
     p.add_argument("--score-threshold", type=score_fraction, default=None,
                    help="drop predictions below this score before the matching metrics, PQ and "
-                        "AJI (AP always uses all); with --weights the default is 0.5, the "
-                        "segment command's threshold")
+                        "AJI (AP always uses all); with --weights the default is the segment "
+                        "command's: the checkpoint's recommendation, else 0.5")
     p.add_argument("--max-dets", type=positive_int, nargs="+", default=[100, 300, 1000],
                    help="COCO maxDets; AP is read at the largest (default 100 300 1000)")
     p.add_argument("--per-image", action="store_true", help="add per-image metrics to the JSON")
@@ -108,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
     score_threshold = args.score_threshold
     if args.weights is not None:
         pred = _segment_ground_truth_images(args, gt)
-        if score_threshold is None:
-            score_threshold = 0.5
+        if score_threshold is None:  # as segment: the checkpoint's recommendation, else 0.5
+            from ..checkpoint import read_checkpoint_info, recommended_score_threshold
+
+            recommended = recommended_score_threshold(read_checkpoint_info(args.weights).metadata)
+            score_threshold = 0.5 if recommended is None else recommended
     else:
         pred = read_predictions(args.pred, gt)
     results = evaluate_coco(gt, pred, iou_threshold=args.iou_threshold,

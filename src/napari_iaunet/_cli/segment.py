@@ -33,8 +33,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rle", action="store_true", help="store masks as RLE (lossless)")
     p.add_argument("--tolerance", type=non_negative_float, default=1.0,
                    help="polygon simplification tolerance in pixels (default 1.0)")
-    p.add_argument("--score-threshold", type=score_fraction, default=0.5,
-                   help="keep instances scoring at least this (0 to below 1, default 0.5)")
+    p.add_argument("--score-threshold", type=score_fraction, default=None,
+                   help="keep instances scoring at least this (0 to below 1; default: the one "
+                        "the checkpoint recommends, from a quick fine-tune, else 0.5)")
     add_duplicate_arguments(p)
     p.add_argument("--tile-size", default="auto",
                    help="'auto', 'off' or tile size in pixels for large images")
@@ -56,6 +57,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 OVERLAY_SUFFIX = "_overlay.png"
+DEFAULT_SCORE = 0.5  # the score threshold when neither the option nor the checkpoint gives one
 
 
 def _is_own_overlay(f: Path, siblings: set[str]) -> bool:
@@ -151,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
+    from ..checkpoint import recommended_score_threshold
     from ..inference import Segmenter
     from ..io.atomic import remove_stale_temp_files
     from ..io.coco import instances_to_coco, write_coco
@@ -199,11 +202,18 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(
         args.weights, device=device, tile_size=_tile_arg(args.tile_size),
         batch_size=args.batch_size, match_brightness=args.match_brightness,
-        settings=postprocess_settings(args, args.score_threshold),
     )
     info = segmenter.checkpoint_info
     print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"
           + (f" (rank {rank}/{world})" if world > 1 else ""), file=sys.stderr)
+    recommended = recommended_score_threshold(info.metadata)
+    threshold = args.score_threshold
+    if threshold is None:
+        threshold = recommended if recommended is not None else DEFAULT_SCORE
+    segmenter.settings = postprocess_settings(args, threshold)
+    if args.score_threshold is None and recommended is not None:
+        print(f"score threshold {recommended:.2f}: the checkpoint's (chosen on its held-back "
+              "cells; --score-threshold overrides it)", file=sys.stderr)
 
     from ..cli import error_text
 

@@ -171,7 +171,9 @@ class SegmentWidget(QWidget):
         self.score_spin.setDecimals(2)
         self.score_spin.setValue(0.5)
         self.score_spin.setToolTip("Keep instances whose score (class probability × mask "
-                                   "confidence) is above this.")
+                                   "confidence) is above this. A model from a quick fine-tune "
+                                   "sets it to the value that needed the fewest edits on its "
+                                   "held-back cells.")
         form.addRow("score ≥", self.score_spin)
 
         self.tile_combo = QComboBox()
@@ -343,7 +345,12 @@ class SegmentWidget(QWidget):
             self.checkpoint_changed.emit(path)
 
     def _describe_model(self) -> None:
-        from ..checkpoint import CheckpointError, describe_training_data, read_checkpoint_info
+        from ..checkpoint import (
+            CheckpointError,
+            describe_training_data,
+            read_checkpoint_info,
+            recommended_score_threshold,
+        )
 
         path = self.checkpoint_path
         self._model_ok = False
@@ -375,6 +382,9 @@ class SegmentWidget(QWidget):
             self._defaults_for = path
             self.cluster_check.setChecked(family_of(c).clusters_queries)
             self.brightness_check.setChecked(c.match_brightness)
+            recommended = recommended_score_threshold(m)
+            if recommended is not None:  # a quick fine-tune chose it on its held-back cells
+                self.score_spin.setValue(recommended)
         self.cluster_check.setEnabled(family_of(c).query_based)
         self._model_info = info
         self._model_ok = True

@@ -132,8 +132,10 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, **kwargs) -> Segmenter:
-        """Load a checkpoint (the bundled default when ``path`` is None) into a Segmenter."""
-        from ..checkpoint import load_checkpoint
+        """Load a checkpoint (the bundled default when ``path`` is None) into a Segmenter.
+        Without ``settings``, the score threshold is the one the checkpoint recommends (a quick
+        fine-tune's, chosen on its held-back cells), else the default."""
+        from ..checkpoint import load_checkpoint, recommended_score_threshold
         from ..weights import default_weights, is_default, verify_default
 
         if path is None:
@@ -142,6 +144,9 @@ class Segmenter:
             verify_default(path)  # the default picked by its path (segment widget, --weights)
         device = select_device(kwargs.pop("device", "auto"))
         loaded = load_checkpoint(path, device=device)
+        threshold = recommended_score_threshold(loaded.metadata)
+        if kwargs.get("settings") is None and threshold is not None:
+            kwargs["settings"] = PostprocessSettings(score_threshold=threshold)
         seg = cls(loaded.model, device=device, **kwargs)
         seg.checkpoint_info = loaded.info
         return seg

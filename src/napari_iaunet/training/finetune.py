@@ -185,7 +185,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                  backbone_weights: str | Path | None = None, val_data: Any = None,
                  hold_back: float = 0.0, callbacks: Sequence[TrainCallback] = (),
                  cancel: threading.Event | Callable[[], bool] | None = None,
-                 score_threshold: float = 0.5) -> FineTuneOutcome:
+                 score_threshold: float | None = None) -> FineTuneOutcome:
     """Fine-tune (or train a new model) as the widget and ``napari-iaunet train --quick`` do.
 
     With a ``start`` checkpoint, no ``val_data`` and ``hold_back`` > 0, a strip of each image is
@@ -193,10 +193,13 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     there, the run validates there (best.pt = the best score) and the verdict keeps the start
     model when the fine-tuned one is worse; then the model chosen picks the detection score
     threshold with the fewest edits on the strips (``score_threshold``, the one in use, wins
-    ties). Before the first step each callback's ``on_estimate`` hears how long the run should
-    take on this device (three timed steps). Verdict and threshold go to ``OUT/holdback.json``.
+    ties; None: the start checkpoint's recommendation, else 0.5). Before the first step each
+    callback's ``on_estimate`` hears how long the run should take on this device (three timed
+    steps). Verdict and threshold go to ``OUT/holdback.json``; when the fine-tuned checkpoint is
+    the one to use, its metadata recommends the threshold too (the segment widget, ``segment``
+    and :meth:`~napari_iaunet.inference.Segmenter.from_checkpoint` then use it).
     """
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint, recommended_score_threshold, save_checkpoint
     from ..inference.device import select_device
     from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
@@ -219,7 +222,11 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     device = select_device(config.device)
     overrides = {"input_size": config.input_size} if config.input_size else None
     if start is not None and (held is not None or not config.resume):
-        model = load_checkpoint(start, device=device, overrides=overrides).model
+        loaded = load_checkpoint(start, device=device, overrides=overrides)
+        model = loaded.model
+        if score_threshold is None:
+            score_threshold = recommended_score_threshold(loaded.metadata)
+        del loaded
         cancelled = False
         if held is not None:  # the start model's score on the strips
             t0 = time.perf_counter()
@@ -249,9 +256,14 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                                 config.metric)
         chosen = outcome.model_path
         if chosen is not None and not result.cancelled:
-            model = load_checkpoint(chosen, device=device, overrides=overrides).model
-            outcome.threshold = calibrate_threshold(model, held.held, default=score_threshold,
-                                                    device=device)
+            loaded = load_checkpoint(chosen, device=device, overrides=overrides)
+            outcome.threshold = calibrate_threshold(
+                loaded.model, held.held, device=device,
+                default=0.5 if score_threshold is None else score_threshold)
+            if not outcome.verdict.kept_start:  # our own file: it now recommends the threshold
+                save_checkpoint(chosen, loaded.model, {**loaded.metadata, "score_threshold": {
+                    **outcome.threshold.to_dict(), "chosen_on": "held-back strips"}},
+                    overwrite=True)
         _write_verdict(Path(config.out_dir), outcome, held)
     return outcome
 
