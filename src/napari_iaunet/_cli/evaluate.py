@@ -53,8 +53,10 @@ def _images_folder(args: argparse.Namespace) -> Path:
 # Contract (owned by napari_iaunet.inference): Segmenter.from_checkpoint(path).segment(image)
 # returns Instances of that image. The import is deferred so evaluate works without torch.
 # --------------------------------------------------------------------------------------------
-def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
-    """Predictions (a COCO dict with scores) made by the checkpoint on every ground-truth image."""
+def _segment_ground_truth_images(args: argparse.Namespace, gt: dict
+                                 ) -> tuple[dict, float | None]:
+    """Predictions (a COCO dict with scores) made by the checkpoint on every ground-truth image,
+    and the score threshold the checkpoint recommends (None: it recommends none)."""
     try:
         from ..inference import Segmenter
     except ImportError as exc:
@@ -62,6 +64,7 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
             "evaluating a checkpoint (--weights) needs napari_iaunet.inference, which could not "
             f"be imported ({exc}); segment the images first and pass --pred instead"
         ) from exc
+    from ..checkpoint import recommended_score_threshold
     from ..io.coco import category_names, instances_to_coco
     from ..io.images import read_image
 
@@ -71,6 +74,8 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
     segmenter = Segmenter.from_checkpoint(args.weights, device=args.device,
                                           settings=postprocess_settings(args, 0.01),
                                           match_brightness=args.match_brightness)
+    info = getattr(segmenter, "checkpoint_info", None)
+    recommended = recommended_score_threshold(info.metadata if info else None)
     predictions = []
     for k, image_entry in enumerate(gt["images"]):
         path = folder / image_entry.get("file_name", "")
@@ -93,7 +98,7 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict) -> dict:
         category["id"] = ids[category["id"] - 1]
     for ann in pred["annotations"]:
         ann["category_id"] = ids[ann["category_id"] - 1]
-    return pred
+    return pred, recommended
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,11 +112,8 @@ def run(args: argparse.Namespace) -> int:
     gt = read_coco(args.gt)
     score_threshold = args.score_threshold
     if args.weights is not None:
-        pred = _segment_ground_truth_images(args, gt)
+        pred, recommended = _segment_ground_truth_images(args, gt)
         if score_threshold is None:  # as segment: the checkpoint's recommendation, else 0.5
-            from ..checkpoint import read_checkpoint_info, recommended_score_threshold
-
-            recommended = recommended_score_threshold(read_checkpoint_info(args.weights).metadata)
             score_threshold = 0.5 if recommended is None else recommended
     else:
         pred = read_predictions(args.pred, gt)
