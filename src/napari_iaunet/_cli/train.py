@@ -178,16 +178,19 @@ def _quick_config(args: argparse.Namespace) -> tuple[object, float]:
     settings = FineTuneSettings(
         steps=args.steps or recipe.steps, lr=args.lr or recipe.lr, batch_size=args.batch_size,
         input_size=args.input_size, augment=args.augment, device=args.device,
-        every=args.val_every or recipe.every, num_points=args.points or recipe.num_points,
+        every=recipe.every if args.val_every is None else max(1, args.val_every),
+        num_points=args.points or recipe.num_points,
         hold_back=recipe.hold_back if not args.val else 0.0)
     if args.epochs:
         raise ValueError("--quick counts steps: give --steps, not --epochs")
     cfg = make_train_config(settings, args.out, input_size=args.input_size or _input_size(
         args.weights), resume=args.resume)
-    cfg.overwrite = args.overwrite
-    cfg.num_threads = args.threads
-    cfg.seed = args.seed
-    cfg.num_workers = args.workers
+    for name, value in (("overwrite", args.overwrite), ("num_threads", args.threads),
+                        ("seed", args.seed), ("num_workers", args.workers), ("amp", args.amp),
+                        ("warmup_steps", args.warmup), ("grad_clip", args.grad_clip),
+                        ("weight_decay", args.weight_decay), ("early_stopping", args.patience),
+                        ("match_brightness", args.match_brightness)):
+        setattr(cfg, name, value)
     if args.checkpoint_every is not None:
         cfg.checkpoint_every = args.checkpoint_every
     return cfg, settings.hold_back

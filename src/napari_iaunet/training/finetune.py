@@ -220,9 +220,11 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         else:
             train_data, val_data = held.train, held.held
     device = select_device(config.device)
-    overrides = {"input_size": config.input_size} if config.input_size else None
+    overrides: dict[str, Any] = {"input_size": config.input_size} if config.input_size else {}
+    if config.match_brightness is not None:  # as the trainer loads the start model
+        overrides["match_brightness"] = config.match_brightness
     if start is not None and (held is not None or not config.resume):
-        loaded = load_checkpoint(start, device=device, overrides=overrides)
+        loaded = load_checkpoint(start, device=device, overrides=overrides or None)
         model = loaded.model
         if score_threshold is None:
             score_threshold = recommended_score_threshold(loaded.metadata)
@@ -256,7 +258,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                                 config.metric)
         chosen = outcome.model_path
         if chosen is not None and not result.cancelled:
-            loaded = load_checkpoint(chosen, device=device, overrides=overrides)
+            loaded = load_checkpoint(chosen, device=device, overrides=overrides or None)
             outcome.threshold = calibrate_threshold(
                 loaded.model, held.held, device=device,
                 default=0.5 if score_threshold is None else score_threshold)
