@@ -31,7 +31,9 @@ SEARCH = 0.05  # the cut is searched within ±5 % of the image around the nomina
 
 @dataclass
 class HeldBack:
-    """The training part and the held-back part of a set of corrected images."""
+    """The training part and the held-back part of a set of corrected images (the training
+    part holds copies of the pixels it keeps; the held-back part the whole images, each with
+    its ``score_window``)."""
 
     train: AnnotatedImages
     held: AnnotatedImages
@@ -41,10 +43,6 @@ class HeldBack:
     @property
     def cells(self) -> int:
         return sum(len(crop_instances(it.instances, it.score_window)) for it in self.held)
-
-    def describe(self) -> str:
-        return (f"{self.cells} cell{'' if self.cells == 1 else 's'} in a strip of "
-                f"{round(100 * self.fraction)} % of each image")
 
 
 def crop_instances(inst: Instances, window: tuple[int, int, int, int],
