@@ -38,7 +38,6 @@ from napari_iaunet.inference import Segmenter
 from napari_iaunet.inference.candidates import (
     DEFAULT_RANKING,
     RANKINGS,
-    Candidate,
     candidates_at,
 )
 from napari_iaunet.io.coco import coco_to_instances, read_coco
@@ -46,18 +45,6 @@ from napari_iaunet.io.images import read_image
 from napari_iaunet.layers import split_into_layers
 
 DEFAULT_WEIGHTS = C.REPO / "weights" / "iaunet_default.pt"
-
-
-def iou_with(cand: Candidate, box: np.ndarray, crop: np.ndarray) -> float:
-    """Mask IoU of a candidate with one ground-truth cell (box + crop)."""
-    y0, x0 = max(cand.box[0], box[0]), max(cand.box[1], box[1])
-    y1, x1 = min(cand.box[2], box[2]), min(cand.box[3], box[3])
-    inter = 0
-    if y0 < y1 and x0 < x1:
-        inter = int(np.count_nonzero(
-            cand.crop[y0 - cand.box[0]:y1 - cand.box[0], x0 - cand.box[1]:x1 - cand.box[1]]
-            & crop[y0 - box[0]:y1 - box[0], x0 - box[1]:x1 - box[1]]))
-    return inter / (cand.area + int(np.count_nonzero(crop)) - inter)
 
 
 def summarise(ious: list[list[float]], times: list[float]) -> dict[str, Any]:
@@ -127,11 +114,11 @@ def main() -> None:
                 t0 = time.perf_counter()
                 picks = candidates_at(cands, point, accepted=accepted, ranking=ranking, limit=3)
                 times[ranking].append(time.perf_counter() - t0)
-                per_ranking[ranking].append([iou_with(k, box, crop) for k in picks])
+                per_ranking[ranking].append([k.iou_with(box, crop) for k in picks])
             t0 = time.perf_counter()
             picks = candidates_at(cands, box=tuple(box), accepted=accepted, limit=3)
             box_times.append(time.perf_counter() - t0)
-            box_ious.append([iou_with(k, box, crop) for k in picks])
+            box_ious.append([k.iou_with(box, crop) for k in picks])
     rankings = {r: summarise(per_ranking[r], times[r]) for r in RANKINGS}
     headline = rankings[DEFAULT_RANKING]
     payload = {

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
-from bench_click_candidates import DEFAULT_WEIGHTS, interior_point, iou_with
+from bench_click_candidates import DEFAULT_WEIGHTS, interior_point
 from napari_iaunet.evaluation.metrics import pairwise_iou
 from napari_iaunet.inference import Segmenter
 from napari_iaunet.inference.candidates import Candidates, CandidateSource, candidates_at
@@ -86,7 +86,7 @@ def first_iou(src: CandidateSource, j: int, shape, point, box, crop) -> float:
     one = Candidates(shape, [CandidateSource(src.logits[j:j + 1], src.class_probs[j:j + 1],
                                              src.class_ids[j:j + 1], src.scale, src.window)])
     picks = candidates_at(one, point, limit=1)
-    return iou_with(picks[0], box, crop) if picks else 0.0
+    return picks[0].iou_with(box, crop) if picks else 0.0
 
 
 def main() -> None:
@@ -118,7 +118,7 @@ def main() -> None:
             box, crop = gt.boxes[i], gt.crops[i]
             picks = candidates_at(cands, clicks[j], accepted=accepted, limit=1)
             rows.append({"file": entry["file_name"], "cell": i,
-                         "candidate": iou_with(picks[0], box, crop) if picks else 0.0,
+                         "candidate": picks[0].iou_with(box, crop) if picks else 0.0,
                          "decoder_pass": first_iou(guided, j, gt.image_shape, clicks[j], box,
                                                    crop),
                          "decoder_pass_class": float(guided.class_probs[j]),

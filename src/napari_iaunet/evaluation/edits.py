@@ -60,19 +60,6 @@ def interior_point(mask: np.ndarray) -> tuple[int, int]:
     return int(r), int(c)
 
 
-def _iou_with(box_a: tuple[int, int, int, int], crop_a: np.ndarray,
-              box_b: np.ndarray, crop_b: np.ndarray) -> float:
-    y0, x0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
-    y1, x1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
-    inter = 0
-    if y0 < y1 and x0 < x1:
-        inter = int(np.count_nonzero(
-            crop_a[y0 - box_a[0]:y1 - box_a[0], x0 - box_a[1]:x1 - box_a[1]]
-            & crop_b[y0 - box_b[0]:y1 - box_b[0], x0 - box_b[1]:x1 - box_b[1]]))
-    union = int(np.count_nonzero(crop_a)) + int(np.count_nonzero(crop_b)) - inter
-    return inter / union if union else 0.0
-
-
 def count_edits(truth: Instances, shown: Instances, candidates: Any = None,
                 redraw_iou: float = REDRAW_IOU) -> Edits:
     """The edits that turn the detections ``shown`` into ``truth`` (see the module docstring).
@@ -94,7 +81,7 @@ def count_edits(truth: Instances, shown: Instances, candidates: Any = None,
             r, c = interior_point(crop)
             picks = candidates_at(candidates, (box[0] + r, box[1] + c), accepted=accepted,
                                   limit=1)
-            fit = _iou_with(picks[0].box, picks[0].crop, box, crop) if picks else 0.0
+            fit = picks[0].iou_with(box, crop) if picks else 0.0
             if fit >= 0.5:
                 edits.clicks += 1
                 edits.redraws += int(fit < redraw_iou)

@@ -235,6 +235,19 @@ class Candidate:
     def area(self) -> int:
         return int(np.count_nonzero(self.crop))
 
+    def iou_with(self, box: Sequence[int], crop: np.ndarray) -> float:
+        """Mask IoU with another mask given as its ``(y0, x0, y1, x1)`` box and boolean crop
+        (0 when they do not overlap)."""
+        y0, x0 = max(self.box[0], box[0]), max(self.box[1], box[1])
+        y1, x1 = min(self.box[2], box[2]), min(self.box[3], box[3])
+        if y0 >= y1 or x0 >= x1:
+            return 0.0
+        inter = int(np.count_nonzero(
+            self.crop[y0 - self.box[0]:y1 - self.box[0], x0 - self.box[1]:x1 - self.box[1]]
+            & crop[y0 - box[0]:y1 - box[0], x0 - box[1]:x1 - box[1]]))
+        union = self.area + int(np.count_nonzero(crop)) - inter
+        return inter / union if union else 0.0
+
     def mask(self, image_shape: tuple[int, int]) -> np.ndarray:
         """The candidate as a full-size boolean mask."""
         out = np.zeros(tuple(int(v) for v in image_shape), bool)
@@ -276,16 +289,6 @@ def _box_iou(a: np.ndarray, b: tuple[int, int, int, int]) -> np.ndarray:
     inter = iy * ix
     union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-
-
-def _mask_iou(a: Candidate, b: Candidate) -> float:
-    y0, x0 = max(a.box[0], b.box[0]), max(a.box[1], b.box[1])
-    y1, x1 = min(a.box[2], b.box[2]), min(a.box[3], b.box[3])
-    if y0 >= y1 or x0 >= x1:
-        return 0.0
-    inter = np.count_nonzero(a.crop[y0 - a.box[0]:y1 - a.box[0], x0 - a.box[1]:x1 - a.box[1]]
-                             & b.crop[y0 - b.box[0]:y1 - b.box[0], x0 - b.box[1]:x1 - b.box[1]])
-    return inter / (a.area + b.area - inter)
 
 
 def candidates_at(
@@ -396,7 +399,8 @@ def candidates_at(
     found.sort(key=lambda vc: -vc[0])
     out: list[Candidate] = []
     for _, cand in found:
-        if duplicate_iou is not None and any(_mask_iou(cand, o) > duplicate_iou for o in out):
+        if duplicate_iou is not None and any(cand.iou_with(o.box, o.crop) > duplicate_iou
+                                             for o in out):
             continue
         out.append(cand)
         if len(out) >= limit:
