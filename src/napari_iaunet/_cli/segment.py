@@ -57,7 +57,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
 
 
 OVERLAY_SUFFIX = "_overlay.png"
-DEFAULT_SCORE = 0.5  # the score threshold when neither the option nor the checkpoint gives one
 
 
 def _is_own_overlay(f: Path, siblings: set[str]) -> bool:
@@ -206,14 +205,14 @@ def run(args: argparse.Namespace) -> int:
     info = segmenter.checkpoint_info
     print(f"model: {info.config.backbone} from {info.path} on {segmenter.device}"
           + (f" (rank {rank}/{world})" if world > 1 else ""), file=sys.stderr)
-    recommended = recommended_score_threshold(info.metadata)
+    # without the option, from_checkpoint chose the threshold: the checkpoint's, else the default
     threshold = args.score_threshold
     if threshold is None:
-        threshold = recommended if recommended is not None else DEFAULT_SCORE
+        threshold = segmenter.settings.score_threshold
+        if recommended_score_threshold(info.metadata) is not None:
+            print(f"score threshold {threshold:.2f}: the checkpoint's (chosen on its held-back "
+                  "cells; --score-threshold overrides it)", file=sys.stderr)
     segmenter.settings = postprocess_settings(args, threshold)
-    if args.score_threshold is None and recommended is not None:
-        print(f"score threshold {recommended:.2f}: the checkpoint's (chosen on its held-back "
-              "cells; --score-threshold overrides it)", file=sys.stderr)
 
     from ..cli import error_text
 
