@@ -127,6 +127,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
 
 
 def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table row per round of a run (round 0: the start model on every image)."""
     rows = []
     for r in records:
         if r["round"] == 0:
@@ -136,9 +137,9 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                          "rest": f"{u['edits']['per_100_cells']}", "ap50": u["AP50"],
                          "f1": u["f1"]})
             continue
-        u, e, v = r["unused_after"], r["image_edits"]["edits"], r["verdict"]
+        b, u = r["unused_before"], r["unused_after"]
+        e, v = r["image_edits"]["edits"], r["verdict"]
         first = records[0]["unused_before"].get("per_image", {}).get(r["image"])
-        b = r.get("unused_before", u)
         rows.append({
             "round": r["round"], "image": r["image"],
             "edits": f"{e['per_100_cells']} ({e['deletes']} del, {e['clicks']} click, "
@@ -207,20 +208,8 @@ def summarise(paths: list[Path], out_dir: Path) -> None:
         results.append({"file": Path(path).name, "name": payload["name"],
                         "settings": payload.get("settings"), "rounds": payload["rounds"],
                         "command": payload["command"], "machine": payload["machine"]})
-        start = payload["rounds"][0]["unused_before"].get("per_image", {})
-        for r in payload["rounds"][1:]:
-            e, v = r["image_edits"]["edits"], r["verdict"]
-            b, u = r["unused_before"], r["unused_after"]
-            rows.append({
-                "run": f"[{payload['name']}]({Path(path).with_suffix('.md').name})",
-                "round": r["round"], "image": r["image"],
-                "edits": e["per_100_cells"],
-                "start": start.get(r["image"], {}).get("per_100_cells", ""),
-                "wall": f"{r['finetune_s']} ({r['estimate_s']})",
-                "kept": v["keep"] if v else "no check",
-                "threshold": r.get("score_threshold", ""),
-                "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
-                "ap50": f"{b['AP50']} → {u['AP50']}"})
+        run = f"[{payload['name']}]({Path(path).with_suffix('.md').name})"
+        rows += [{"run": run, **row} for row in _rows(payload["rounds"])[1:]]
     payload = {"command": C.command_line(), "results": results}
     md = "\n".join([
         "# Annotation loop: every round", "",
