@@ -10,14 +10,15 @@ detection; add each missed cell, by one click where the model's own candidate un
 IoU ≥ 0.5, else by drawing; redraw each matched cell below IoU 0.75). The ground truth then
 stands for the corrected image: the model is fine-tuned on every corrected image so far with the
 fine-tune widget's recipe (:func:`napari_iaunet.training.finetune.run_finetune`, including the
-held-back check that keeps the start model when the fine-tune is worse there), and the model
-the check chose goes on to the next round, with the score threshold that needed the fewest edits
-on the held-back part (as *Use this model* sets it; ``--keep-threshold``: always 0.5). After
+held-back check that keeps the start model when the fine-tune is worse there, and a quarter
+more steps on the whole images, strip included, when it is not), and the model the check chose
+goes on to the next round, with the score threshold that needed the fewest edits on the
+held-back part (as *Use this model* sets it; ``--keep-threshold``: always 0.5). After
 each round the images not used yet are scored: edits per 100 cells, AP50 and F1 (IoU 0.5; F1
 counts the detections above the threshold in use; AP ranks every detection above 0.05).
-``--recipe thorough`` replays the
-earlier recipe instead; ``--steps``, ``--lr``, ``--points``, ``--whole-network`` and
-``--no-hold-back`` change one thing of the recipe (the options measured in docs/finetune.md).
+``--recipe thorough`` replays the earlier recipe instead; ``--steps``, ``--lr``, ``--points``,
+``--whole-network``, ``--no-hold-back`` and ``--no-refit`` change one thing of the recipe (the
+options measured in docs/finetune.md).
 
 Writes ``<out>/annotation_loop_<name>.json`` and ``.md``. Without ``--data``, ``--plot-from``
 result files are summed up: ``--plot FILE`` draws edits per 100 cells against rounds, and
@@ -101,7 +102,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
         config.overwrite = True
         t0 = time.perf_counter()
         outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back,
-                               score_threshold=threshold)
+                               score_threshold=threshold, refit_steps=settings.refit_steps)
         wall = time.perf_counter() - t0
         current = outcome.model_path
         if calibrate and outcome.threshold is not None:
@@ -112,6 +113,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
             "round": k, "image": image.name, "image_edits": now,
             "finetune_s": round(wall, 1), "estimate_s": round(outcome.estimate_s or 0, 1),
             "steps": outcome.result.steps, "device": str(config.device),
+            "refit_steps": outcome.refit.steps if outcome.refit_done else 0,
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
             "notes": outcome.notes, "model": str(current), "score_threshold": threshold,
             "threshold_check": outcome.threshold.to_dict() if outcome.threshold else None,
@@ -147,7 +149,8 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "start": first["per_100_cells"] if first else "",
             "wall": f"{r['finetune_s']} ({r['estimate_s']})",
             "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
-                     if v else "no check"),
+                     + (f" + {r['refit_steps']} steps on the whole image(s)"
+                        if r.get("refit_steps") else "") if v else "no check"),
             "threshold": r.get("score_threshold", ""),
             "rest": f"{b['edits']['per_100_cells']} → {u['edits']['per_100_cells']}",
             "ap50": f"{b['AP50']} → {u['AP50']}", "f1": f"{b['f1']} → {u['f1']}"})
@@ -241,6 +244,8 @@ def main() -> None:
     p.add_argument("--points", type=int, default=None, help="the recipe's, unless given")
     p.add_argument("--whole-network", action="store_true", help="train the encoder too")
     p.add_argument("--no-hold-back", action="store_true", help="no held-back check")
+    p.add_argument("--no-refit", action="store_true",
+                   help="no steps on the whole images after a verdict for the fine-tune")
     p.add_argument("--keep-threshold", action="store_true",
                    help="keep the score threshold 0.5 (do not use the held-back one)")
     p.add_argument("--device", default="cpu")
@@ -284,6 +289,8 @@ def main() -> None:
         settings.freeze_encoder = False
     if args.no_hold_back:
         settings.hold_back = 0.0
+    if args.no_refit:
+        settings.refit = 0.0
     name = args.name or args.data.resolve().name
     with tempfile.TemporaryDirectory(prefix="annotation_loop_") as tmp:
         work = args.work or Path(tmp)

@@ -442,12 +442,29 @@ def test_new_model_with_an_imagenet_encoder(make_napari_viewer, synthetic, tmp_p
 
 @pytest.mark.slow
 def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_checkpoint,
-                                               synthetic, tmp_path, no_weights_dir):
+                                               synthetic, tmp_path, no_weights_dir,
+                                               monkeypatch):
     """The default (quick) recipe: the estimate before step 1, training on all but a strip of
-    the image, the start model and the checkpoints scored on the strip, and Use this model
-    taking the one the check chose."""
+    the image, the start model and the checkpoints scored on the strip, a quarter more steps on
+    the whole image after a verdict for the fine-tune, and Use this model taking the one the
+    check chose."""
     from napari_iaunet._widgets.segment_widget import SegmentWidget
-    from napari_iaunet.training.finetune import HOLDBACK_FILE, FineTuneSettings, read_verdict
+    from napari_iaunet.training import holdback
+    from napari_iaunet.training.finetune import (
+        HOLDBACK_FILE,
+        REFIT_DIR,
+        FineTuneSettings,
+        read_verdict,
+    )
+
+    real_judge = holdback.judge
+
+    def judge(*args, **kwargs):  # a tiny model's verdict is a coin toss: make it say "not worse"
+        verdict = real_judge(*args, **kwargs)
+        verdict.keep = "fine-tuned"
+        return verdict
+
+    monkeypatch.setattr(holdback, "judge", judge)
 
     image, truth = synthetic
     viewer = make_napari_viewer()
@@ -471,19 +488,26 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     widget.set_output_dir(out)
     statuses: list[str] = []
     widget._signals.estimate.connect(lambda *a: statuses.append(widget.status.text()))
+    widget._signals.started.connect(lambda *a: statuses.append(widget.status.text()))
     worker = widget.start()
     assert worker is not None, widget.status.text()
     qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
     assert statuses and statuses[0].startswith("This run should take about"), statuses
     assert "4 steps of" in statuses[0] and "2 held-back checks" in statuses[0]
+    assert "then up to 1 step on the whole images" in statuses[0]
+    assert statuses[-1].startswith("The held-back check kept the fine-tune: 1 more step on "
+                                   "the whole images, the strip included (step 5)"), statuses
     outcome = widget.last_outcome
     assert outcome is not None and outcome.verdict is not None, widget.status.text()
     text = widget.status.text()
     assert text.startswith("Done: 4/4 steps") and "on the held-back part" in text
+    assert f"Use this model switches the segment widget to {REFIT_DIR}/last.pt" in text
     assert [v[0] for v in widget.plot.validations] == [2, 4]  # the strip validated the run
+    assert widget.plot.steps[-1] == 5 and widget.plot.total == 5
     assert (out / HOLDBACK_FILE).is_file() and read_verdict(out)["keep"] == outcome.verdict.keep
+    widget.set_output_dir(out)  # as after a restart: the folder's record says which model
     path = widget.use_model()
-    assert path == outcome.model_path
+    assert path == outcome.model_path == out / REFIT_DIR / "last.pt"
     assert segment.checkpoint_path == str(path.resolve())
     assert segment.score_spin.value() == pytest.approx(outcome.threshold.value)
 

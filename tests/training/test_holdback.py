@@ -185,3 +185,101 @@ def test_calibrate_threshold_picks_the_fewest_edits_inside_the_window(monkeypatc
     assert "0.70 instead of 0.50: 0 edits instead of 3" in chosen.sentence()
     same = calibrate_threshold(object(), held.held, thresholds=(0.5,))
     assert same.value == 0.5 and "stays" in same.sentence()
+
+
+@pytest.mark.slow
+def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, tiny_config,
+                                                         monkeypatch):
+    """After a verdict for the fine-tune, ``refit_steps`` more steps run on the whole images
+    (the strip included), seen by the callbacks as the run's next steps; their last checkpoint
+    is the model to use and recommends the threshold. A cancel there keeps the checked model."""
+    import threading
+
+    from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
+    from napari_iaunet.training import TrainCallback, TrainConfig, holdback, train, trainer
+    from napari_iaunet.training.finetune import (
+        REFIT_DIR,
+        FineTuneSettings,
+        make_train_config,
+        read_verdict,
+        run_finetune,
+    )
+
+    first = train(tiny_pairs, None, TrainConfig(out_dir=tmp_path / "start", steps=2, lr=1e-3,
+                                                num_points=256, plot=False),
+                  model_config=tiny_config())
+    real_judge, real_train = holdback.judge, trainer.train
+    forced = {"keep": "fine-tuned"}
+
+    def judge(start, tuned, step, cells, metric="AP"):
+        verdict = real_judge(start, tuned, step, cells, metric)
+        verdict.keep = forced["keep"]
+        return verdict
+
+    shapes = []
+
+    def train_spy(data, *args, **kwargs):
+        shapes.append([it.instances.image_shape for it in data])
+        return real_train(data, *args, **kwargs)
+
+    monkeypatch.setattr(holdback, "judge", judge)
+    monkeypatch.setattr(trainer, "train", train_spy)
+
+    class Heard(TrainCallback):
+        def __init__(self, stop_at=None, stop=None):
+            self.steps, self.starts, self.estimate = [], [], None
+            self.stop_at, self.stop = stop_at, stop
+
+        def on_estimate(self, seconds, info):
+            self.estimate = info
+
+        def on_start(self, info):
+            self.starts.append((info["start_step"], info["total_steps"], info.get("stage")))
+
+        def on_step(self, step, total, losses, lr, eta):
+            self.steps.append((step, total))
+            if step == self.stop_at:
+                self.stop.set()
+
+    data = AnnotatedImages.from_pairs(tiny_pairs[:2])
+    settings = FineTuneSettings(steps=4, every=2, num_points=256, refit=0.5)
+    assert settings.refit_steps == 2 and FineTuneSettings().refit_steps == 20
+    out = tmp_path / "quick"
+    heard = Heard()
+    outcome = run_finetune(data, make_train_config(settings, out, input_size=64),
+                           start=first.last_path, hold_back=0.25, callbacks=[heard],
+                           refit_steps=settings.refit_steps)
+    assert heard.estimate["refit_steps"] == 2
+    whole = [it.instances.image_shape for it in data]
+    assert shapes[0] != whole and shapes[1] == whole  # the strip is cut off, then trained on
+    assert heard.starts == [(0, 4, None), (4, 6, "whole images")]
+    assert heard.steps == [(1, 4), (2, 4), (3, 4), (4, 4), (5, 6), (6, 6)]
+    assert outcome.refit_done and outcome.model_path == out / REFIT_DIR / "last.pt"
+    record = read_verdict(out)
+    assert record["refit"] == {"steps": 2, "done": True, "model": f"{REFIT_DIR}/last.pt"}
+    used = load_checkpoint(outcome.model_path)
+    assert recommended_score_threshold(used.metadata) == outcome.threshold.value
+    checked = outcome.result.best_path if outcome.result.best_metric > 0 else (
+        outcome.result.last_path)
+    before = load_checkpoint(checked).model.state_dict()
+    assert any(not np.array_equal(before[k], v) for k, v in used.model.state_dict().items()
+               if k.startswith("decoder.") and v.is_floating_point())
+
+    # cancelled during the steps on the whole images: the checked model is the one to use
+    stop = threading.Event()
+    stopped = run_finetune(data, make_train_config(settings, tmp_path / "stopped", input_size=64),
+                           start=first.last_path, hold_back=0.25, cancel=stop,
+                           callbacks=[Heard(stop_at=5, stop=stop)], refit_steps=2)
+    assert stopped.refit is not None and stopped.refit.cancelled and not stopped.refit_done
+    assert stopped.model_path in (stopped.result.best_path, stopped.result.last_path)
+    assert any("whole images were cancelled" in n for n in stopped.notes)
+    assert read_verdict(tmp_path / "stopped")["refit"]["model"] is None
+
+    # the check keeps the start model: no steps on the whole images, and the run replacing the
+    # first one in its folder takes the earlier steps on the whole images away with it
+    forced["keep"] = "start"
+    cfg = make_train_config(settings, out, input_size=64)
+    cfg.overwrite = True
+    kept = run_finetune(data, cfg, start=first.last_path, hold_back=0.25, refit_steps=2)
+    assert kept.refit is None and kept.model_path == first.last_path
+    assert not (out / REFIT_DIR / "last.pt").exists() and read_verdict(out)["refit"] is None

@@ -51,7 +51,11 @@ from qtpy.QtWidgets import (
 )
 
 from ..model.registry import new_model_config, new_models  # no torch: safe to import
-from ..training.callbacks import TrainCallback, format_duration  # no torch: safe to import
+from ..training.callbacks import (  # no torch: safe to import
+    TrainCallback,
+    describe_estimate,
+    format_duration,
+)
 from ..training.finetune import (  # no torch: safe to import
     CocoEntry,
     DataError,
@@ -245,6 +249,7 @@ class _Job:
     model_config: Any = None
     backbone_weights: str | None = None  # "imagenet": a new model's encoder from ImageNet
     hold_back: float = 0.0  # fraction of each image held back to check the result
+    refit_steps: int = 0  # steps on the whole images after a check that keeps the fine-tune
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -929,7 +934,7 @@ class FineTuneWidget(QWidget):
             input_size=int(self.size_spin.value()) // 32 * 32,
             augment=self.augment_check.isChecked(), device=str(self.device_combo.currentData()),
             every=int(self.every_spin.value()), freeze_encoder=recipe.freeze_encoder,
-            num_points=recipe.num_points, hold_back=fraction)
+            num_points=recipe.num_points, hold_back=fraction, refit=recipe.refit)
 
     def _on_recipe_changed(self, _index: int = 0) -> None:
         """Set the controls to the chosen recipe's values."""
@@ -964,15 +969,15 @@ class FineTuneWidget(QWidget):
     def _usable_checkpoint(self) -> Path | None:
         """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
         validation never found a cell (AP 0 everywhere: no validation says best.pt is better
-        than the newest weights). The start model when the finished run's held-back check
-        kept it."""
+        than the newest weights). The model the finished run's held-back check chose when
+        there is one (the start model, or the fine-tune's steps on the whole images)."""
         folder = self._job.out_dir if self._job is not None else self.output_dir
         if folder is None:
             return None
         if self._job is None:
-            kept = self._kept_start(folder)
-            if kept is not None:
-                return kept
+            checked = self._checked_model(folder)
+            if checked is not None:
+                return checked[1]
         names = ("best.pt", "last.pt")
         if self._best is not None and self._best[1] <= 0:
             names = ("last.pt", "best.pt")
@@ -981,14 +986,22 @@ class FineTuneWidget(QWidget):
                 return folder / name
         return None
 
-    def _kept_start(self, folder: Path) -> Path | None:
-        """The start model, when the run in ``folder`` ended with its held-back check keeping
-        it (and it is still there)."""
+    def _checked_model(self, folder: Path) -> tuple[str, Path] | None:
+        """``("start", path)`` when the run in ``folder`` ended with its held-back check keeping
+        the start model, ``("whole images", path)`` when the check kept the fine-tune and its
+        steps on the whole images ran to the end (None otherwise, or when the file is gone)."""
         verdict = read_verdict(folder)
-        if verdict is None or verdict.get("keep") != "start":
+        if verdict is None:
             return None
-        start = Path(str(verdict.get("start_model", "")))
-        return start if start.is_file() else None
+        if verdict.get("keep") == "start":
+            found = ("start", Path(str(verdict.get("start_model", ""))))
+        else:
+            refit = verdict.get("refit")
+            model = refit.get("model") if isinstance(refit, dict) else None
+            if not model:
+                return None
+            found = ("whole images", folder / str(model))
+        return found if found[1].is_file() else None
 
     def start(self, resume: bool = False) -> Any:
         """Start (or with ``resume`` continue) a run in a worker; the worker, or None with the
@@ -1053,7 +1066,8 @@ class FineTuneWidget(QWidget):
         job = _Job(out_dir=out, start=start, config=config, data=data, coco=coco, val=val,
                    resume=resume, n_images=n_images, n_cells=n_cells, model_config=new,
                    backbone_weights=self.new_model_backbone_weights if new is not None else None,
-                   hold_back=settings.hold_back if val is None and new is None else 0.0)
+                   hold_back=settings.hold_back if val is None and new is None else 0.0,
+                   refit_steps=settings.refit_steps)
         self._cancel.clear()
         self._job = job
         self.last_result = None
@@ -1120,7 +1134,7 @@ class FineTuneWidget(QWidget):
         outcome = run_finetune(data, job.config, start=job.start, model_config=job.model_config,
                                backbone_weights=job.backbone_weights, val_data=job.val,
                                hold_back=job.hold_back, callbacks=[_Relay(self._signals)],
-                               cancel=self._cancel)
+                               cancel=self._cancel, refit_steps=job.refit_steps)
         outcome.result.model = None  # the weights are in the run folder; free the memory now
         return outcome
 
@@ -1161,7 +1175,8 @@ class FineTuneWidget(QWidget):
             seg.score_spin.setValue(suggested)
             threshold = (f" Its score threshold is now {suggested:.2f}, which needed the fewest "
                          "edits on the held-back part.")
-        if self._job is None and folder is not None and self._kept_start(folder) == path:
+        checked = self._checked_model(folder) if self._job is None and folder else None
+        if checked is not None and checked == ("start", path):
             self._set_status(f"The held-back check kept the start model: the segment widget "
                              f"uses {path.name}.{threshold}")
         else:
@@ -1184,11 +1199,7 @@ class FineTuneWidget(QWidget):
 
     def _on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
         self.estimate = (seconds, info)
-        checks = (f" and {info['validations']} held-back checks" if info.get("validations")
-                  else "")
-        self._set_status(f"This run should take about {format_duration(seconds)} on "
-                         f"{info.get('device', '?')} ({info.get('steps')} steps of "
-                         f"{info.get('step_s', 0):.2g} s{checks}).")
+        self._set_status(f"This run should take {describe_estimate(seconds, info)}.")
 
     def _on_started(self, info: dict[str, Any]) -> None:
         job = self._job
@@ -1196,6 +1207,16 @@ class FineTuneWidget(QWidget):
             return
         total = int(info.get("total_steps", 0))
         start_step = int(info.get("start_step", 0))
+        if info.get("stage"):  # the steps on the whole images after the held-back check
+            self.plot.set_total(total)
+            self.plot.mark_resume(start_step)
+            self.progress.setRange(0, max(1, total))
+            steps = f"step {total}" if total == start_step + 1 else (
+                f"steps {start_step + 1}–{total}")
+            self._set_status(f"The held-back check kept the fine-tune: "
+                             f"{_count(total - start_step, 'more step')} on the "
+                             f"{info['stage']}, the strip included ({steps}).")
+            return
         job.start_step = start_step
         self.plot.set_total(total)
         self.plot.mark_resume(start_step)
@@ -1290,6 +1311,10 @@ class FineTuneWidget(QWidget):
             text += f" Note: {note}."
         if outcome.verdict is not None and outcome.verdict.kept_start:
             text += " Use this model keeps the start model."
+        elif outcome.refit_done:
+            text += (f" Then {_count(outcome.refit.steps, 'more step')} on the whole images, "
+                     f"the strip included: Use this model switches the segment widget to "
+                     f"{outcome.model_path.parent.name}/{outcome.model_path.name}.")
         else:
             text += " Use this model switches the segment widget to it."
         self._set_status(text)

@@ -14,6 +14,7 @@ __all__ = [
     "JsonlLog",
     "PrintProgress",
     "TrainCallback",
+    "describe_estimate",
     "format_duration",
     "moving_mean",
     "plot_loss_curve",
@@ -55,6 +56,18 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def describe_estimate(seconds: float, info: dict[str, Any]) -> str:
+    """``about m:ss on DEVICE (the parts)`` for a fine-tune's ``on_estimate``."""
+    parts = f"{info.get('steps')} steps of {info.get('step_s', 0):.2g} s"
+    if info.get("validations"):
+        parts += (f", {info['validations']} held-back checks of "
+                  f"{info.get('validation_s', 0):.2g} s")
+    if info.get("refit_steps"):
+        n = int(info["refit_steps"])
+        parts += f", then up to {n} step{'' if n == 1 else 's'} on the whole images"
+    return f"about {format_duration(seconds)} on {info.get('device', '?')} ({parts})"
+
+
 class PrintProgress(TrainCallback):
     """One line every ``every`` steps on ``stream`` (the CLI's progress display)."""
 
@@ -63,12 +76,14 @@ class PrintProgress(TrainCallback):
         self.stream = stream or sys.stderr
 
     def on_estimate(self, seconds: float, info: dict[str, Any]) -> None:
-        print(f"this run should take about {format_duration(seconds)} on {info.get('device')} "
-              f"({info.get('steps')} steps of {info.get('step_s', 0):.2g} s"
-              + (f", {info['validations']} checks of {info.get('validation_s', 0):.2g} s"
-                 if info.get("validations") else "") + ")", file=self.stream, flush=True)
+        print(f"this run should take {describe_estimate(seconds, info)}", file=self.stream,
+              flush=True)
 
     def on_start(self, info: dict[str, Any]) -> None:
+        if info.get("stage"):
+            print(f"steps {int(info.get('start_step', 0)) + 1}–{info.get('total_steps')}: "
+                  f"{info['stage']}", file=self.stream, flush=True)
+            return
         print(f"training {info.get('total_steps')} steps "
               f"({info.get('num_train_images')} images, resumed at {info.get('start_step', 0)})",
               file=self.stream, flush=True)

@@ -15,18 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .run_folder import HOLDBACK_FILE
+from .callbacks import TrainCallback
+from .run_folder import HOLDBACK_FILE, REFIT_DIR
 
 if TYPE_CHECKING:
     import threading
 
-    from .callbacks import TrainCallback
     from .dataset import AnnotatedImages
     from .holdback import Threshold, Verdict
     from .trainer import TrainConfig, TrainResult
 
 __all__ = [
     "HOLDBACK_FILE",
+    "REFIT_DIR",
     "CocoEntry",
     "DataError",
     "FineTuneOutcome",
@@ -48,11 +49,15 @@ class FineTuneSettings:
     """What the settings controls stand for. The defaults are the quick recipe measured in
     ``docs/benchmarks/annotation_loop.md`` (``benchmarks/bench_annotation_loop.py``): the encoder
     stays as it is and only the decoder learns, with fewer sampled mask points, for few steps; a
-    strip of every corrected image is held back to check the result against the start model.
+    strip of every corrected image is held back to check the result against the start model,
+    and when the check keeps the fine-tune it trains a quarter more steps (``refit``) on the
+    whole images, the strip included (the strip's cells are then not lost to training).
 
     ``num_points``: points per mask for the mask losses (None: :func:`points_for` the input size).
     ``hold_back``: the fraction of each image held back (0: no check; only when fine-tuning a
     checkpoint without a validation image). ``every``: validate and write last.pt every N steps.
+    ``refit``: the steps on the whole images after a check that keeps the fine-tune, as a share
+    of ``steps`` (0: none).
     """
 
     steps: int = 80
@@ -65,13 +70,20 @@ class FineTuneSettings:
     freeze_encoder: bool = True
     num_points: int | None = 3136
     hold_back: float = 0.2
+    refit: float = 0.25
+
+    @property
+    def refit_steps(self) -> int:
+        """The steps on the whole images after a check that keeps the fine-tune (none without
+        a check)."""
+        return round(self.steps * self.refit) if self.hold_back > 0 else 0
 
     @classmethod
     def thorough(cls) -> FineTuneSettings:
         """The earlier recipe: the whole network at a low learning rate, the paper's mask points,
         200 steps, no held-back check (about 6× the time of the quick one on a CPU)."""
         return cls(steps=200, lr=5e-5, every=25, freeze_encoder=False, num_points=None,
-                   hold_back=0.0)
+                   hold_back=0.0, refit=0.0)
 
 
 def points_for(input_size: int) -> int:
@@ -110,8 +122,10 @@ def make_train_config(settings: FineTuneSettings, out_dir: str | Path, *, input_
 @dataclass
 class FineTuneOutcome:
     """A fine-tune's training result, the held-back verdict (None: no check) and the model to
-    use: the start checkpoint when the verdict kept it, else the run's best checkpoint (its
-    last one while validation never found a cell: AP 0 everywhere ranks nothing)."""
+    use: the start checkpoint when the verdict kept it; else the last checkpoint of the steps on
+    the whole images that followed the verdict (``refit``, when they ran to the end); else the
+    run's best checkpoint (its last one while validation never found a cell: AP 0 everywhere
+    ranks nothing)."""
 
     result: TrainResult
     verdict: Verdict | None = None
@@ -119,11 +133,20 @@ class FineTuneOutcome:
     estimate_s: float | None = None
     notes: list[str] = field(default_factory=list)
     threshold: Threshold | None = None  # the score threshold the held-back part asks for
+    refit: TrainResult | None = None  # the steps on the whole images after the verdict
+
+    @property
+    def refit_done(self) -> bool:
+        """Whether the steps on the whole images ran to the end (their model is the one)."""
+        r = self.refit
+        return r is not None and not r.cancelled and r.last_path is not None
 
     @property
     def model_path(self) -> Path | None:
         if self.verdict is not None and self.verdict.kept_start:
             return self.start
+        if self.refit_done:
+            return self.refit.last_path
         r = self.result
         with_ap = any("AP" in h.get("metrics", {}) for h in r.history)
         if with_ap and r.best_metric is not None and r.best_metric <= 0:
@@ -185,7 +208,8 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                  backbone_weights: str | Path | None = None, val_data: Any = None,
                  hold_back: float = 0.0, callbacks: Sequence[TrainCallback] = (),
                  cancel: threading.Event | Callable[[], bool] | None = None,
-                 score_threshold: float | None = None) -> FineTuneOutcome:
+                 score_threshold: float | None = None, refit_steps: int = 0
+                 ) -> FineTuneOutcome:
     """Fine-tune (or train a new model) as the widget and ``napari-iaunet train --quick`` do.
 
     With a ``start`` checkpoint, no ``val_data`` and ``hold_back`` > 0, a strip of each image is
@@ -198,6 +222,11 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     steps). Verdict and threshold go to ``OUT/holdback.json``; when the fine-tuned checkpoint is
     the one to use, its metadata recommends the threshold too (the segment widget, ``segment``
     and :meth:`~napari_iaunet.inference.Segmenter.from_checkpoint` then use it).
+
+    When the verdict keeps the fine-tune, ``refit_steps`` > 0 more steps continue from the
+    model it kept on the whole images, strip included (``OUT/whole_images``; the callbacks see
+    them as the run's steps after its last); their last checkpoint is then the model to use. A
+    cancel there keeps the checked model.
     """
     from ..checkpoint import load_checkpoint, recommended_score_threshold, save_checkpoint
     from ..inference.device import select_device
@@ -241,9 +270,10 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         if not (config.resume or cancelled):  # a resumed run shows its own ETA
             step_s = _step_seconds(model, config, train_data, device)  # trains this copy
             n_val = config.steps // max(1, config.val_every) if held is not None else 0
-            estimate = step_s * config.steps + val_seconds * n_val
+            n_refit = max(0, int(refit_steps)) if held is not None else 0
+            estimate = step_s * (config.steps + n_refit) + val_seconds * n_val
             info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds,
-                    "validations": n_val, "device": str(device)}
+                    "validations": n_val, "refit_steps": n_refit, "device": str(device)}
             for cb in callbacks:
                 cb.on_estimate(estimate, info)
         del model
@@ -251,6 +281,8 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                    backbone_weights=backbone_weights, callbacks=callbacks, cancel=cancel)
     outcome = FineTuneOutcome(result, None, Path(start) if start is not None else None,
                               estimate, notes)
+    if config.overwrite and not config.resume:  # the replaced run's last steps are not this one's
+        _remove_run_files(Path(config.out_dir) / REFIT_DIR)
     if held is not None and result.steps > 0:  # cancelled before step 1: nothing to judge
         best = next((h["metrics"] for h in reversed(result.history)
                      if h["step"] == result.best_step), None)
@@ -262,6 +294,15 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
             outcome.threshold = calibrate_threshold(
                 loaded.model, held.held, device=device,
                 default=0.5 if score_threshold is None else score_threshold)
+            if not outcome.verdict.kept_start and refit_steps > 0:
+                del loaded
+                outcome.refit = _refit(data, config, chosen, int(refit_steps), result.steps,
+                                       callbacks, cancel)
+                if not outcome.refit_done:
+                    notes.append("the steps on the whole images were cancelled: the model the "
+                                 "check kept is the one to use")
+                chosen = outcome.model_path
+                loaded = load_checkpoint(chosen, device=device, overrides=overrides or None)
             if not outcome.verdict.kept_start:  # our own file: it now recommends the threshold
                 save_checkpoint(chosen, loaded.model, {**loaded.metadata, "score_threshold": {
                     **outcome.threshold.to_dict(), "chosen_on": "held-back strips"}},
@@ -270,10 +311,63 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     return outcome
 
 
+class _Continued(TrainCallback):
+    """Passes a second training run's events on as the steps after ``offset`` of the first."""
+
+    def __init__(self, inner: TrainCallback, offset: int, stage: str) -> None:
+        self.inner, self.offset, self.stage = inner, int(offset), stage
+
+    def on_start(self, info: dict[str, Any]) -> None:
+        total = int(info.get("total_steps", 0)) + self.offset
+        self.inner.on_start({**info, "total_steps": total,
+                             "start_step": int(info.get("start_step", 0)) + self.offset,
+                             "stage": self.stage})
+
+    def on_step(self, step: int, total: int, losses: dict[str, float], lr: float,
+                eta_seconds: float) -> None:
+        self.inner.on_step(step + self.offset, total + self.offset, losses, lr, eta_seconds)
+
+    def on_validation(self, step: int, metrics: dict[str, float]) -> None:
+        self.inner.on_validation(step + self.offset, metrics)
+
+    def on_checkpoint(self, path: Path) -> None:
+        self.inner.on_checkpoint(path)
+
+
+def _remove_run_files(folder: Path) -> None:
+    from .run_folder import RUN_FILES
+
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _refit(data: AnnotatedImages, config: TrainConfig, checked: Path, steps: int, offset: int,
+           callbacks: Sequence[TrainCallback], cancel: Any) -> TrainResult:
+    """``steps`` more steps from the checked model on the whole images (no validation: the
+    held-back strips are training data now), into ``OUT/whole_images``."""
+    import dataclasses
+
+    from .trainer import train
+
+    refit_config = dataclasses.replace(
+        config, out_dir=Path(config.out_dir) / REFIT_DIR, steps=steps, epochs=None,
+        warmup_steps=0, val_every=steps, checkpoint_every=steps, early_stopping=None,
+        resume=False, overwrite=True)
+    return train(data, None, refit_config, start=checked,
+                 callbacks=[_Continued(cb, offset, "whole images") for cb in callbacks],
+                 cancel=cancel)
+
+
 def _write_verdict(out_dir: Path, outcome: FineTuneOutcome, held: Any) -> None:
     from ..io.atomic import atomic_write_text
 
+    refit = outcome.refit
     record = {**outcome.verdict.to_dict(), "start_model": str(outcome.start),
+              "refit": None if refit is None else {
+                  "steps": refit.total_steps, "done": outcome.refit_done,
+                  # relative to the run folder, which may move
+                  "model": f"{REFIT_DIR}/{refit.last_path.name}" if outcome.refit_done
+                  else None},
               "fraction": held.fraction, "windows": [list(map(int, w)) for w in held.windows],
               "score_threshold": outcome.threshold.to_dict() if outcome.threshold else None}
     atomic_write_text(out_dir / HOLDBACK_FILE, json.dumps(record, indent=1), overwrite=True)
