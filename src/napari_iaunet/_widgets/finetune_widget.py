@@ -1292,7 +1292,8 @@ class FineTuneWidget(QWidget):
         elif result.best_path is not None and result.best_metric is not None:
             what = "AP" if with_ap else "smoothed loss"
             best = f" Best {what} {result.best_metric:.3g} at step {result.best_step} (best.pt)."
-        if job is not None and result.steps <= job.start_step and not result.cancelled:
+        if (job is not None and result.steps <= job.start_step and not result.cancelled
+                and outcome.refit is None):
             self._set_status(f"This run already has {done}: raise steps to train longer, then "
                              "Resume.")
             return
