@@ -1288,7 +1288,8 @@ class FineTuneWidget(QWidget):
         best = ""
         with_ap = any("AP" in h.get("metrics", {}) for h in result.history)
         if with_ap and result.best_metric is not None and result.best_metric <= 0:
-            best = " Validation found no cell yet (AP 0): Use this model takes last.pt."
+            if not outcome.refit_done:  # else the model to use is named below
+                best = " Validation found no cell yet (AP 0): Use this model takes last.pt."
         elif result.best_path is not None and result.best_metric is not None:
             what = "AP" if with_ap else "smoothed loss"
             best = f" Best {what} {result.best_metric:.3g} at step {result.best_step} (best.pt)."
