@@ -1135,7 +1135,9 @@ class FineTuneWidget(QWidget):
                                backbone_weights=job.backbone_weights, val_data=job.val,
                                hold_back=job.hold_back, callbacks=[_Relay(self._signals)],
                                cancel=self._cancel, refit_steps=job.refit_steps)
-        outcome.result.model = None  # the weights are in the run folder; free the memory now
+        for result in (outcome.result, outcome.refit):  # the weights are in the run folder:
+            if result is not None:  # free the memory now
+                result.model = None
         return outcome
 
     def cancel(self) -> None:
