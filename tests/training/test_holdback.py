@@ -70,10 +70,19 @@ def test_judge_keeps_the_start_model_only_when_the_fine_tune_is_worse():
     assert judge(start, {"AP": 0.5}, 60, 1).to_dict()["keep"] == "fine-tuned"
 
 
+def _start_model(tmp_path, tiny_pairs, tiny_config):
+    """A tiny model trained for two steps: the start of the fine-tunes below."""
+    from napari_iaunet.training import TrainConfig, train
+
+    return train(tiny_pairs, None, TrainConfig(out_dir=tmp_path / "start", steps=2, lr=1e-3,
+                                               num_points=256, plot=False),
+                 model_config=tiny_config())
+
+
 @pytest.mark.slow
 def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pairs,
                                                                 tiny_config):
-    from napari_iaunet.training import TrainCallback, TrainConfig, train
+    from napari_iaunet.training import TrainCallback
     from napari_iaunet.training.finetune import (
         HOLDBACK_FILE,
         FineTuneSettings,
@@ -82,9 +91,7 @@ def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pa
         run_finetune,
     )
 
-    first = train(tiny_pairs, None, TrainConfig(out_dir=tmp_path / "start", steps=2, lr=1e-3,
-                                                num_points=256, plot=False),
-                  model_config=tiny_config())
+    first = _start_model(tmp_path, tiny_pairs, tiny_config)
 
     class Heard(TrainCallback):
         def __init__(self):
@@ -196,7 +203,7 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
     import threading
 
     from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
-    from napari_iaunet.training import TrainCallback, TrainConfig, holdback, train, trainer
+    from napari_iaunet.training import TrainCallback, holdback, trainer
     from napari_iaunet.training.finetune import (
         REFIT_DIR,
         FineTuneSettings,
@@ -205,9 +212,7 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
         run_finetune,
     )
 
-    first = train(tiny_pairs, None, TrainConfig(out_dir=tmp_path / "start", steps=2, lr=1e-3,
-                                                num_points=256, plot=False),
-                  model_config=tiny_config())
+    first = _start_model(tmp_path, tiny_pairs, tiny_config)
     real_judge, real_train = holdback.judge, trainer.train
     forced = {"keep": "fine-tuned"}
 
