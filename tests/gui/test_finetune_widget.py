@@ -477,11 +477,17 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     assert widget.recipe_combo.currentData() == "quick" and widget.holdback_check.isChecked()
     assert widget.holdback_check.isEnabled()
     assert (widget.steps_spin.value(), widget.every_spin.value()) == (quick.steps, quick.every)
+    assert widget.refit_check.isChecked() and widget.refit_check.isEnabled()
     widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("thorough"))
     assert widget.steps_spin.value() == 200 and not widget.holdback_check.isChecked()
-    assert not widget.settings().freeze_encoder
+    assert not widget.settings().freeze_encoder and widget.settings().refit_steps == 0
+    assert not widget.refit_check.isChecked() and not widget.refit_check.isEnabled()
     widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("quick"))
     assert widget.settings().freeze_encoder and widget.settings().hold_back == quick.hold_back
+    assert widget.settings().refit_steps == quick.refit_steps == 20
+    widget.refit_check.setChecked(False)  # the steps on the whole images can be left out
+    assert widget.settings().refit_steps == 0 and widget.settings().hold_back == quick.hold_back
+    widget.refit_check.setChecked(True)
     widget.refresh()
     _tiny_settings(widget, steps=4, every=2)
     out = tmp_path / "quick"

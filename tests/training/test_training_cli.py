@@ -118,8 +118,8 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
 
     seen = {}
 
-    def fake_run(data, cfg, *, start=None, hold_back=0.0, **kwargs):
-        seen.update(start=start, hold_back=hold_back, cfg=cfg)
+    def fake_run(data, cfg, *, start=None, hold_back=0.0, refit_steps=0, **kwargs):
+        seen.update(start=start, hold_back=hold_back, cfg=cfg, refit_steps=refit_steps)
         raise SystemExit(0)
 
     monkeypatch.setattr(finetune, "run_finetune", fake_run)
@@ -131,7 +131,16 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
     assert seen["start"] == default_weights() and seen["hold_back"] == 0.2
     assert seen["cfg"].freeze_encoder and seen["cfg"].lr == 1e-4 and seen["cfg"].steps == 1
     assert "starting from the bundled model" in capsys.readouterr().err
+    steps = train_args.index("--steps") + 1
+    recipe = [*train_args[:steps], "8", *train_args[steps + 1:], "--quick"]
+    with pytest.raises(SystemExit):  # a quarter more steps on the whole images after the check
+        main(recipe)
+    assert seen["refit_steps"] == 2
+    with pytest.raises(SystemExit):
+        main([*recipe, "--no-refit"])
+    assert seen["refit_steps"] == 0 and seen["hold_back"] == 0.2
     with pytest.raises(SystemExit):  # a validation set replaces the held-back strip
         main([*train_args, "--quick", "--val", train_args[2]])
-    assert seen["hold_back"] == 0.0
+    assert seen["hold_back"] == 0.0 and seen["refit_steps"] == 0
+    assert main([*train_args, "--no-refit"]) == 1  # only --quick has a check to follow
     assert main([*train_args, "--quick", "--pretrained"]) == 1

@@ -46,6 +46,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                             "keeps the start model when the fine-tune does worse there, else a "
                             "quarter more steps on the whole images follow (no --val needed; "
                             "options given explicitly still apply)")
+    model.add_argument("--no-refit", action="store_true",
+                       help="with --quick: no steps on the whole images after the check (the "
+                            "checked model is the one to use)")
     model.add_argument("--family", default=DEFAULT_FAMILY, choices=tuple(FAMILIES),
                        help="model family of a new model: IAUNet, PCTrans (deformable-attention "
                             "pixel decoder + all PCTrans options) or torchvision's Mask R-CNN")
@@ -182,7 +185,8 @@ def _quick_config(args: argparse.Namespace) -> tuple[object, object]:
         input_size=args.input_size, augment=args.augment, device=args.device,
         every=recipe.every if args.val_every is None else max(1, args.val_every),
         num_points=args.points or recipe.num_points,
-        hold_back=recipe.hold_back if not args.val else 0.0)
+        hold_back=recipe.hold_back if not args.val else 0.0,
+        refit=0.0 if args.no_refit else recipe.refit)
     if args.epochs:
         raise ValueError("--quick counts steps: give --steps, not --epochs")
     cfg = make_train_config(settings, args.out, input_size=args.input_size or _input_size(
@@ -215,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         return _run_quick(args)
+    if args.no_refit:
+        raise ValueError("--no-refit goes with --quick (only its held-back check is followed by "
+                         "steps on the whole images)")
     cfg = TrainConfig(
         out_dir=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr or 1e-4, weight_decay=args.weight_decay, min_lr=args.min_lr,

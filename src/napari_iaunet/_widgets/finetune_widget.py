@@ -427,6 +427,14 @@ class FineTuneWidget(QWidget):
             "cells) is not trained on: the start model and each checkpoint are scored there, and "
             "Use this model keeps the start model when fine-tuning made it worse.")
         form.addRow("check", self.holdback_check)
+        self.refit_check = QCheckBox(f"then {round(100 * defaults.refit)} % more steps on the "
+                                     "whole images, when the check keeps the fine-tune")
+        self.refit_check.setChecked(defaults.refit > 0)
+        self.refit_check.setToolTip(
+            "The strip's cells then train the model too (ISBI: fewer edits on the next images); "
+            "the check cannot judge these last steps, as the strip is training data by then.")
+        form.addRow("", self.refit_check)
+        self.holdback_check.toggled.connect(lambda _on: self._update_enabled())
         self.out_edit = QLineEdit()
         self.out_edit.setToolTip("The run folder (best.pt, last.pt, state.pt, log.jsonl, "
                                  "loss.png). Default: beside the image.")
@@ -934,7 +942,8 @@ class FineTuneWidget(QWidget):
             input_size=int(self.size_spin.value()) // 32 * 32,
             augment=self.augment_check.isChecked(), device=str(self.device_combo.currentData()),
             every=int(self.every_spin.value()), freeze_encoder=recipe.freeze_encoder,
-            num_points=recipe.num_points, hold_back=fraction, refit=recipe.refit)
+            num_points=recipe.num_points, hold_back=fraction,
+            refit=FineTuneSettings().refit if self.refit_check.isChecked() else 0.0)
 
     def _on_recipe_changed(self, _index: int = 0) -> None:
         """Set the controls to the chosen recipe's values."""
@@ -943,6 +952,7 @@ class FineTuneWidget(QWidget):
         self.lr_combo.setCurrentText(f"{recipe.lr:g}")
         self.every_spin.setValue(recipe.every)
         self.holdback_check.setChecked(recipe.hold_back > 0)
+        self.refit_check.setChecked(recipe.refit > 0)
 
     # ------------------------------------------------------------------ run
     @property
@@ -965,6 +975,8 @@ class FineTuneWidget(QWidget):
             box.setEnabled(not running)
         # a validation image (or a new model, which has no start to compare with) replaces it
         self.holdback_check.setEnabled(self._validation() is None and self.new_model is None)
+        self.refit_check.setEnabled(self.holdback_check.isEnabled()
+                                    and self.holdback_check.isChecked())
 
     def _usable_checkpoint(self) -> Path | None:
         """best.pt of the run, else None. last.pt instead when there is no best.pt yet, or when
