@@ -332,7 +332,7 @@ class FineTuneWidget(QWidget):
         self.data_list = QListWidget()
         self.data_list.setToolTip("Images with their instance layer group (the current one is "
                                   "ticked for you), and COCO files from folders you add.")
-        self.data_list.setMaximumHeight(96)
+        self.data_list.setMaximumHeight(76)
         self.data_list.itemChanged.connect(self._on_item_changed)
         lay.addWidget(self.data_list)
         self.add_coco_btn = QPushButton("Add COCO folder…")
