@@ -308,8 +308,10 @@ def _run_quick(args: argparse.Namespace) -> int:
                            refit_steps=settings.refit_steps)
     result = outcome.result
     state = "cancelled" if result.cancelled else "finished"
-    print(f"{state} after {result.steps}/{result.total_steps} steps in "
-          f"{result.elapsed_s / 60:.1f} min")
+    refit = outcome.refit
+    minutes = (result.elapsed_s + (refit.elapsed_s if refit else 0.0)) / 60
+    whole = (f", then {refit.steps}/{refit.total_steps} on the whole images" if refit else "")
+    print(f"{state} after {result.steps}/{result.total_steps} steps{whole} in {minutes:.1f} min")
     for note in outcome.notes:
         print(f"note: {note}")
     if outcome.verdict is not None:
