@@ -15,6 +15,9 @@ instances (see ``_fixtures.py``).
 CPU cases run interleaved (one call of each per round) with a reference workload that gauges the
 machine's load; memory is the peak RSS of one call in a fresh process. GPU cases (when CUDA is
 present) are timed with CUDA events and report ``torch.cuda.max_memory_allocated``.
+``--checkpoints A.pt B.pt …`` adds one case per trained checkpoint: the same image segmented by
+it with the default settings (its own backbone, input size and detections), e.g. the bundled
+model against a candidate for its place.
 Writes ``docs/benchmarks/inference.json`` and ``inference.md``.
 """
 
@@ -118,6 +121,20 @@ def cpu_cases(s: Setup, with_maskrcnn: bool = True) -> dict[str, Callable[[], An
     return cases
 
 
+def checkpoint_cases(paths: list[Path], image: np.ndarray, size: int
+                     ) -> dict[str, Callable[[], Any]]:
+    """One case per checkpoint: ``image`` segmented as the segment widget would (its own
+    network, input size and score threshold)."""
+    cases: dict[str, Callable[[], Any]] = {}
+    for path in paths:
+        seg = Segmenter.from_checkpoint(path, device="cpu")
+        cfg = seg.model.config
+        name = (f"checkpoint {path.parent.name}/{path.name} ({cfg.backbone}, "
+                f"{cfg.input_size} px): segment {size}² → Instances")
+        cases[name] = lambda seg=seg: seg.segment(image)
+    return cases
+
+
 def per_item(size: int) -> dict[str, int]:
     return {f"iaunet forward {BATCH}x512²": BATCH, f"iaunet segment {BATCH}x{size}² batched": BATCH}
 
@@ -127,9 +144,12 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     s = Setup(args.size, args.backbone, net_input=args.input)
     cases = cpu_cases(s, with_maskrcnn=not args.no_maskrcnn)
+    trained = checkpoint_cases(args.checkpoints, s.test.image, args.size)
+    cases.update(trained)
     # instance counts (a sanity check that both sides return the same load)
     seg = s.segmenter(1)
     counts = {"iaunet": len(seg.segment(s.test.image)), "truth": s.n_cells}
+    counts.update({name.split(":")[0]: len(case()) for name, case in trained.items()})
     if not args.no_maskrcnn:
         counts["maskrcnn_default"] = len(cases["maskrcnn image → masks (default 800–1333)"]())
         counts["maskrcnn_512"] = len(cases["maskrcnn image → masks (512)"]())
@@ -143,7 +163,9 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
             print(f"memory: {name}", flush=True)
             memory[name] = C.peak_rss_subprocess(
                 __file__, name, ["--size", str(args.size), "--backbone", args.backbone,
-                                 "--threads", str(args.threads), "--input", str(args.input)])
+                                 "--threads", str(args.threads), "--input", str(args.input),
+                                 *(["--checkpoints", *map(str, args.checkpoints)]
+                                   if name in trained else [])])
     return {"device": f"CPU ({args.threads} threads)", "run": run, "stats": stats,
             "memory": memory, "instances": counts, "slowdown": C.slowdown(stats),
             "image": s.test.source}
@@ -154,6 +176,7 @@ def memory_case(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     s = Setup(args.size, args.backbone, net_input=args.input)
     cases = cpu_cases(s, with_maskrcnn="maskrcnn" in args.memory_case)
+    cases.update(checkpoint_cases(args.checkpoints, s.test.image, args.size))
     print(json.dumps(C.peak_rss_of_call(cases[args.memory_case])))
 
 
@@ -360,6 +383,8 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--input", type=int, default=512, help="forward-case input side")
     parser.add_argument("--no-maskrcnn", action="store_true")
+    parser.add_argument("--checkpoints", type=Path, nargs="*", default=[],
+                        help="trained checkpoints to time on the same image (one case each)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-cpu", action="store_true", help="GPU rows only")
     parser.add_argument("--smoke", action="store_true",
