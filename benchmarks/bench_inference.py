@@ -325,7 +325,9 @@ def markdown(payload: dict[str, Any]) -> str:
     info = payload["machine"]
     cpu = payload["cpu"]
     lines = [
-        "# Inference benchmark: IAUNet-R50 vs Mask R-CNN R50-FPN",
+        f"# Inference benchmark: IAUNet-{payload.get('backbone', 'resnet50')}"
+        + (" vs Mask R-CNN R50-FPN" if payload.get("maskrcnn", True) else "")
+        + (" and trained checkpoints" if payload.get("checkpoints") else ""),
         "",
         f"Command: `{payload['command']}`  ",
         f"Date (UTC): {info['date_utc']}; torch {info['torch']}, torchvision "
@@ -405,7 +407,9 @@ def main() -> None:
         render(args.name)
         return
     payload: dict[str, Any] = {"machine": C.machine_info(), "command": C.command_line(),
-                               "size": args.size}
+                               "size": args.size, "backbone": args.backbone,
+                               "maskrcnn": not args.no_maskrcnn,
+                               "checkpoints": [str(c) for c in args.checkpoints]}
     payload["cpu"] = None if args.no_cpu else run_cpu(args)
     payload["gpu"] = run_gpu(args) if torch.cuda.is_available() else None
     payload["load_average_end"] = C.loadavg()
