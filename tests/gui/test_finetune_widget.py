@@ -634,6 +634,9 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
         dock.raise_()
     shot("5_quick_check", ft.parentWidget() or ft)
     viewer.close()
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # the demo model and its runs: ~0.5 GB
 
 
 def _save_png(pixmap, path: Path) -> None:
