@@ -1221,10 +1221,12 @@ class FineTuneWidget(QWidget):
             return
         total = int(info.get("total_steps", 0))
         start_step = int(info.get("start_step", 0))
+        self.plot.set_total(total)
+        self.plot.mark_resume(start_step)
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(start_step)
+        self.progress.setFormat(f"step {start_step}/{total}")
         if info.get("stage"):  # the steps on the whole images after the held-back check
-            self.plot.set_total(total)
-            self.plot.mark_resume(start_step)
-            self.progress.setRange(0, max(1, total))
             steps = f"step {total}" if total == start_step + 1 else (
                 f"steps {start_step + 1}–{total}")
             self._set_status(f"The held-back check kept the fine-tune: "
@@ -1232,11 +1234,6 @@ class FineTuneWidget(QWidget):
                              f"{info['stage']}, the strip included ({steps}).")
             return
         job.start_step = start_step
-        self.plot.set_total(total)
-        self.plot.mark_resume(start_step)
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(start_step)
-        self.progress.setFormat(f"step {start_step}/{total}")
         if start_step >= total:
             self._set_status(f"This run already has {start_step}/{total} steps: raise steps to "
                              "train longer.")
