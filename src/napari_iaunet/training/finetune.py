@@ -232,7 +232,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     from ..inference.device import select_device
     from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
-    from .trainer import ValidationCancelled, train, validate
+    from .trainer import ValidationCancelled, _RunFolder, train, validate
 
     notes: list[str] = []
     held = None
@@ -282,7 +282,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     outcome = FineTuneOutcome(result, None, Path(start) if start is not None else None,
                               estimate, notes)
     if config.overwrite and not config.resume:  # the replaced run's last steps are not this one's
-        _remove_run_files(Path(config.out_dir) / REFIT_DIR)
+        _RunFolder(Path(config.out_dir) / REFIT_DIR).clear()
     if held is not None and result.steps > 0:  # cancelled before step 1: nothing to judge
         best = next((h["metrics"] for h in reversed(result.history)
                      if h["step"] == result.best_step), None)
@@ -332,13 +332,6 @@ class _Continued(TrainCallback):
 
     def on_checkpoint(self, path: Path) -> None:
         self.inner.on_checkpoint(path)
-
-
-def _remove_run_files(folder: Path) -> None:
-    from .run_folder import RUN_FILES
-
-    for name in RUN_FILES:
-        (folder / name).unlink(missing_ok=True)
 
 
 def _refit(data: AnnotatedImages, config: TrainConfig, checked: Path, steps: int, offset: int,
