@@ -121,6 +121,10 @@ class IAUNetConfig(_FromDict):
     # transformer block on, each query attends only to the pixels its previous prediction
     # covers (mask probability ≥ 0.5; everywhere when that is empty). No new parameters.
     masked_attention: bool = False
+    # trained to answer click queries too (TrainConfig.click_queries): one query per clicked
+    # point, started from the pixel there, predicts the cell under it (the edit tools' "add").
+    # No parameters: only what the model learnt changes.
+    click_queries: bool = False
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -136,6 +140,9 @@ class IAUNetConfig(_FromDict):
         if self.query_groups > 1 and self.centre_guidance:
             raise ValueError(f"{type(self).__name__}: query groups (--query-groups) do not work "
                              "with centre guidance (PCTrans and its options): use one group")
+        if self.click_queries and self.centre_guidance:
+            raise ValueError(f"{type(self).__name__}: click queries (--click-queries) do not work "
+                             "with centre guidance (PCTrans and its options)")
 
     @property
     def pctrans_options(self) -> tuple[str, ...]:
@@ -160,6 +167,8 @@ class IAUNetConfig(_FromDict):
             del d["query_groups"]  # likewise
         if not d["masked_attention"]:
             del d["masked_attention"]  # likewise
+        if not d["click_queries"]:
+            del d["click_queries"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:

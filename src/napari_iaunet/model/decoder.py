@@ -209,30 +209,61 @@ class IAUNetDecoder(nn.Module):
             out["query_embeddings"] = normed.float()
         return out
 
-    def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True) -> dict[str, Any]:
+    def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True,
+                clicks: torch.Tensor | None = None) -> dict[str, Any]:
         """Predictions from encoder features ``[f4, f8, f16, f32]``.
 
         Returns ``{"pred_logits", "pred_masks", "aux_outputs"}`` where ``aux_outputs`` lists the
         predictions of the earlier transformer blocks (empty when ``with_aux`` is False; the
-        final outputs do not depend on it).
+        final outputs do not depend on it). ``clicks`` adds click queries (see :meth:`decode`).
         """
         if not self.has_pixel_decoder:
             raise RuntimeError("this decoder has no pixel decoder: call decode(memories, "
                                "mask_features) with another pixel decoder's outputs")
         memories, mask_features = self.pixel_decoder(features)
-        return self.decode(memories, mask_features, with_aux)
+        return self.decode(memories, mask_features, with_aux, clicks)
+
+    def click_queries(self, mask_features: torch.Tensor, clicks: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Content and position ``(B, K, D)`` of one query per click: the stride-4 mask feature
+        and the sine position embedding at each click, bilinearly sampled. ``clicks (B, K, 2)``:
+        ``(y, x)`` as fractions of the padded network input (0 = top/left edge, 1 = bottom/right
+        edge)."""
+        if clicks.ndim != 3 or clicks.shape[-1] != 2 or clicks.shape[0] != mask_features.shape[0]:
+            raise ValueError(f"clicks must be (batch, K, 2) fractions (y, x), got "
+                             f"{tuple(clicks.shape)} for a batch of {mask_features.shape[0]}")
+        grid = (clicks.to(mask_features.dtype).flip(-1) * 2 - 1)[:, :, None]  # (B, K, 1, [x, y])
+        maps = torch.cat([mask_features, self.pe_layer(mask_features).to(mask_features.dtype)], 1)
+        sampled = F.grid_sample(maps, grid, mode="bilinear", align_corners=False)[..., 0]
+        feat, pos = sampled.transpose(1, 2).split(mask_features.shape[1], dim=-1)
+        return feat, pos
 
     def decode(self, memories: Sequence[torch.Tensor], mask_features: torch.Tensor,
-               with_aux: bool = True) -> dict[str, Any]:
+               with_aux: bool = True, clicks: torch.Tensor | None = None) -> dict[str, Any]:
         """The transformer decoder and heads over pixel memories at strides 32, 16, 8
-        (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4."""
+        (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4.
+
+        ``clicks (B, K, 2)`` (:meth:`click_queries`) adds one query per click, started from the
+        pixel there, beside the learned queries: it attends to them, they do not see it (their
+        outputs are the same with or without clicks), nor does one click see another. Every
+        output then also holds ``click_logits (B, K, C+1)`` and ``click_masks (B, K, h, w)``.
+        A model answers them well only when trained with them (``IAUNetConfig.click_queries``).
+        """
         batch = mask_features.shape[0]
         groups = self.query_groups if self.training else 1
         count = self.num_queries * groups
         queries = self.query_feat.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
         query_pos = self.query_embed.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
-        group_mask = (None if groups == 1
-                      else _separate_groups(groups, self.num_queries, queries.device))
+        n_clicks = 0
+        if clicks is not None:
+            if self.centre_guidance is not None:
+                raise ValueError("click queries need a plain IAUNet decoder (no centre guidance "
+                                 "or dynamic mask head)")
+            click_feat, click_pos = self.click_queries(mask_features, clicks)
+            n_clicks = click_feat.shape[1]
+            queries = torch.cat([queries, click_feat.to(queries.dtype)], 1)
+            query_pos = torch.cat([query_pos, click_pos.to(query_pos.dtype)], 1)
+        self_mask = _self_attention_mask(groups, self.num_queries, n_clicks, queries.device)
         guidance = self.centre_guidance
         centres = guidance.initial(batch) if guidance is not None else None
         pixel_embed = (self.dynamic_mask_head.pixel_embed(mask_features)
@@ -254,7 +285,7 @@ class IAUNetDecoder(nn.Module):
                     queries, memory, memory_pos, cross_pos, cross_mask
                 )
                 queries = self.transformer_instance_self_attention_layers[k](queries, query_pos,
-                                                                             group_mask)
+                                                                             self_mask)
                 queries = self.transformer_instance_ffn_layers[k](queries)
                 normed = None
                 if guidance is not None:
@@ -263,7 +294,8 @@ class IAUNetDecoder(nn.Module):
                 if with_aux or k == num_layers - 1 or self.masked_attention:
                     previous = self.predict(queries, mask_features, centres, pixel_embed, normed)
                     if with_aux or k == num_layers - 1:
-                        predictions.append(previous)
+                        predictions.append(_split_clicks(previous, count) if n_clicks
+                                           else previous)
 
         final = predictions[-1]
         return {**final, "aux_outputs": predictions[:-1]}
@@ -279,10 +311,29 @@ class IAUNetDecoder(nn.Module):
         return blocked.repeat_interleave(self.num_heads, dim=0)
 
 
-def _separate_groups(groups: int, size: int, device: torch.device) -> torch.Tensor:
-    """Self-attention mask (True = blocked) that keeps each group of ``size`` queries apart."""
-    group = torch.arange(groups * size, device=device) // size
-    return group[:, None] != group[None, :]
+def _self_attention_mask(groups: int, size: int, clicks: int, device: torch.device
+                         ) -> torch.Tensor | None:
+    """Self-attention mask (True = blocked) over ``groups`` × ``size`` learned queries followed
+    by ``clicks`` click queries: each group stays apart, no learned query sees a click query and
+    a click query sees only itself among the clicks (None: nothing to block)."""
+    if groups == 1 and clicks == 0:
+        return None
+    learned = groups * size
+    group = torch.arange(learned, device=device) // size
+    blocked = torch.ones(learned + clicks, learned + clicks, dtype=torch.bool, device=device)
+    blocked[:learned, :learned] = group[:, None] != group[None, :]
+    blocked[learned:, :learned] = False
+    blocked[learned:, learned:].fill_diagonal_(False)
+    return blocked
+
+
+def _split_clicks(output: dict[str, torch.Tensor], learned: int) -> dict[str, torch.Tensor]:
+    """One block's predictions over learned + click queries → the learned queries' usual keys
+    plus ``click_logits`` and ``click_masks``."""
+    out = {k: v[:, :learned] for k, v in output.items()}
+    out["click_logits"] = output["pred_logits"][:, learned:]
+    out["click_masks"] = output["pred_masks"][:, learned:]
+    return out
 
 
 def _upsample_aligned(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

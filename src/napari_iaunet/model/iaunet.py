@@ -33,10 +33,14 @@ class IAUNet(nn.Module):
         self.config = config
         self.with_aux = True
 
-    def forward(self, images: torch.Tensor, with_aux: bool | None = None) -> dict[str, Any]:
+    def forward(self, images: torch.Tensor, with_aux: bool | None = None,
+                clicks: torch.Tensor | None = None) -> dict[str, Any]:
+        """``clicks (B, K, 2)``: also answer one click query per point (``(y, x)`` fractions of
+        the input; :meth:`IAUNetDecoder.decode`) as ``click_logits`` / ``click_masks``."""
         check_images(images, "IAUNet")
         features = self.encoder(images)
-        return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux)
+        return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux,
+                            clicks=clicks)
 
 
 def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:

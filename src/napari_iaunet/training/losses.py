@@ -16,6 +16,11 @@ Weights are applied explicitly: ``loss = Σ_outputs (w_ce·ce + w_bce·bce + w_d
 weights, so its BCE and Dice silently ran at weight 1.0; here the weight of every term is looked
 up by the same name that produces it, and an unknown term is an error.)
 
+Click queries (``click_logits`` / ``click_masks`` in the outputs, each target's ``click_cells``:
+the cell each click was placed in, :mod:`.clicks`): no matching, each click is paired with its
+cell; ``loss_click_ce`` / ``loss_click_bce`` / ``loss_click_dice`` (+ ``.i``) are the same terms
+with the same weights, divided by the number of clicks.
+
 PCTrans terms (:mod:`.pctrans_losses`) join when the outputs carry what they need:
 ``loss_centre`` (+ ``.i``) with ``pred_centres``, ``loss_mcc`` (+ ``.i``) and ``loss_qec`` (once,
 across all outputs) with ``query_embeddings``; weights ``weight_centre`` / ``weight_qec`` /
@@ -33,6 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .clicks import sample_clicks
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
@@ -115,7 +121,7 @@ class SetCriterion(torch.nn.Module):
     model runs one group only).
     """
 
-    TERMS = ("ce", "bce", "dice", "centre", "qec", "mcc")
+    TERMS = ("ce", "bce", "dice", "centre", "qec", "mcc", "click_ce", "click_bce", "click_dice")
 
     def __init__(self, num_classes: int = 1, *, weight_ce: float = 1.0, weight_bce: float = 5.0,
                  weight_dice: float = 2.0, no_object_weight: float = 0.1,
@@ -134,7 +140,9 @@ class SetCriterion(torch.nn.Module):
         self.num_queries = num_queries
         self.weights = {"ce": float(weight_ce), "bce": float(weight_bce),
                         "dice": float(weight_dice), "centre": float(weight_centre),
-                        "qec": float(weight_qec), "mcc": float(weight_mcc)}
+                        "qec": float(weight_qec), "mcc": float(weight_mcc),
+                        "click_ce": float(weight_ce), "click_bce": float(weight_bce),
+                        "click_dice": float(weight_dice)}
         if qec_temperature <= 0 or mcc_temperature <= 0:
             raise ValueError("SetCriterion: contrast temperatures must be positive")
         self.qec_temperature = float(qec_temperature)
@@ -303,7 +311,38 @@ class SetCriterion(torch.nn.Module):
             if contrast:
                 embeddings = [out["query_embeddings"] for _, out in levels]
                 losses["loss_qec"] = loss_qec(embeddings, all_matches, self.qec_temperature)
+            if "click_masks" in outputs:
+                losses.update(self.click_losses(outputs, match_targets, targets, generator))
             losses["loss"] = self.weighted_total(losses)
+        return losses
+
+    def click_losses(self, outputs: dict, match_targets: Sequence[dict[str, torch.Tensor]],
+                     targets: Sequence[dict[str, torch.Tensor]],
+                     generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``loss_click_*`` terms: each click query against the cell it was placed in
+        (``targets[i]["click_cells"]``, -1: none, its class target is then "no object")."""
+        if any("click_cells" not in t for t in targets):
+            raise ValueError("SetCriterion: the outputs hold click queries but the targets say "
+                             "no click_cells (training.clicks.sample_clicks gives both)")
+        device = outputs["click_masks"].device
+        matches = []
+        for t in targets:
+            cells = t["click_cells"].to(device)
+            src = torch.nonzero(cells >= 0).flatten()
+            matches.append((src, cells[src]))
+        levels: list[tuple[str, dict]] = [("", outputs)]
+        if self.deep_supervision:
+            levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        n_clicks = num_masks_across_processes(sum(len(s) for s, _ in matches), device)
+        gt_masks = [t["masks"] for t in match_targets]
+        terms = self.mask_losses([out["click_masks"] for _, out in levels],
+                                 [matches] * len(levels), gt_masks, n_clicks, generator)
+        losses = {}
+        for (suffix, out), (bce, dice) in zip(levels, terms):
+            losses["loss_click_ce" + suffix] = self.loss_ce(out["click_logits"], matches,
+                                                            match_targets)
+            losses["loss_click_bce" + suffix] = bce
+            losses["loss_click_dice" + suffix] = dice
         return losses
 
     def _split_groups(self, output: dict) -> list[dict[str, torch.Tensor]]:
@@ -354,12 +393,20 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
         keys += ("loss_centre",)
     if getattr(model_config, "contrast_losses", False):
         keys += ("loss_qec", "loss_mcc")
+    per_image = int(getattr(cfg, "click_queries", 0))
+    if per_image:
+        keys += ("loss_click_bce", "loss_click_dice")
 
     def set_loss(net: torch.nn.Module, images: torch.Tensor,
                  targets: list[dict[str, torch.Tensor]],
                  autocast: Callable[[], AbstractContextManager]) -> dict[str, torch.Tensor]:
+        extra = {}
+        if per_image:
+            clicks, cells = sample_clicks([t["masks"] for t in targets], per_image)
+            targets = [{**t, "click_cells": c} for t, c in zip(targets, cells)]
+            extra["clicks"] = clicks.to(images.device)
         with autocast():
-            outputs = net(images)
+            outputs = net(images, **extra)
         return criterion(outputs, targets)
 
     return set_loss, keys

@@ -94,6 +94,9 @@ class TrainConfig:
     augment: bool = True  # flips, 90° rotations, scale jitter (False: resize + pad only)
     scale_range: tuple[float, float] = (0.8, 1.5)
     num_points: int = NUM_POINTS
+    # IAUNet: also train this many click queries per image (training.clicks): a cell clicked
+    # in its middle, its mask predicted from the pixel there (the edit tools' "add"). 0: none.
+    click_queries: int = 0
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -129,7 +132,8 @@ class TrainConfig:
         if self.resume and self.overwrite:
             raise ValueError("TrainConfig: resume and overwrite exclude each other")
         for name, low in (("lr", None), ("num_points", 1), ("warmup_steps", 0),
-                          ("num_workers", 0), ("input_size", 32), ("num_threads", 1)):
+                          ("num_workers", 0), ("input_size", 32), ("num_threads", 1),
+                          ("click_queries", 0)):
             v = getattr(self, name)
             if v is None and name in ("input_size", "num_threads"):
                 continue
@@ -513,6 +517,12 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             mean, std = normalisation_stats(data, intensity=mcfg.intensity)
             mcfg = mcfg.replace(pixel_mean=mean, pixel_std=std)
             model.config = mcfg
+    if cfg.click_queries and not getattr(mcfg, "click_queries", False):
+        if type(mcfg) is not IAUNetConfig:
+            raise ValueError(f"click queries (--click-queries) train an IAUNet's decoder; this "
+                             f"model is a {family_of(mcfg).name} model")
+        mcfg = mcfg.replace(click_queries=True)  # saved with it: the model answers clicks
+        model.config = mcfg
     model.to(device).train()
     if cfg.freeze_encoder and not freeze_encoder(model):
         raise ValueError(f"freeze_encoder: the {type(model).__name__} has no encoder parameters "

@@ -1,0 +1,156 @@
+"""Click queries (``TrainConfig.click_queries``): one query per clicked point, started from the
+pixel there, trained to predict the cell under it without changing the learned queries."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from napari_iaunet.checkpoint import load_checkpoint
+from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
+from napari_iaunet.training.augment import AugmentConfig
+from napari_iaunet.training.clicks import sample_clicks
+from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
+from napari_iaunet.training.losses import SetCriterion
+from napari_iaunet.training.trainer import TrainConfig, train
+
+
+def _model(tiny_config, **changes):
+    torch.manual_seed(0)
+    return build_model(tiny_config(dropout=0.0, **changes))
+
+
+def test_click_queries_leave_the_learned_queries_alone(tiny_config):
+    model = _model(tiny_config).eval()
+    images = torch.randn(2, 3, 64, 64)
+    clicks = torch.tensor([[[0.2, 0.3], [0.7, 0.6]], [[0.5, 0.5], [0.1, 0.9]]])
+    with torch.no_grad():
+        plain = model(images)
+        with_clicks = model(images, clicks=clicks)
+        moved = model(images, clicks=torch.cat([clicks[:, :1], clicks[:, 1:] * 0.5], 1))
+    for key in ("pred_logits", "pred_masks"):
+        torch.testing.assert_close(with_clicks[key], plain[key])
+        for aux, ref in zip(with_clicks["aux_outputs"], plain["aux_outputs"]):
+            torch.testing.assert_close(aux[key], ref[key])
+    assert "click_masks" not in plain
+    assert with_clicks["click_logits"].shape == (2, 2, 2)
+    assert with_clicks["click_masks"].shape == (2, 2, 16, 16)
+    assert all(aux["click_masks"].shape == (2, 2, 16, 16) for aux in with_clicks["aux_outputs"])
+    # one click does not see another: moving the second leaves the first as it was
+    torch.testing.assert_close(moved["click_masks"][:, 0], with_clicks["click_masks"][:, 0])
+    assert not torch.allclose(moved["click_masks"][:, 1], with_clicks["click_masks"][:, 1])
+    with pytest.raises(ValueError, match=r"clicks must be \(batch, K, 2\)"):
+        model(images, clicks=clicks[0])
+
+
+def test_click_queries_with_query_groups_and_masked_attention(tiny_config):
+    model = _model(tiny_config, query_groups=2, masked_attention=True).train()
+    images = torch.randn(1, 3, 64, 64)
+    clicks = torch.tensor([[[0.4, 0.4]]])
+    torch.manual_seed(1)
+    out = model(images, clicks=clicks)
+    assert out["pred_logits"].shape == (1, 16, 2) and out["click_masks"].shape == (1, 1, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(images, clicks=clicks)["pred_masks"],
+                                   model(images)["pred_masks"])
+
+
+def test_sampled_clicks_lie_in_the_middle_of_their_cells():
+    masks = torch.zeros(3, 96, 128, dtype=torch.bool)
+    masks[0, 10:70, 10:50] = True  # a large cell
+    masks[1, 60:90, 80:120] = True
+    masks[2, 5, 100:103] = True  # thinner than the 4-px stride
+    rng = np.random.default_rng(0)
+    clicks, cells = sample_clicks([masks, torch.zeros(0, 96, 128)], 40, rng)
+    assert clicks.shape == (2, 40, 2)
+    assert set(cells[0].tolist()) == {0, 1, 2}  # drawn with repetition, every cell
+    assert cells[1].tolist() == [-1] * 40  # no cell in the second image
+    depth = [ndimage.distance_transform_edt(np.pad(m.numpy(), 1))[1:-1, 1:-1] for m in masks]
+    for (fy, fx), cell in zip(clicks[0].tolist(), cells[0].tolist()):
+        y, x = int(fy * 96), int(fx * 128)
+        assert masks[cell, y, x]
+        if cell < 2:  # the large cells: clicked in their inner part, never at the rim
+            assert depth[cell][y, x] >= 0.4 * depth[cell].max()
+    assert (clicks[1] >= 0).all() and (clicks[1] <= 1).all()
+
+
+def test_click_loss_pairs_each_click_with_its_cell():
+    gt = torch.zeros(2, 64, 64, dtype=torch.bool)
+    gt[0, 4:30, 4:30] = True
+    gt[1, 34:60, 30:60] = True
+    logit = gt.float()[:, ::4, ::4] * 20 - 10  # (2, 16, 16): each cell's mask, sure of it
+    base = {"pred_logits": torch.zeros(1, 4, 2), "pred_masks": torch.zeros(1, 4, 16, 16),
+            "aux_outputs": []}
+    right = {**base, "click_logits": torch.tensor([[[5.0, -5.0], [5.0, -5.0]]]),
+             "click_masks": logit[None]}
+    swapped = {**right, "click_masks": logit.flip(0)[None]}
+    targets = [{"labels": torch.zeros(2, dtype=torch.long), "masks": gt,
+                "click_cells": torch.tensor([0, 1])}]
+    crit = SetCriterion(1, num_points=256)
+    good = crit(right, targets, generator=torch.Generator().manual_seed(0))
+    bad = crit(swapped, targets, generator=torch.Generator().manual_seed(0))
+    assert good["loss_click_dice"] < 0.15 < 0.9 < bad["loss_click_dice"]  # edges: 1/4 scale
+    assert good["loss_click_bce"] < bad["loss_click_bce"]
+    assert good["loss_click_ce"] < 0.01
+    total = sum(crit.weight_of(k) * v for k, v in good.items() if k != "loss")
+    torch.testing.assert_close(good["loss"], total)
+    with pytest.raises(ValueError, match="no click_cells"):
+        crit(right, [{k: v for k, v in targets[0].items() if k != "click_cells"}])
+
+
+def _click_selectivity(model, batch, clicks, cells) -> float:
+    """Mean over clicks of the click mask's probability inside its cell minus inside the
+    image's other cells (0: the click does not pick its cell out)."""
+    images, targets = batch
+    model.eval()
+    with torch.no_grad():
+        prob = model(images, clicks=clicks)["click_masks"].sigmoid()
+    gaps = []
+    for b, t in enumerate(targets):
+        gt = t["masks"][:, 2::4, 2::4].bool()  # the mask features' pixel centres
+        for k, cell in enumerate(cells[b].tolist()):
+            others = gt.any(0) & ~gt[cell]
+            gaps.append((prob[b, k][gt[cell]].mean() - prob[b, k][others].mean()).item())
+    return float(np.mean(gaps))
+
+
+def test_click_training_teaches_the_clicks_and_marks_the_model(tmp_path, tiny_pairs,
+                                                               tiny_config):
+    """Real steps (150 on a tiny model): the click BCE falls, each click's mask comes to pick
+    out the clicked cell from its neighbours, and the saved config says the model answers
+    clicks."""
+    torch.manual_seed(0)
+    start = build_model(tiny_config())
+    cfg = TrainConfig(out_dir=tmp_path / "run", steps=150, batch_size=2, lr=1e-3,
+                      num_points=256, val_every=0, seed=1, plot=False, click_queries=3)
+    result = train(tiny_pairs, None, cfg, model_config=tiny_config())
+    trained = result.model.config
+    dataset = TrainingDataset(AnnotatedImages.coerce(tiny_pairs), trained.pixel_mean,
+                              trained.pixel_std, AugmentConfig.resize_only(64))
+    batch = collate([dataset[i] for i in range(4)])
+    clicks, cells = sample_clicks([t["masks"] for t in batch[1]], 3, np.random.default_rng(5))
+    before = _click_selectivity(start, batch, clicks, cells)
+    after = _click_selectivity(result.model, batch, clicks, cells)
+    assert abs(before) < 0.02 and after > 0.05, (before, after)  # measured: 0.000 → 0.10
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text()
+             .splitlines() if '"loss_click_bce"' in line]
+    first = np.mean([s["loss_click_bce"] for s in steps[:10]])
+    last = np.mean([s["loss_click_bce"] for s in steps[-10:]])
+    assert last < 0.9 * first, (first, last)  # measured: 0.48 → 0.39
+    assert load_checkpoint(result.last_path).config.click_queries
+    assert "click_queries" not in IAUNetConfig().to_dict()  # older versions read a plain config
+
+
+def test_click_training_is_refused_where_it_cannot_work(tmp_path, tiny_pairs, tiny_config):
+    cfg = TrainConfig(out_dir=tmp_path / "run", steps=1, plot=False, click_queries=2)
+    with pytest.raises(ValueError, match="train an IAUNet's decoder"):
+        train(tiny_pairs, None, cfg, model_config=MaskRCNNConfig(input_size=64))
+    with pytest.raises(ValueError, match="click queries .* centre guidance"):
+        tiny_config(click_queries=True, centre_guidance=True)
+    with pytest.raises(ValueError, match="click_queries must be a whole number ≥ 0"):
+        TrainConfig(click_queries=-1)
