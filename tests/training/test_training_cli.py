@@ -72,6 +72,12 @@ def test_train_cli_query_groups_reach_a_new_model(train_args, trainer_calls, cap
         capsys.readouterr().err
 
 
+def test_train_cli_click_queries_reach_the_trainer(train_args, trainer_calls):
+    assert main(train_args) == 0
+    assert main([*train_args, "--click-queries", "4"]) == 0
+    assert [cfg.click_queries for cfg, _ in trainer_calls] == [0, 4]
+
+
 def test_train_cli_masked_attention_reaches_a_new_model(train_args, trainer_calls):
     common = train_args
     assert main(common) == 0

@@ -150,7 +150,7 @@ def test_click_training_is_refused_where_it_cannot_work(tmp_path, tiny_pairs, ti
     cfg = TrainConfig(out_dir=tmp_path / "run", steps=1, plot=False, click_queries=2)
     with pytest.raises(ValueError, match="train an IAUNet's decoder"):
         train(tiny_pairs, None, cfg, model_config=MaskRCNNConfig(input_size=64))
-    with pytest.raises(ValueError, match="click queries .* centre guidance"):
+    with pytest.raises(ValueError, match=r"click queries .* centre guidance"):
         tiny_config(click_queries=True, centre_guidance=True)
-    with pytest.raises(ValueError, match="click_queries must be a whole number ≥ 0"):
+    with pytest.raises(ValueError, match=r"click_queries must be a whole number ≥ 0"):
         TrainConfig(click_queries=-1)

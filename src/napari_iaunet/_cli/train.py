@@ -126,6 +126,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     run.add_argument("--points", type=positive_int, default=None,
                      help="sampled points per mask for matching and mask losses (default 12544; "
                           "--quick: its recipe's)")
+    run.add_argument("--click-queries", type=non_negative_int, default=0,
+                     help="IAUNet: also train this many click queries per image (a cell clicked "
+                          "in its middle, its mask from the pixel there: what the edit tools' "
+                          "'add missed' asks a model so trained; default 0)")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
@@ -195,7 +199,8 @@ def _quick_config(args: argparse.Namespace) -> tuple[object, object]:
                         ("seed", args.seed), ("num_workers", args.workers), ("amp", args.amp),
                         ("warmup_steps", args.warmup), ("grad_clip", args.grad_clip),
                         ("weight_decay", args.weight_decay), ("early_stopping", args.patience),
-                        ("match_brightness", args.match_brightness)):
+                        ("match_brightness", args.match_brightness),
+                        ("click_queries", args.click_queries)):
         setattr(cfg, name, value)
     if args.checkpoint_every is not None:
         cfg.checkpoint_every = args.checkpoint_every
@@ -236,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, num_threads=args.threads, resume=args.resume,
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
-        mcc_temperature=args.contrast_temperature)
+        mcc_temperature=args.contrast_temperature, click_queries=args.click_queries)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:

@@ -15,8 +15,8 @@ import torch
 from ..instances import Instances
 from ..model.config import ModelConfig
 from ..model.registry import family_of
-from .candidates import Candidates
-from .device import select_device
+from .candidates import Candidates, CandidateSource
+from .device import autocast, select_device
 from .postprocess import PostprocessSettings
 from .preprocess import (
     PreparedImage,
@@ -195,13 +195,7 @@ class Segmenter:
             result = self.segment_batch([hwc], progress=progress, cancel=cancel,
                                         candidate_sources=sources)[0]
             return (result, _candidates(hwc.shape[:2], sources)) if candidates else result
-        # stretch the whole image once (to uint8, fed raw): a tile stretched on its own would
-        # get its own contrast (a background tile's noise blown up to the full range)
-        whole = to_model_range(hwc, self.config.intensity)
-        offset = (brightness_offset(whole, self.config.pixel_mean)
-                  if self.effective_match_brightness() else 0.0)  # the whole image's, per tile
-        hwc = np.rint(whole).clip(0, 255).astype(np.uint8)
-        del whole
+        hwc, offset = self._for_tiles(hwc)
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
         results = self.segment_batch(crops, progress=progress, cancel=cancel,
@@ -215,6 +209,74 @@ class Segmenter:
                 y0, x0, y1, x1 = src.window
                 src.window = (y0 + t.y0, x0 + t.x0, y1 + t.y0, x1 + t.x0)
         return merged, _candidates(hwc.shape[:2], sources)
+
+    @torch.inference_mode()
+    def click_sources(self, image: np.ndarray, points: Sequence[Sequence[float]]
+                      ) -> list[CandidateSource]:
+        """The model's answer to clicks: per ``(y, x)`` image pixel in ``points``, a one-query
+        :class:`~napari_iaunet.inference.candidates.CandidateSource` (image coordinates) whose
+        mask comes from a click query started at that pixel. One forward pass per view of the
+        image: a tiled image's point is answered in the tile it lies deepest in. Needs an IAUNet
+        trained with click queries (``config.click_queries``)."""
+        if not getattr(self.config, "click_queries", False):
+            raise ValueError("this model was not trained with click queries (napari-iaunet "
+                             "train --click-queries): only its segmentation's queries can be "
+                             "offered")
+        _check_array(image)
+        hwc = as_hwc(image)
+        H, W = hwc.shape[:2]
+        pts = np.asarray(points, np.float64).reshape(-1, 2)
+        if not ((pts >= 0).all() and (pts[:, 0] < H).all() and (pts[:, 1] < W).all()):
+            raise ValueError(f"points must be (y, x) pixels inside the {H}×{W} image")
+        cfg = self.config
+        offset, intensity = (None if self.effective_match_brightness() else 0.0), cfg.intensity
+        windows = [(0, 0, H, W)]
+        tile = self._tile_size((H, W))
+        if tile is not None:
+            hwc, offset = self._for_tiles(hwc)
+            intensity = "dtype"
+            windows = [(t.y0, t.x0, t.y1, t.x1)
+                       for t in plan_tiles((H, W), tile, round(tile * self.tile_overlap))]
+        boxes = np.asarray(windows, np.float64)
+        depth = np.minimum.reduce([pts[:, None, 0] - boxes[None, :, 0],
+                                   boxes[None, :, 2] - 1 - pts[:, None, 0],
+                                   pts[:, None, 1] - boxes[None, :, 1],
+                                   boxes[None, :, 3] - 1 - pts[:, None, 1]])
+        home = depth.argmax(axis=1)  # the window each point lies deepest in
+        out_sources: list[CandidateSource | None] = [None] * len(pts)
+        model = self.inference_model()
+        threshold = self.effective_settings().mask_threshold
+        for w_i in np.unique(home).tolist():
+            y0, x0, y1, x1 = windows[w_i]
+            mine = np.flatnonzero(home == w_i)
+            prep = prepare(hwc[y0:y1, x0:x1], cfg.input_size, cfg.pixel_mean, cfg.pixel_std,
+                           cfg.size_divisibility, self.device, offset=offset,
+                           intensity=intensity)
+            batch = prep.tensor[None]
+            (h, w), padded = prep.resized_shape, tuple(batch.shape[-2:])
+            # image pixel centre → fraction of the padded input (the resize keeps the corner)
+            fy, fx = h / ((y1 - y0) * padded[0]), w / ((x1 - x0) * padded[1])
+            clicks = torch.tensor([[((pts[k, 0] - y0 + 0.5) * fy, (pts[k, 1] - x0 + 0.5) * fx)
+                                    for k in mine]], dtype=torch.float32, device=self.device)
+            if self.fuse and self.device.type == "cpu":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.amp):
+                out = model(batch, with_aux=False, clicks=clicks)
+            for j, k in enumerate(mine.tolist()):
+                out_sources[k] = CandidateSource.from_outputs(
+                    out["click_logits"][0, j:j + 1], out["click_masks"][0, j:j + 1], padded,
+                    prep.resized_shape, prep.original_shape, offset=(y0, x0),
+                    mask_threshold=threshold)
+        return [src for src in out_sources if src is not None]
+
+    def _for_tiles(self, hwc: np.ndarray) -> tuple[np.ndarray, float]:
+        """The whole image stretched once to uint8 (fed raw to every tile: a tile stretched on
+        its own would get its own contrast, a background tile's noise blown up to the full
+        range) and the whole image's brightness offset."""
+        whole = to_model_range(hwc, self.config.intensity)
+        offset = (brightness_offset(whole, self.config.pixel_mean)
+                  if self.effective_match_brightness() else 0.0)
+        return np.rint(whole).clip(0, 255).astype(np.uint8), offset
 
     def segment_batch(
         self,
