@@ -47,6 +47,26 @@ def test_click_queries_leave_the_learned_queries_alone(tiny_config):
         model(images, clicks=clicks[0])
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_a_kept_context_answers_clicks_as_the_full_pass_does(tiny_config, masked):
+    """Clicks made after the segmentation: only the click queries run, same answer."""
+    model = _model(tiny_config, masked_attention=masked).eval()
+    images = torch.randn(2, 3, 64, 96)
+    clicks = torch.tensor([[[0.2, 0.3], [0.7, 0.6], [0.5, 0.1]]]).repeat(2, 1, 1)
+    with torch.no_grad():
+        full = model(images, clicks=clicks)
+        kept = model(images, with_aux=False, keep_context=True)
+        context = kept["click_context"].select(1).to(dtype=torch.float16).to(dtype=torch.float32)
+        exact = model.decoder.answer_clicks(kept["click_context"], clicks)
+        later = model.decoder.answer_clicks(context, clicks[1:, :2])
+    torch.testing.assert_close(kept["pred_masks"], full["pred_masks"])
+    for key in ("click_logits", "click_masks"):
+        torch.testing.assert_close(exact[key], full[key], atol=1e-4, rtol=1e-4)
+        # one image's context, stored in float16, two of the clicks
+        torch.testing.assert_close(later[key], full[key][1:, :2], atol=0.05, rtol=0.05)
+    assert kept["click_context"].nbytes > 0
+
+
 def test_click_queries_with_query_groups_and_masked_attention(tiny_config):
     model = _model(tiny_config, query_groups=2, masked_attention=True).train()
     images = torch.randn(1, 3, 64, 64)

@@ -21,8 +21,9 @@ No Qt, no napari: the edit tools call :func:`candidates_at` and show the result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -61,6 +62,10 @@ class CandidateSource:
         hot_boxes: ``(Q, 4)`` first / last low-res row and column above the mask threshold
             (``-1`` where a query has none): which queries can reach a pixel at all.
         mask_threshold: probability a pixel must exceed to belong to a mask.
+        geometry: ``(padded, resized, original)`` shapes of the forward pass (network input,
+            the image inside it, the window in image pixels): where a click lands in the input.
+        click_context: what a model trained with click queries needs to answer a click here
+            (:class:`~napari_iaunet.model.decoder.ClickContext`; None for other models).
     """
 
     logits: np.ndarray
@@ -70,6 +75,8 @@ class CandidateSource:
     window: tuple[int, int, int, int]
     mask_threshold: float = 0.5
     hot_boxes: np.ndarray = field(default=None)  # type: ignore[assignment]
+    geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
+    click_context: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.logits = np.ascontiguousarray(self.logits, dtype=np.float16)
@@ -107,16 +114,32 @@ class CandidateSource:
         cols = min(wm, int(np.ceil(W * sx)) + 1)
         logits = masks[:, :rows, :cols].to(torch.float16).cpu().numpy()
         y0, x0 = (int(v) for v in offset)
+        geometry = ((int(hp), int(wp)), (int(h), int(w)), (H, W))
         return cls(logits, best.cpu().numpy(), label.cpu().numpy(), (sy, sx),
-                   (y0, x0, y0 + H, x0 + W), mask_threshold)
+                   (y0, x0, y0 + H, x0 + W), mask_threshold, geometry=geometry)
 
     def __len__(self) -> int:
         return len(self.logits)
 
     @property
     def nbytes(self) -> int:
+        kept = self.click_context.nbytes if self.click_context is not None else 0
         return int(self.logits.nbytes + self.class_probs.nbytes + self.class_ids.nbytes
-                   + self.hot_boxes.nbytes)
+                   + self.hot_boxes.nbytes + kept)
+
+    def input_fraction(self, y: float, x: float) -> tuple[float, float]:
+        """Image pixel ``(y, x)`` (its centre) as ``(y, x)`` fractions of the network input
+        (where a click query starts, :meth:`IAUNetDecoder.click_queries`)."""
+        if self.geometry is None:
+            raise ValueError("this candidate source does not know its network input")
+        (hp, wp), (h, w), (H, W) = self.geometry
+        return ((y - self.window[0] + 0.5) * h / (H * hp),
+                (x - self.window[1] + 0.5) * w / (W * wp))
+
+    def depth(self, y: float, x: float) -> float:
+        """How far pixel ``(y, x)`` lies inside the window (negative: outside)."""
+        y0, x0, y1, x1 = self.window
+        return float(min(y - y0, y1 - 1 - y, x - x0, x1 - 1 - x))
 
     def probability_at(self, y: float, x: float) -> np.ndarray:
         """``(Q,)`` mask probability of every query at image pixel ``(y, x)`` (the value the
@@ -197,6 +220,10 @@ class Candidates:
 
     image_shape: tuple[int, int]
     sources: list[CandidateSource] = field(default_factory=list)
+    # answers a click with the model's click query: ``answer(candidates, (y, x))`` → a one-query
+    # CandidateSource or None (set by the Segmenter for a model trained with click queries)
+    answer: Callable[[Candidates, tuple[float, float]], CandidateSource | None] | None = \
+        field(default=None, repr=False)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -215,7 +242,8 @@ class Candidate:
     probability × ``maskness`` as in the post-processing; ``overlap`` the largest IoU with an
     accepted cell (0 when none were given); ``p_point`` the mask probability at the click;
     ``centre_distance`` the distance from the click to the mask's centroid over the square root
-    of its area (0 for a box); ``threshold`` the mask probability it was cut at.
+    of its area (0 for a box); ``threshold`` the mask probability it was cut at; ``source``
+    the forward pass it came from (-1: the model's answer to the click) and ``query`` its query.
     """
 
     box: tuple[int, int, int, int]
@@ -303,6 +331,7 @@ def candidates_at(
     component: bool = True,
     min_box_iou: float = 0.3,
     duplicate_iou: float | None = DUPLICATE_IOU,
+    click_pass: bool = True,
 ) -> list[Candidate]:
     """The candidates under a click, best first.
 
@@ -323,6 +352,9 @@ def candidates_at(
             (a query whose mask spans two cells offers the clicked one).
         duplicate_iou: a candidate whose mask overlaps a better-ranked one above this IoU is
             left out, so that each next candidate is a different shape (None keeps all).
+        click_pass: with a point, and candidates that can answer clicks (a model trained with
+            click queries: ``candidates.answer``), the model's answer to this click comes first
+            (``source`` -1), then the segmentation's queries.
     """
     from scipy import ndimage
 
@@ -341,9 +373,14 @@ def candidates_at(
         drag = (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
         if drag[2] - drag[0] < 1 or drag[3] - drag[1] < 1:
             raise ValueError(f"the box {tuple(box)} is empty")
-    found: list[tuple[float, Candidate]] = []
+    found: list[tuple[bool, float, Candidate]] = []
     areas: list[np.ndarray | None] = [None] * len(accepted)
-    for s_i, src in enumerate(candidates.sources):
+    sources = list(enumerate(candidates.sources))
+    if point is not None and click_pass and candidates.answer is not None:
+        answer = candidates.answer(candidates, (py, px))
+        if answer is not None:
+            sources.insert(0, (-1, answer))
+    for s_i, src in sources:
         wy0, wx0, wy1, wx1 = src.window
         cuts = tuple(thresholds) if thresholds else (src.mask_threshold,)
         p_point = np.ones(len(src), np.float32)
@@ -395,10 +432,10 @@ def candidates_at(
                                  source=s_i, query=q)
                 if accepted:
                     cand.overlap = overlap_with_accepted(mbox, crop, accepted, areas)
-                found.append((_rank_value(cand, ranking) * fit, cand))
-    found.sort(key=lambda vc: -vc[0])
+                found.append((s_i == -1, _rank_value(cand, ranking) * fit, cand))
+    found.sort(key=lambda e: (not e[0], -e[1]))  # the click's answer first, then by rank
     out: list[Candidate] = []
-    for _, cand in found:
+    for _, _, cand in found:
         if duplicate_iou is not None and any(cand.iou_with(o.box, o.crop) > duplicate_iou
                                              for o in out):
             continue

@@ -34,18 +34,25 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
     batch = pad_batch([p.tensor for p in prepared])
     if segmenter.fuse and segmenter.device.type == "cpu":  # the fused CPU copy is channels-last
         batch = batch.contiguous(memory_format=torch.channels_last)
+    # a model trained with click queries keeps what answering clicks needs with its candidates
+    keep = candidate_sources is not None and bool(getattr(segmenter.config, "click_queries",
+                                                           False))
     with autocast(segmenter.device, segmenter.amp):
-        outputs = segmenter.inference_model()(batch, with_aux=False)
+        outputs = segmenter.inference_model()(batch, with_aux=False,
+                                              **({"keep_context": True} if keep else {}))
     padded = tuple(batch.shape[-2:])
     settings = segmenter.effective_settings()
     if candidate_sources is not None:
         from .candidates import CandidateSource
 
-        candidate_sources.extend(
-            CandidateSource.from_outputs(outputs["pred_logits"][i], outputs["pred_masks"][i],
-                                         padded, p.resized_shape, p.original_shape,
-                                         mask_threshold=settings.mask_threshold)
-            for i, p in enumerate(prepared))
+        for i, p in enumerate(prepared):
+            src = CandidateSource.from_outputs(outputs["pred_logits"][i],
+                                               outputs["pred_masks"][i], padded,
+                                               p.resized_shape, p.original_shape,
+                                               mask_threshold=settings.mask_threshold)
+            if keep:  # float16 on the host: ~7 MB for a 512-px view of a Lite0 model
+                src.click_context = outputs["click_context"].select(i).to("cpu", torch.float16)
+            candidate_sources.append(src)
     return [
         postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
                     p.resized_shape, p.original_shape, settings)

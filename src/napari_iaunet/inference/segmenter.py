@@ -194,7 +194,8 @@ class Segmenter:
         if tile is None:
             result = self.segment_batch([hwc], progress=progress, cancel=cancel,
                                         candidate_sources=sources)[0]
-            return (result, _candidates(hwc.shape[:2], sources)) if candidates else result
+            return ((result, _candidates(hwc.shape[:2], sources, self.answer_click))
+                    if candidates else result)
         hwc, offset = self._for_tiles(hwc)
         tiles = plan_tiles(hwc.shape[:2], tile, round(tile * self.tile_overlap))
         crops = [hwc[t.window] for t in tiles]
@@ -208,66 +209,34 @@ class Segmenter:
             if src is not None:  # tile coordinates → image coordinates
                 y0, x0, y1, x1 = src.window
                 src.window = (y0 + t.y0, x0 + t.x0, y1 + t.y0, x1 + t.x0)
-        return merged, _candidates(hwc.shape[:2], sources)
+        return merged, _candidates(hwc.shape[:2], sources, self.answer_click)
 
     @torch.inference_mode()
-    def click_sources(self, image: np.ndarray, points: Sequence[Sequence[float]]
-                      ) -> list[CandidateSource]:
-        """The model's answer to clicks: per ``(y, x)`` image pixel in ``points``, a one-query
-        :class:`~napari_iaunet.inference.candidates.CandidateSource` (image coordinates) whose
-        mask comes from a click query started at that pixel. One forward pass per view of the
-        image: a tiled image's point is answered in the tile it lies deepest in. Needs an IAUNet
-        trained with click queries (``config.click_queries``)."""
-        if not getattr(self.config, "click_queries", False):
-            raise ValueError("this model was not trained with click queries (napari-iaunet "
-                             "train --click-queries): only its segmentation's queries can be "
-                             "offered")
-        _check_array(image)
-        hwc = as_hwc(image)
-        H, W = hwc.shape[:2]
-        pts = np.asarray(points, np.float64).reshape(-1, 2)
-        if not ((pts >= 0).all() and (pts[:, 0] < H).all() and (pts[:, 1] < W).all()):
-            raise ValueError(f"points must be (y, x) pixels inside the {H}×{W} image")
-        cfg = self.config
-        offset, intensity = (None if self.effective_match_brightness() else 0.0), cfg.intensity
-        windows = [(0, 0, H, W)]
-        tile = self._tile_size((H, W))
-        if tile is not None:
-            hwc, offset = self._for_tiles(hwc)
-            intensity = "dtype"
-            windows = [(t.y0, t.x0, t.y1, t.x1)
-                       for t in plan_tiles((H, W), tile, round(tile * self.tile_overlap))]
-        boxes = np.asarray(windows, np.float64)
-        depth = np.minimum.reduce([pts[:, None, 0] - boxes[None, :, 0],
-                                   boxes[None, :, 2] - 1 - pts[:, None, 0],
-                                   pts[:, None, 1] - boxes[None, :, 1],
-                                   boxes[None, :, 3] - 1 - pts[:, None, 1]])
-        home = depth.argmax(axis=1)  # the window each point lies deepest in
-        out_sources: list[CandidateSource | None] = [None] * len(pts)
+    def answer_click(self, candidates: Candidates, point: Sequence[float]
+                     ) -> CandidateSource | None:
+        """The model's own answer to a click at image pixel ``point`` ``(y, x)`` of an image it
+        segmented with ``candidates=True``: a one-query
+        :class:`~napari_iaunet.inference.candidates.CandidateSource` (image coordinates) from a
+        click query started at that pixel, answered from the context the segmentation kept
+        (:meth:`~napari_iaunet.model.decoder.IAUNetDecoder.answer_clicks`: only the click query
+        runs). A tiled image answers in the tile the point lies deepest in. None when no
+        context was kept (a model not trained with click queries) or the point is outside."""
+        y, x = (float(v) for v in point)
+        kept = [s for s in candidates.sources
+                if s.click_context is not None and s.depth(y, x) >= 0]
+        if not kept:
+            return None
+        src = max(kept, key=lambda s: s.depth(y, x))
         model = self.inference_model()
-        threshold = self.effective_settings().mask_threshold
-        for w_i in np.unique(home).tolist():
-            y0, x0, y1, x1 = windows[w_i]
-            mine = np.flatnonzero(home == w_i)
-            prep = prepare(hwc[y0:y1, x0:x1], cfg.input_size, cfg.pixel_mean, cfg.pixel_std,
-                           cfg.size_divisibility, self.device, offset=offset,
-                           intensity=intensity)
-            batch = prep.tensor[None]
-            (h, w), padded = prep.resized_shape, tuple(batch.shape[-2:])
-            # image pixel centre → fraction of the padded input (the resize keeps the corner)
-            fy, fx = h / ((y1 - y0) * padded[0]), w / ((x1 - x0) * padded[1])
-            clicks = torch.tensor([[((pts[k, 0] - y0 + 0.5) * fy, (pts[k, 1] - x0 + 0.5) * fx)
-                                    for k in mine]], dtype=torch.float32, device=self.device)
-            if self.fuse and self.device.type == "cpu":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp):
-                out = model(batch, with_aux=False, clicks=clicks)
-            for j, k in enumerate(mine.tolist()):
-                out_sources[k] = CandidateSource.from_outputs(
-                    out["click_logits"][0, j:j + 1], out["click_masks"][0, j:j + 1], padded,
-                    prep.resized_shape, prep.original_shape, offset=(y0, x0),
-                    mask_threshold=threshold)
-        return [src for src in out_sources if src is not None]
+        context = src.click_context.to(self.device, next(model.parameters()).dtype)
+        clicks = torch.tensor([[src.input_fraction(y, x)]], dtype=torch.float32,
+                              device=self.device)
+        with autocast(self.device, self.amp):
+            out = model.decoder.answer_clicks(context, clicks)
+        padded, resized, original = src.geometry
+        return CandidateSource.from_outputs(out["click_logits"][0], out["click_masks"][0], padded,
+                                            resized, original, offset=src.window[:2],
+                                            mask_threshold=src.mask_threshold)
 
     def _for_tiles(self, hwc: np.ndarray) -> tuple[np.ndarray, float]:
         """The whole image stretched once to uint8 (fed raw to every tile: a tile stretched on
@@ -382,9 +351,11 @@ class Segmenter:
                                                    candidate_sources=candidate_sources)
 
 
-def _candidates(shape: tuple[int, ...], sources: list | None) -> Candidates:
-    return Candidates((int(shape[0]), int(shape[1])),
-                      [s for s in sources or [] if s is not None])
+def _candidates(shape: tuple[int, ...], sources: list | None,
+                answer: Callable | None = None) -> Candidates:
+    kept = [s for s in sources or [] if s is not None]
+    clicks = answer if any(s.click_context is not None for s in kept) else None
+    return Candidates((int(shape[0]), int(shape[1])), kept, answer=clicks)
 
 
 def auto_tile_size(input_size: int, trained_image_side: int | None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,11 +20,48 @@ from .pctrans_heads import CentreGuidance, DynamicMaskHead
 from .position import PositionEmbeddingSine
 from .transformer import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
-__all__ = ["IAUNetDecoder"]
+__all__ = ["ClickContext", "IAUNetDecoder"]
 
 NUM_LEVELS = 3  # pixel-decoder levels at strides 32, 16, 8
 COORD_CHANNELS = 2
 CLASS_PRIOR_PROB = 0.01
+
+
+@dataclass
+class ClickContext:
+    """What answering clicks later needs from one forward pass (:meth:`IAUNetDecoder.decode`
+    with ``keep_context=True``): the flattened pixel memories with their position embeddings,
+    the stride-4 mask features, and the learned queries as each block's self-attention saw them.
+    The learned queries never see a click query, so with these a click is answered by the click
+    query alone (:meth:`IAUNetDecoder.answer_clicks`), not a new pass of all queries."""
+
+    memories: list[torch.Tensor]  # (B, HW, D) per level (strides 32, 16, 8)
+    memory_pos: list[torch.Tensor]
+    memory_shapes: list[tuple[int, int]]
+    mask_features: torch.Tensor  # (B, D, H/4, W/4)
+    learned: list[torch.Tensor]  # (B, Q, D) per block: the learned queries entering self-attention
+    learned_pos: torch.Tensor  # (B, Q, D)
+
+    def select(self, i: int) -> ClickContext:
+        """Image ``i`` of the batch."""
+        return self.map(lambda t: t[i:i + 1])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+           ) -> ClickContext:
+        """On another device / in another float type (float16 keeps half the memory)."""
+        return self.map(lambda t: t.to(device=device, dtype=dtype))
+
+    def map(self, fn: Any) -> ClickContext:
+        """Every tensor passed through ``fn``."""
+        return ClickContext([fn(t) for t in self.memories], [fn(t) for t in self.memory_pos],
+                            list(self.memory_shapes), fn(self.mask_features),
+                            [fn(t) for t in self.learned], fn(self.learned_pos))
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.memories, *self.memory_pos, self.mask_features, *self.learned,
+                   self.learned_pos]
+        return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
 class IAUNetDecoder(nn.Module):
@@ -210,18 +248,20 @@ class IAUNetDecoder(nn.Module):
         return out
 
     def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True,
-                clicks: torch.Tensor | None = None) -> dict[str, Any]:
+                clicks: torch.Tensor | None = None, keep_context: bool = False
+                ) -> dict[str, Any]:
         """Predictions from encoder features ``[f4, f8, f16, f32]``.
 
         Returns ``{"pred_logits", "pred_masks", "aux_outputs"}`` where ``aux_outputs`` lists the
         predictions of the earlier transformer blocks (empty when ``with_aux`` is False; the
-        final outputs do not depend on it). ``clicks`` adds click queries (see :meth:`decode`).
+        final outputs do not depend on it). ``clicks`` adds click queries, ``keep_context``
+        what later clicks need (see :meth:`decode`).
         """
         if not self.has_pixel_decoder:
             raise RuntimeError("this decoder has no pixel decoder: call decode(memories, "
                                "mask_features) with another pixel decoder's outputs")
         memories, mask_features = self.pixel_decoder(features)
-        return self.decode(memories, mask_features, with_aux, clicks)
+        return self.decode(memories, mask_features, with_aux, clicks, keep_context)
 
     def click_queries(self, mask_features: torch.Tensor, clicks: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +279,8 @@ class IAUNetDecoder(nn.Module):
         return feat, pos
 
     def decode(self, memories: Sequence[torch.Tensor], mask_features: torch.Tensor,
-               with_aux: bool = True, clicks: torch.Tensor | None = None) -> dict[str, Any]:
+               with_aux: bool = True, clicks: torch.Tensor | None = None,
+               keep_context: bool = False) -> dict[str, Any]:
         """The transformer decoder and heads over pixel memories at strides 32, 16, 8
         (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4.
 
@@ -248,6 +289,8 @@ class IAUNetDecoder(nn.Module):
         outputs are the same with or without clicks), nor does one click see another. Every
         output then also holds ``click_logits (B, K, C+1)`` and ``click_masks (B, K, h, w)``.
         A model answers them well only when trained with them (``IAUNetConfig.click_queries``).
+        ``keep_context=True`` adds ``click_context`` (:class:`ClickContext`): clicks made later
+        are answered from it by :meth:`answer_clicks`, as they would be here.
         """
         batch = mask_features.shape[0]
         groups = self.query_groups if self.training else 1
@@ -272,9 +315,15 @@ class IAUNetDecoder(nn.Module):
         predictions: list[dict[str, torch.Tensor]] = []
         previous: dict[str, torch.Tensor] = {}  # the last block's predictions (masked attention)
         num_layers = NUM_LEVELS * self.dec_layers
+        context = (ClickContext([], [], [], mask_features, [], query_pos[:, :count])
+                   if keep_context else None)
         for level, memory_map in enumerate(memories):
             memory = memory_map.flatten(2).transpose(1, 2)  # (B, HW, D)
             memory_pos = self.pe_layer(memory_map).flatten(2).transpose(1, 2)
+            if context is not None:
+                context.memories.append(memory)
+                context.memory_pos.append(memory_pos)
+                context.memory_shapes.append(tuple(memory_map.shape[-2:]))
             for j in range(self.dec_layers):
                 k = level * self.dec_layers + j
                 cross_pos = (query_pos if guidance is None
@@ -284,6 +333,8 @@ class IAUNetDecoder(nn.Module):
                 queries = self.transformer_instance_cross_attention_layers[k](
                     queries, memory, memory_pos, cross_pos, cross_mask
                 )
+                if context is not None:
+                    context.learned.append(queries[:, :count])
                 queries = self.transformer_instance_self_attention_layers[k](queries, query_pos,
                                                                              self_mask)
                 queries = self.transformer_instance_ffn_layers[k](queries)
@@ -298,7 +349,37 @@ class IAUNetDecoder(nn.Module):
                                            else previous)
 
         final = predictions[-1]
-        return {**final, "aux_outputs": predictions[:-1]}
+        out = {**final, "aux_outputs": predictions[:-1]}
+        if context is not None:
+            out["click_context"] = context
+        return out
+
+    def answer_clicks(self, context: ClickContext, clicks: torch.Tensor) -> dict[str, Any]:
+        """``click_logits`` and ``click_masks`` of ``clicks (B, K, 2)`` from a kept
+        :class:`ClickContext`: the same answer as :meth:`decode` with those clicks gives, at the
+        cost of K queries instead of all of them."""
+        if self.centre_guidance is not None:
+            raise ValueError("click queries need a plain IAUNet decoder (no centre guidance "
+                             "or dynamic mask head)")
+        queries, query_pos = self.click_queries(context.mask_features, clicks)
+        last = NUM_LEVELS * self.dec_layers - 1
+        previous: dict[str, torch.Tensor] = {}
+        for level in range(NUM_LEVELS):
+            for j in range(self.dec_layers):
+                k = level * self.dec_layers + j
+                cross_mask = (self._attention_mask(previous["pred_masks"],
+                                                   context.memory_shapes[level])
+                              if self.masked_attention and k > 0 else None)
+                queries = self.transformer_instance_cross_attention_layers[k](
+                    queries, context.memories[level], context.memory_pos[level], query_pos,
+                    cross_mask)
+                queries = self.transformer_instance_self_attention_layers[k](
+                    queries, query_pos, context=context.learned[k],
+                    context_pos=context.learned_pos)
+                queries = self.transformer_instance_ffn_layers[k](queries)
+                if k == last or self.masked_attention:
+                    previous = self.predict(queries, context.mask_features)
+        return {"click_logits": previous["pred_logits"], "click_masks": previous["pred_masks"]}
 
     def _attention_mask(self, mask_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Masked attention's (B·heads, Q, HW) mask from the previous block's mask logits

@@ -34,13 +34,15 @@ class IAUNet(nn.Module):
         self.with_aux = True
 
     def forward(self, images: torch.Tensor, with_aux: bool | None = None,
-                clicks: torch.Tensor | None = None) -> dict[str, Any]:
+                clicks: torch.Tensor | None = None, keep_context: bool = False
+                ) -> dict[str, Any]:
         """``clicks (B, K, 2)``: also answer one click query per point (``(y, x)`` fractions of
-        the input; :meth:`IAUNetDecoder.decode`) as ``click_logits`` / ``click_masks``."""
+        the input) as ``click_logits`` / ``click_masks``; ``keep_context``: also return what
+        answering later clicks needs (``click_context``; :meth:`IAUNetDecoder.decode`)."""
         check_images(images, "IAUNet")
         features = self.encoder(images)
         return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux,
-                            clicks=clicks)
+                            clicks=clicks, keep_context=keep_context)
 
 
 def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:

@@ -68,10 +68,26 @@ class SelfAttentionLayer(nn.Module):
         _xavier_init(self)
 
     def forward(self, queries: torch.Tensor, query_pos: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``attn_mask`` (Q, Q), True where a query may not attend (separate query groups)."""
-        q = k = queries + query_pos
-        attended = self.self_attn(q, k, value=queries, attn_mask=attn_mask,
+                attn_mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """``attn_mask`` (Q, Q), True where a query may not attend (separate query groups).
+
+        ``context (B, Q', C)`` with ``context_pos``: queries these attend to besides each one
+        itself, not updated here (a click query beside the learned queries; then every query
+        sees the whole context and only itself, and ``attn_mask`` must be None)."""
+        q = queries + query_pos
+        k, value = q, queries
+        if context is not None:
+            if attn_mask is not None:
+                raise ValueError("SelfAttentionLayer: give attn_mask or context, not both")
+            n, m = queries.shape[1], context.shape[1]
+            k = torch.cat([context + context_pos, q], 1)
+            value = torch.cat([context, queries], 1)
+            if n > 1:  # each query sees the context and itself only
+                attn_mask = torch.ones(n, m + n, dtype=torch.bool, device=queries.device)
+                attn_mask[:, :m] = False
+                attn_mask[:, m:].fill_diagonal_(False)
+        attended = self.self_attn(q, k, value=value, attn_mask=attn_mask,
                                   need_weights=False)[0]
         return self.norm(queries + self.dropout(attended))
 
