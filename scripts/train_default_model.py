@@ -13,8 +13,11 @@
    carries (``--encoder imagenet``, the default; ``random`` for the comparison), brightness
    matching and dtype-independent (percentile) intensity scaling on from the first step,
    validating on the validation splits; ``--resume`` continues a run.
-4. Evaluates ``best.pt`` (``--evaluate last`` for ``last.pt``) with ``napari-iaunet evaluate``
-   on each unseen set, writes the metrics (``OUT/eval/*.json``, ``OUT/report.json``), the
+4. Keeps the model of every validation (``OUT/run/checkpoints``); ``--average-steps`` averages
+   some of them into ``OUT/run/averaged.pt`` and scores it beside ``best.pt`` on the validation
+   images (``OUT/average.json``).
+5. Evaluates ``best.pt`` (``--evaluate last`` for ``last.pt``, ``averaged`` for the average)
+   with ``napari-iaunet evaluate`` on each unseen set, writes the metrics (``OUT/eval/*.json``, ``OUT/report.json``), the
    commands and an overlay picture, and with ``--install`` stores it (float16) as
    ``weights/iaunet_default.pt`` together with the recipe in its metadata.
 """
@@ -124,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="how often the one Revvity training image appears per epoch")
     p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=True,
                    help="brightness matching from the first step (default on)")
+    p.add_argument("--click-queries", type=int, default=0,
+                   help="also train this many click queries per image (the edit tools' 'add "
+                        "missed': a click answered by the model; default 0)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint instead of a new model; its architecture "
@@ -138,8 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--evaluate", choices=("best", "last"), default="best",
-                   help="which checkpoint of the run to score and install")
+    p.add_argument("--evaluate", choices=("best", "last", "averaged"), default="best",
+                   help="which checkpoint of the run to score and install (averaged: the mean "
+                        "of the --average-steps checkpoints)")
+    p.add_argument("--average-steps", type=int, nargs="+", default=None,
+                   help="average the models kept at these validation steps "
+                        "(run/checkpoints/step_NNNNNN.pt, or --snapshots) into run/averaged.pt "
+                        "and compare it with best.pt on the validation images")
+    p.add_argument("--snapshots", type=Path, default=None,
+                   help="folder of the kept models for --average-steps (default run/checkpoints;"
+                        " a run from before keep_checkpoints had them copied by hand)")
     p.add_argument("--install", action="store_true",
                    help="store the evaluated checkpoint as weights/iaunet_default.pt (float16)")
     p.add_argument("--overwrite-default", action="store_true",
@@ -195,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                         device=args.device, num_threads=args.threads, resume=args.resume,
                         num_workers=args.workers, seed=args.seed,
                         match_brightness=args.match_brightness,
+                        click_queries=args.click_queries, keep_checkpoints=True,
                         # a start checkpoint keeps its architecture; the input size may change
                         input_size=args.input_size if args.init else None),
             model_config=None if args.init else IAUNetConfig(
@@ -216,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.skip_training and (args.out / "report.json").exists():
         # keep the command that trained the run (e.g. on a GPU machine), not this evaluation's
         command = json.loads((args.out / "report.json").read_text()).get("command", command)
+    if args.average_steps:
+        compare_average(run_dir, args.snapshots or run_dir / "checkpoints", args.average_steps,
+                        val_data, args.out)
+    elif args.evaluate == "averaged":
+        raise SystemExit("--evaluate averaged needs --average-steps")
     weights = run_dir / f"{args.evaluate}.pt"
     report = evaluate_unseen(weights, args.data, data_dir, args.out)
     report.update({"data": described, "command": command,
@@ -227,6 +247,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.install:
         install(weights, report, args.overwrite_default)
     return 0
+
+
+def compare_average(run_dir: Path, snapshots: Path, steps: list[int], val_data, out: Path
+                    ) -> None:
+    """Average the kept models of ``steps`` into ``run_dir/averaged.pt`` and score it and
+    best.pt on the validation images as the trainer does (AP chooses; written to
+    ``out/average.json``)."""
+    from napari_iaunet.checkpoint import average_checkpoints, load_checkpoint
+    from napari_iaunet.training.trainer import validate
+
+    paths = [snapshots / f"step_{s:06d}.pt" for s in steps]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SystemExit(f"no kept model at {', '.join(missing)}")
+    averaged = average_checkpoints(paths, run_dir / "averaged.pt", overwrite=True)
+    scores = {}
+    for name, path in (("best", run_dir / "best.pt"), ("averaged", averaged)):
+        loaded = load_checkpoint(path)
+        metrics = validate(loaded.model, val_data.items)
+        scores[name] = {"path": str(path), "step": loaded.metadata.get("trained_steps"),
+                        **{k: round(float(metrics[k]), 4) for k in ("AP", "AP50", "f1")}}
+    scores["averaged"]["averaged_steps"] = steps
+    (out / "average.json").write_text(json.dumps(scores, indent=2))
+    print(json.dumps(scores, indent=2), file=sys.stderr)
 
 
 def evaluate_unseen(weights: Path, data: Path, data_dir: Path, out: Path) -> dict:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "LoadedCheckpoint",
+    "average_checkpoints",
     "config_from_reference_state_dict",
     "describe_training_data",
     "load_checkpoint",
@@ -257,6 +259,35 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_torch_save(path, payload, overwrite=overwrite)
+
+
+def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
+                        overwrite: bool = False) -> Path:
+    """Write the uniform average of several checkpoints of one architecture to ``out``.
+
+    Every floating-point tensor (weights and BatchNorm running statistics) is averaged; integer
+    ones (BatchNorm's step counters) are the last checkpoint's. The last checkpoint also gives
+    the config and the metadata, which then names the averaged files (``averaged_from``). The
+    checkpoints of the last few validations of one run, averaged, often generalise better than
+    any one of them (stochastic weight averaging, Izmailov et al., UAI 2018).
+    """
+    paths = [Path(p).expanduser() for p in paths]
+    if len(paths) < 2:
+        raise ValueError("average_checkpoints: give two or more checkpoints")
+    loaded = [load_checkpoint(p) for p in paths]
+    first = loaded[0].config.to_dict()
+    for p, item in zip(paths[1:], loaded[1:]):
+        if item.config.to_dict() != first:
+            raise CheckpointError(f"{p}: not the architecture of {paths[0]} (its config "
+                                  "differs); only checkpoints of one model can be averaged")
+    states = [item.model.state_dict() for item in loaded]
+    average = {k: (torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
+                   if v.is_floating_point() else v) for k, v in states[-1].items()}
+    model = loaded[-1].model
+    model.load_state_dict(average)
+    meta = {**loaded[-1].metadata, "averaged_from": [str(p) for p in paths]}
+    meta.pop("created", None)
+    return save_checkpoint(out, model, meta, overwrite=overwrite)
 
 
 def recommended_score_threshold(metadata: dict[str, Any] | None) -> float | None:

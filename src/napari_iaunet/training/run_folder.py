@@ -10,12 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOLDBACK_FILE", "REFIT_DIR", "RUN_FILES", "default_run_dir", "free_run_dir",
-           "holds_run", "inside_package", "read_run"]
+__all__ = ["HOLDBACK_FILE", "REFIT_DIR", "RUN_FILES", "SNAPSHOT_DIR", "default_run_dir",
+           "free_run_dir", "holds_run", "inside_package", "read_run"]
 
 HOLDBACK_FILE = "holdback.json"  # the held-back verdict of a fine-tune (finetune.run_finetune)
 REFIT_DIR = "whole_images"  # its last steps on the whole images, after a verdict for the fine-tune
 RUN_FILES = ("best.pt", "last.pt", "state.pt", "log.jsonl", "loss.png", HOLDBACK_FILE)
+SNAPSHOT_DIR = "checkpoints"  # the model at every validation (TrainConfig.keep_checkpoints)
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 

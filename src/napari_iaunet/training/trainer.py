@@ -44,7 +44,7 @@ from .augment import AugmentConfig
 from .callbacks import JsonlLog, TrainCallback, plot_loss_curve
 from .dataset import AnnotatedImage, AnnotatedImages, TrainingDataset, collate, normalisation_stats
 from .matcher import NUM_POINTS
-from .run_folder import RUN_FILES
+from .run_folder import RUN_FILES, SNAPSHOT_DIR
 
 __all__ = ["RUN_FILES", "TrainConfig", "TrainResult", "ValidationCancelled",
            "augment_config_for", "train", "training_loss", "validate"]
@@ -91,6 +91,9 @@ class TrainConfig:
     match_brightness: bool | None = None  # override the model's brightness matching (None: keep)
     freeze_batchnorm: bool = False  # keep BatchNorm running statistics (fine-tuning, tiny batches)
     freeze_encoder: bool = False  # train only the decoder: no gradients through the encoder
+    # also keep the model of every validation as checkpoints/step_NNNNNN.pt (for averaging the
+    # last few: checkpoint.average_checkpoints)
+    keep_checkpoints: bool = False
     augment: bool = True  # flips, 90° rotations, scale jitter (False: resize + pad only)
     scale_range: tuple[float, float] = (0.8, 1.5)
     num_points: int = NUM_POINTS
@@ -254,9 +257,15 @@ class _RunFolder:
         self.state = self.dir / "state.pt"
         self.log = self.dir / "log.jsonl"
         self.plot = self.dir / "loss.png"
+        self.snapshots = self.dir / SNAPSHOT_DIR
+
+    def snapshot(self, step: int) -> Path:
+        """Where the model of the validation at ``step`` is kept (``keep_checkpoints``)."""
+        return self.snapshots / f"step_{step:06d}.pt"
 
     def existing(self) -> list[Path]:
-        return [self.dir / n for n in RUN_FILES if (self.dir / n).exists()]
+        kept = sorted(self.snapshots.glob("step_*.pt")) if self.snapshots.is_dir() else []
+        return [self.dir / n for n in RUN_FILES if (self.dir / n).exists()] + kept
 
     def prepare(self, resume: bool, overwrite: bool) -> None:
         if self.dir.exists() and not self.dir.is_dir():
@@ -604,7 +613,7 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
                     "metrics": metrics if metrics is not None else (
                         history[-1]["metrics"] if history else {}),
                     "best_metric": best_metric, "best_step": best_step}
-            path = run.best if kind == "best" else run.last
+            path = {"best": run.best, "last": run.last}.get(kind) or run.snapshot(step)
             save_checkpoint(path, model, meta, overwrite=True)
             if kind == "last":
                 _save_state(run.state, {
@@ -666,6 +675,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
             return None
         if keep_best:
             save("best", metrics)
+        if cfg.keep_checkpoints:
+            save("snapshot", metrics)
         return metrics
 
     start_step = step
