@@ -181,6 +181,48 @@ def test_segmenting_keeps_every_query_with_the_group(make_napari_viewer, tiny_ch
     widget.cleanup()
 
 
+def test_a_click_trained_model_answers_the_click_first(make_napari_viewer, synthetic, tmp_path,
+                                                      qtbot, monkeypatch):
+    """A model trained with click queries: the segmentation keeps what a click needs, and A
+    shows the model's own answer to the click first (then C adds it, undo takes it back)."""
+    import torch
+
+    from napari_iaunet._widgets import make_torch_import_safe
+    from napari_iaunet._widgets.segment_widget import SegmentWidget
+
+    make_torch_import_safe()
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.model import IAUNetConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(IAUNetConfig(backbone="resnet18", num_queries=8, hidden_dim=64,
+                                     mask_dim=64, num_heads=4, dim_feedforward=128,
+                                     dec_layers=1, input_size=256, click_queries=True))
+    with torch.no_grad():  # sure of every mask: the answer holds the click
+        model.decoder.mask_embed.bias.fill_(1.0)
+    weights = save_checkpoint(tmp_path / "clicks.pt", model)
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic[0], name="plate1", rgb=True)
+    widget = SegmentWidget(viewer, ask=lambda *a: "Replace")
+    widget.set_checkpoint(weights)
+    _segment(qtbot, widget)
+    group = widget.last_group
+    assert group.candidates.answer is not None
+    said = []
+    monkeypatch.setattr(tools, "_notify", lambda m, warning=False: said.append(m))
+    n_before = len(group.ids())
+    viewer.cursor.position = (128, 128)
+    _key(qtbot, viewer, Qt.Key_A)
+    draft = tools.draft_layer(viewer, group)
+    assert draft is not None and tools._CYCLES[draft].picks[0].source == -1
+    assert np.asarray(draft.data)[128, 128] and "the model's answer to the click" in said[-1]
+    _key(qtbot, viewer, Qt.Key_C)
+    assert len(group.ids()) == n_before + 1
+    group.undo()
+    assert len(group.ids()) == n_before
+    widget.cleanup()
+
+
 @pytest.mark.data
 def test_bundled_model_recovers_a_missed_isbi_cell(make_napari_viewer, shared_data, qtbot):
     """The real thing: the bundled model segments an ISBI 2014 image in the widget; a cell it

@@ -318,7 +318,8 @@ def _announce_candidate(layer: Labels) -> None:
     cycle = _CYCLES[layer]
     pick = cycle.picks[cycle.index]
     more = (f"Tab: next of {len(cycle.picks)}, " if len(cycle.picks) > 1 else "")
-    _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} (score {pick.score:.2f}, "
+    what = "the model's answer to the click, " if pick.source == -1 else ""
+    _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} ({what}score {pick.score:.2f}, "
             f"{pick.area} px): {more}C or Enter: add it, Esc: discard.")
 
 
