@@ -16,10 +16,11 @@
 4. Keeps the model of every validation (``OUT/run/checkpoints``); ``--average-steps`` averages
    some of them into ``OUT/run/averaged.pt`` and scores it beside ``best.pt`` on the validation
    images (``OUT/average.json``).
-5. Evaluates ``best.pt`` (``--evaluate last`` for ``last.pt``, ``averaged`` for the average)
-   with ``napari-iaunet evaluate`` on each unseen set, writes the metrics (``OUT/eval/*.json``, ``OUT/report.json``), the
-   commands and an overlay picture, and with ``--install`` stores it (float16) as
-   ``weights/iaunet_default.pt`` together with the recipe in its metadata.
+5. Evaluates ``best.pt`` (``--evaluate last`` for ``last.pt``, ``averaged`` for the average,
+   ``step:N`` for the model kept at step N) with ``napari-iaunet evaluate`` on each unseen set,
+   writes the metrics (``OUT/eval/*.json``, ``OUT/report.json``), the commands and an overlay
+   picture, and with ``--install`` stores it (float16) as ``weights/iaunet_default.pt`` together
+   with the recipe in its metadata.
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ def split_real_data(data: Path, out: Path, with_dsb: bool = False
     return (train, val, f"{out / 'revvity25_train.json'}:{rev / 'images'}", described)
 
 
+def _which_checkpoint(text: str) -> str:
+    """``--evaluate``: best, last, averaged or step:N."""
+    if text in ("best", "last", "averaged") or (text.startswith("step:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give best, last, averaged or step:N")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -144,9 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--evaluate", choices=("best", "last", "averaged"), default="best",
-                   help="which checkpoint of the run to score and install (averaged: the mean "
-                        "of the --average-steps checkpoints)")
+    p.add_argument("--evaluate", type=_which_checkpoint, default="best",
+                   help="which checkpoint of the run to score and install: best, last, "
+                        "averaged (the mean of the --average-steps models) or step:N (the model "
+                        "kept at validation step N, in run/checkpoints or --snapshots)")
     p.add_argument("--average-steps", type=int, nargs="+", default=None,
                    help="average the models kept at these validation steps "
                         "(run/checkpoints/step_NNNNNN.pt, or --snapshots) into run/averaged.pt "
@@ -236,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                         val_data, args.out)
     elif args.evaluate == "averaged":
         raise SystemExit("--evaluate averaged needs --average-steps")
-    weights = run_dir / f"{args.evaluate}.pt"
+    if args.evaluate.startswith("step:"):
+        weights = (args.snapshots or run_dir / "checkpoints") / \
+            f"step_{int(args.evaluate[5:]):06d}.pt"
+    else:
+        weights = run_dir / f"{args.evaluate}.pt"
     report = evaluate_unseen(weights, args.data, data_dir, args.out)
     report.update({"data": described, "command": command,
                    "evaluated_by": "python " + shlex.join(sys.argv),
