@@ -162,16 +162,22 @@ def _segment(qtbot, widget) -> None:
     qtbot.waitUntil(lambda: not widget.running, timeout=300_000)
 
 
-def test_segmenting_keeps_every_query_with_the_group(make_napari_viewer, tiny_checkpoint,
-                                                     synthetic, qtbot):
+def _segmented(make_napari_viewer, image, weights, qtbot):
+    """A viewer with ``image``, the segment widget on ``weights``, and its first group."""
     from napari_iaunet._widgets.segment_widget import SegmentWidget
 
     viewer = make_napari_viewer()
-    viewer.add_image(synthetic[0], name="plate1", rgb=True)
+    viewer.add_image(image, name="plate1", rgb=True)
     widget = SegmentWidget(viewer, ask=lambda *a: "Replace")
-    widget.set_checkpoint(tiny_checkpoint)
+    widget.set_checkpoint(weights)
     _segment(qtbot, widget)
-    group = widget.last_group
+    return viewer, widget, widget.last_group
+
+
+def test_segmenting_keeps_every_query_with_the_group(make_napari_viewer, tiny_checkpoint,
+                                                     synthetic, qtbot):
+
+    _, widget, group = _segmented(make_napari_viewer, synthetic[0], tiny_checkpoint, qtbot)
     assert group.candidates is not None
     assert len(group.candidates) == 8  # the tiny model's queries, whatever passed the threshold
     assert group.candidates.image_shape == synthetic[0].shape[:2]
@@ -188,7 +194,6 @@ def test_a_click_trained_model_answers_the_click_first(make_napari_viewer, synth
     import torch
 
     from napari_iaunet._widgets import make_torch_import_safe
-    from napari_iaunet._widgets.segment_widget import SegmentWidget
 
     make_torch_import_safe()
     from napari_iaunet.checkpoint import save_checkpoint
@@ -201,12 +206,7 @@ def test_a_click_trained_model_answers_the_click_first(make_napari_viewer, synth
     with torch.no_grad():  # sure of every mask: the answer holds the click
         model.decoder.mask_embed.bias.fill_(1.0)
     weights = save_checkpoint(tmp_path / "clicks.pt", model)
-    viewer = make_napari_viewer()
-    viewer.add_image(synthetic[0], name="plate1", rgb=True)
-    widget = SegmentWidget(viewer, ask=lambda *a: "Replace")
-    widget.set_checkpoint(weights)
-    _segment(qtbot, widget)
-    group = widget.last_group
+    viewer, widget, group = _segmented(make_napari_viewer, synthetic[0], weights, qtbot)
     assert group.candidates.answer is not None
     said = []
     monkeypatch.setattr(tools, "_notify", lambda m, warning=False: said.append(m))
