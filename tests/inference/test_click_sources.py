@@ -54,6 +54,8 @@ def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would():
     picks = candidates_at(cands, point, thresholds=(0.5,), duplicate_iou=None)
     assert picks and picks[0].source == -1
     assert all(p.source >= 0 for p in picks[1:])
+    cuts = candidates_at(cands, point, thresholds=(0.3, 0.5, 0.7), duplicate_iou=None)
+    assert cuts[0].source == -1 and cuts[0].threshold == 0.5  # the segmentation's cut first
     assert all(p.source >= 0 for p in candidates_at(cands, point, click_pass=False))
 
 

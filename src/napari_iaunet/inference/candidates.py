@@ -354,7 +354,8 @@ def candidates_at(
             left out, so that each next candidate is a different shape (None keeps all).
         click_pass: with a point, and candidates that can answer clicks (a model trained with
             click queries: ``candidates.answer``), the model's answer to this click comes first
-            (``source`` -1), then the segmentation's queries.
+            (``source`` -1; cut at the segmentation's mask threshold first, then at the other
+            ``thresholds``), then the segmentation's queries.
     """
     from scipy import ndimage
 
@@ -373,7 +374,7 @@ def candidates_at(
         drag = (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3]))
         if drag[2] - drag[0] < 1 or drag[3] - drag[1] < 1:
             raise ValueError(f"the box {tuple(box)} is empty")
-    found: list[tuple[bool, float, Candidate]] = []
+    found: list[tuple[int, float, Candidate]] = []
     areas: list[np.ndarray | None] = [None] * len(accepted)
     sources = list(enumerate(candidates.sources))
     if point is not None and click_pass and candidates.answer is not None:
@@ -432,8 +433,11 @@ def candidates_at(
                                  source=s_i, query=q)
                 if accepted:
                     cand.overlap = overlap_with_accepted(mbox, crop, accepted, areas)
-                found.append((s_i == -1, _rank_value(cand, ranking) * fit, cand))
-    found.sort(key=lambda e: (not e[0], -e[1]))  # the click's answer first, then by rank
+                # the click's answer first, cut where the segmentation cuts, then its other
+                # cuts, then the segmentation's queries; by rank within each
+                tier = 2 if s_i != -1 else 0 if t == src.mask_threshold else 1
+                found.append((tier, _rank_value(cand, ranking) * fit, cand))
+    found.sort(key=lambda e: (e[0], -e[1]))
     out: list[Candidate] = []
     for _, _, cand in found:
         if duplicate_iou is not None and any(cand.iou_with(o.box, o.crop) > duplicate_iou
