@@ -269,6 +269,9 @@ class IAUNetDecoder(nn.Module):
         and the sine position embedding at each click, bilinearly sampled. ``clicks (B, K, 2)``:
         ``(y, x)`` as fractions of the padded network input (0 = top/left edge, 1 = bottom/right
         edge)."""
+        if self.centre_guidance is not None:
+            raise ValueError("click queries need a plain IAUNet decoder (no centre guidance "
+                             "or dynamic mask head)")
         if clicks.ndim != 3 or clicks.shape[-1] != 2 or clicks.shape[0] != mask_features.shape[0]:
             raise ValueError(f"clicks must be (batch, K, 2) fractions (y, x), got "
                              f"{tuple(clicks.shape)} for a batch of {mask_features.shape[0]}")
@@ -299,9 +302,6 @@ class IAUNetDecoder(nn.Module):
         query_pos = self.query_embed.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
         n_clicks = 0
         if clicks is not None:
-            if self.centre_guidance is not None:
-                raise ValueError("click queries need a plain IAUNet decoder (no centre guidance "
-                                 "or dynamic mask head)")
             click_feat, click_pos = self.click_queries(mask_features, clicks)
             n_clicks = click_feat.shape[1]
             queries = torch.cat([queries, click_feat.to(queries.dtype)], 1)
@@ -358,9 +358,6 @@ class IAUNetDecoder(nn.Module):
         """``click_logits`` and ``click_masks`` of ``clicks (B, K, 2)`` from a kept
         :class:`ClickContext`: the same answer as :meth:`decode` with those clicks gives, at the
         cost of K queries instead of all of them."""
-        if self.centre_guidance is not None:
-            raise ValueError("click queries need a plain IAUNet decoder (no centre guidance "
-                             "or dynamic mask head)")
         queries, query_pos = self.click_queries(context.mask_features, clicks)
         last = NUM_LEVELS * self.dec_layers - 1
         previous: dict[str, torch.Tensor] = {}

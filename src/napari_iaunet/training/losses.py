@@ -278,9 +278,7 @@ class SetCriterion(torch.nn.Module):
             match_targets = [{"labels": t["labels"].to(device), "masks": g}
                              for t, g in zip(targets, gt_masks)]
             num_masks = num_masks_across_processes(sum(len(t["labels"]) for t in targets), device)
-            levels: list[tuple[str, dict]] = [("", outputs)]
-            if self.deep_supervision:
-                levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+            levels = self._supervised(outputs)
             if self.query_groups > 1:
                 levels = [(suffix + (f".g{g}" if g else ""), group)
                           for suffix, out in levels
@@ -330,9 +328,7 @@ class SetCriterion(torch.nn.Module):
             cells = t["click_cells"].to(device)
             src = torch.nonzero(cells >= 0).flatten()
             matches.append((src, cells[src]))
-        levels: list[tuple[str, dict]] = [("", outputs)]
-        if self.deep_supervision:
-            levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        levels = self._supervised(outputs)
         n_clicks = num_masks_across_processes(sum(len(s) for s, _ in matches), device)
         gt_masks = [t["masks"] for t in match_targets]
         terms = self.mask_losses([out["click_masks"] for _, out in levels],
@@ -344,6 +340,14 @@ class SetCriterion(torch.nn.Module):
             losses["loss_click_bce" + suffix] = bce
             losses["loss_click_dice" + suffix] = dice
         return losses
+
+    def _supervised(self, outputs: dict) -> list[tuple[str, dict]]:
+        """The outputs the loss scores, with their key suffixes: the final one (``""``) and,
+        with deep supervision, each auxiliary one (``".i"``)."""
+        levels: list[tuple[str, dict]] = [("", outputs)]
+        if self.deep_supervision:
+            levels += [(f".{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+        return levels
 
     def _split_groups(self, output: dict) -> list[dict[str, torch.Tensor]]:
         """One output's per-query tensors cut into ``query_groups`` equal query groups."""
