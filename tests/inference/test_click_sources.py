@@ -59,6 +59,21 @@ def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would():
     assert all(p.source >= 0 for p in candidates_at(cands, point, click_pass=False))
 
 
+def test_a_click_after_the_weights_changed_is_answered_by_the_new_weights():
+    """The context prepared for the first click is reused only while the weights stay."""
+    seg = _segmenter(tile_size=None)
+    _, cands = seg.segment(_image((96, 80)), candidates=True)
+    first = seg.answer_click(cands, (70, 60))
+    np.testing.assert_array_equal(seg.answer_click(cands, (70, 60)).logits, first.logits)
+    with torch.no_grad():  # e.g. a fine-tune changed the cross-attention in place
+        for layer in seg.model.decoder.transformer_instance_cross_attention_layers:
+            layer.multihead_attn.in_proj_weight.normal_(0.0, 3.0)
+    changed = seg.answer_click(cands, (70, 60))
+    fresh = Segmenter(seg.model, device="cpu", fuse=False).answer_click(cands, (70, 60))
+    np.testing.assert_allclose(changed.logits, fresh.logits, atol=1e-3)
+    assert np.abs(changed.logits.astype(np.float32) - first.logits).max() > 0.01
+
+
 def test_a_tiled_image_answers_a_click_in_the_tile_it_lies_deepest_in():
     seg = _segmenter(tile_size=64)
     _, cands = seg.segment(_image((150, 150), 1), candidates=True)

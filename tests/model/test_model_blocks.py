@@ -138,6 +138,28 @@ def test_cross_attention_is_post_norm_attention() -> None:
     expected = layer.norm(q + attended)
     with torch.no_grad():
         assert torch.allclose(layer(q, m, mp, qp), expected, atol=1e-5)
+        # the memory's keys and values projected once, then attended to: the same result,
+        # with a masked-attention mask (True = blocked) too
+        projected = layer.project_memory(m, mp)
+        assert torch.allclose(layer.attend_projected(q, projected, qp), expected, atol=1e-5)
+        blocked = torch.rand(2, 3, 5) > 0.5
+        blocked[..., 0] = False
+        assert torch.allclose(layer.attend_projected(q, projected, qp, blocked),
+                              layer(q, m, mp, qp, blocked), atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 23)])
+def test_sine_position_sampled_at_points_is_the_bilinear_map_sample(size) -> None:
+    """``sample`` equals grid_sample of the whole map, edges (zero padding) included."""
+    torch.manual_seed(0)
+    pe = PositionEmbeddingSine(num_pos_feats=16)
+    height, width = size
+    points = torch.rand(2, 30, 2) * 1.2 - 0.1
+    points[0, :3] = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.5, 0.01]])
+    grid = (points.flip(-1) * 2 - 1)[:, :, None]
+    full = F.grid_sample(pe(torch.zeros(2, 1, height, width)), grid, mode="bilinear",
+                         align_corners=False)[..., 0].transpose(1, 2)
+    torch.testing.assert_close(pe.sample(points, height, width), full, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layer_cls", [CrossAttentionLayer, SelfAttentionLayer, FFNLayer])

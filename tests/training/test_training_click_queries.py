@@ -59,9 +59,15 @@ def test_a_kept_context_answers_clicks_as_the_full_pass_does(tiny_config, masked
         context = kept["click_context"].select(1).to(dtype=torch.float16).to(dtype=torch.float32)
         exact = model.decoder.answer_clicks(kept["click_context"], clicks)
         later = model.decoder.answer_clicks(context, clicks[1:, :2])
+        prepared = model.decoder.prepare_context(kept["click_context"])
+        projected = model.decoder.answer_clicks(prepared, clicks)
     torch.testing.assert_close(kept["pred_masks"], full["pred_masks"])
+    assert prepared.nbytes > kept["click_context"].nbytes
+    assert prepared.select(1).keys_values[0][0].shape[0] == 1
     for key in ("click_logits", "click_masks"):
         torch.testing.assert_close(exact[key], full[key], atol=1e-4, rtol=1e-4)
+        # the memories' keys and values projected once: the same answer
+        torch.testing.assert_close(projected[key], full[key], atol=1e-4, rtol=1e-4)
         # one image's context, stored in float16, two of the clicks
         torch.testing.assert_close(later[key], full[key][1:, :2], atol=0.05, rtol=0.05)
     assert kept["click_context"].nbytes > 0

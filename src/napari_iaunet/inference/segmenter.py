@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -128,6 +129,8 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         self.fuse = fuse
         self._fused: tuple[tuple, torch.nn.Module] | None = None
+        # The last clicked source's click context, converted and prepared (answer_click).
+        self._click_context: tuple[weakref.ref, tuple, Any] | None = None
         self.checkpoint_info: CheckpointInfo | None = None  # set by from_checkpoint
 
     @classmethod
@@ -228,15 +231,31 @@ class Segmenter:
             return None
         src = max(kept, key=lambda s: s.depth(y, x))
         model = self.inference_model()
-        context = src.click_context.to(self.device, next(model.parameters()).dtype)
         clicks = torch.tensor([[src.input_fraction(y, x)]], dtype=torch.float32,
                               device=self.device)
         with autocast(self.device, self.amp):
-            out = model.decoder.answer_clicks(context, clicks)
+            out = model.decoder.answer_clicks(self._prepared_context(src, model), clicks)
         padded, resized, original = src.geometry
         return CandidateSource.from_outputs(out["click_logits"][0], out["click_masks"][0], padded,
                                             resized, original, offset=src.window[:2],
                                             mask_threshold=src.mask_threshold)
+
+    def _prepared_context(self, src: CandidateSource, model: torch.nn.Module) -> Any:
+        """``src``'s click context on this device, in the model's float type, with the
+        memories' keys and values projected (``decoder.prepare_context``); kept for the next
+        click while the same source is clicked with the same weights (one at a time: an image
+        is clicked many times in a row, and the prepared copy is a few times the float16 one)."""
+        key = (_weights_key(self.model), str(self.device))
+        if self._click_context is not None:
+            ref, cached_key, prepared = self._click_context
+            if ref() is src and cached_key == key:
+                return prepared
+        self._click_context = None  # drop the old copy before making a new one
+        context = src.click_context.to(self.device, next(model.parameters()).dtype)
+        with autocast(self.device, self.amp):
+            prepared = model.decoder.prepare_context(context)
+        self._click_context = (weakref.ref(src), key, prepared)
+        return prepared
 
     def _for_tiles(self, hwc: np.ndarray) -> tuple[np.ndarray, float]:
         """The whole image stretched once to uint8 (fed raw to every tile: a tile stretched on

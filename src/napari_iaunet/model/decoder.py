@@ -41,6 +41,9 @@ class ClickContext:
     mask_features: torch.Tensor  # (B, D, H/4, W/4)
     learned: list[torch.Tensor]  # (B, Q, D) per block: the learned queries entering self-attention
     learned_pos: torch.Tensor  # (B, Q, D)
+    # Each block's cross-attention keys and values of its memory (IAUNetDecoder.prepare_context):
+    # projected once instead of at every click; None until prepared.
+    keys_values: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def select(self, i: int) -> ClickContext:
         """Image ``i`` of the batch."""
@@ -53,14 +56,16 @@ class ClickContext:
 
     def map(self, fn: Any) -> ClickContext:
         """Every tensor passed through ``fn``."""
+        keys_values = (None if self.keys_values is None
+                       else [(fn(k), fn(v)) for k, v in self.keys_values])
         return ClickContext([fn(t) for t in self.memories], [fn(t) for t in self.memory_pos],
                             list(self.memory_shapes), fn(self.mask_features),
-                            [fn(t) for t in self.learned], fn(self.learned_pos))
+                            [fn(t) for t in self.learned], fn(self.learned_pos), keys_values)
 
     @property
     def nbytes(self) -> int:
         tensors = [*self.memories, *self.memory_pos, self.mask_features, *self.learned,
-                   self.learned_pos]
+                   self.learned_pos, *(t for pair in self.keys_values or [] for t in pair)]
         return int(sum(t.numel() * t.element_size() for t in tensors))
 
 
@@ -276,10 +281,9 @@ class IAUNetDecoder(nn.Module):
             raise ValueError(f"clicks must be (batch, K, 2) fractions (y, x), got "
                              f"{tuple(clicks.shape)} for a batch of {mask_features.shape[0]}")
         grid = (clicks.to(mask_features.dtype).flip(-1) * 2 - 1)[:, :, None]  # (B, K, 1, [x, y])
-        maps = torch.cat([mask_features, self.pe_layer(mask_features).to(mask_features.dtype)], 1)
-        sampled = F.grid_sample(maps, grid, mode="bilinear", align_corners=False)[..., 0]
-        feat, pos = sampled.transpose(1, 2).split(mask_features.shape[1], dim=-1)
-        return feat, pos
+        feat = F.grid_sample(mask_features, grid, mode="bilinear", align_corners=False)[..., 0]
+        pos = self.pe_layer.sample(clicks, *mask_features.shape[-2:])
+        return feat.transpose(1, 2), pos.to(mask_features.dtype)
 
     def decode(self, memories: Sequence[torch.Tensor], mask_features: torch.Tensor,
                with_aux: bool = True, clicks: torch.Tensor | None = None,
@@ -367,9 +371,13 @@ class IAUNetDecoder(nn.Module):
                 cross_mask = (self._attention_mask(previous["pred_masks"],
                                                    context.memory_shapes[level])
                               if self.masked_attention and k > 0 else None)
-                queries = self.transformer_instance_cross_attention_layers[k](
-                    queries, context.memories[level], context.memory_pos[level], query_pos,
-                    cross_mask)
+                cross = self.transformer_instance_cross_attention_layers[k]
+                if context.keys_values is not None:
+                    queries = cross.attend_projected(queries, context.keys_values[k], query_pos,
+                                                     cross_mask)
+                else:
+                    queries = cross(queries, context.memories[level], context.memory_pos[level],
+                                    query_pos, cross_mask)
                 queries = self.transformer_instance_self_attention_layers[k](
                     queries, query_pos, context=context.learned[k],
                     context_pos=context.learned_pos)
@@ -377,6 +385,19 @@ class IAUNetDecoder(nn.Module):
                 if k == last or self.masked_attention:
                     previous = self.predict(queries, context.mask_features)
         return {"click_logits": previous["pred_logits"], "click_masks": previous["pred_masks"]}
+
+    def prepare_context(self, context: ClickContext) -> ClickContext:
+        """``context`` with every block's cross-attention keys and values projected
+        (:attr:`ClickContext.keys_values`), so :meth:`answer_clicks` projects only the click
+        queries: for many clicks on one image (in eval mode; in the context's device and
+        dtype)."""
+        keys_values = [
+            self.transformer_instance_cross_attention_layers[level * self.dec_layers + j]
+            .project_memory(context.memories[level], context.memory_pos[level])
+            for level in range(NUM_LEVELS) for j in range(self.dec_layers)]
+        return ClickContext(context.memories, context.memory_pos, context.memory_shapes,
+                            context.mask_features, context.learned, context.learned_pos,
+                            keys_values)
 
     def _attention_mask(self, mask_logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Masked attention's (B·heads, Q, HW) mask from the previous block's mask logits

@@ -54,6 +54,37 @@ class CrossAttentionLayer(nn.Module):
         )[0]
         return self.norm(queries + self.dropout(attended))
 
+    def project_memory(self, memory: torch.Tensor, memory_pos: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The attention's keys and values of a memory ``(B, HW, C)`` each: what every query
+        attending to it shares, so a memory attended to again and again (clicks answered from
+        a kept context) is projected once (:meth:`attend_projected`)."""
+        d = memory.shape[-1]
+        weight, bias = self.multihead_attn.in_proj_weight, self.multihead_attn.in_proj_bias
+        keys = F.linear(memory + memory_pos, weight[d:2 * d], bias[d:2 * d])
+        values = F.linear(memory, weight[2 * d:], bias[2 * d:])
+        return keys, values
+
+    def attend_projected(self, queries: torch.Tensor, keys_values: tuple[torch.Tensor, ...],
+                         query_pos: torch.Tensor, attn_mask: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """:meth:`forward` over a memory given as :meth:`project_memory`'s keys and values
+        (the same result in eval mode; no attention dropout)."""
+        mha = self.multihead_attn
+        batch, count, d = queries.shape
+        heads = mha.num_heads
+        q = F.linear(queries + query_pos, mha.in_proj_weight[:d], mha.in_proj_bias[:d])
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, heads, N, C / heads)
+            return t.view(batch, t.shape[1], heads, d // heads).transpose(1, 2)
+
+        keys, values = keys_values
+        allowed = None if attn_mask is None else ~attn_mask.view(batch, heads, count, -1)
+        attended = F.scaled_dot_product_attention(split(q), split(keys), split(values),
+                                                  attn_mask=allowed)
+        attended = mha.out_proj(attended.transpose(1, 2).reshape(batch, count, d))
+        return self.norm(queries + self.dropout(attended))
+
 
 class SelfAttentionLayer(nn.Module):
     """Queries attend to each other: ``q = LN(q + Dropout(MHA(q + q_pos, q + q_pos, q)))``."""
