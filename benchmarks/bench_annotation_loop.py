@@ -102,7 +102,8 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
         config.overwrite = True
         t0 = time.perf_counter()
         outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back,
-                               score_threshold=threshold, refit_steps=settings.refit_steps)
+                               score_threshold=threshold, refit_steps=settings.refit_steps,
+                               blend=settings.blend)
         wall = time.perf_counter() - t0
         current = outcome.model_path
         if calibrate and outcome.threshold is not None:
@@ -114,6 +115,8 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
             "finetune_s": round(wall, 1), "estimate_s": round(outcome.estimate_s or 0, 1),
             "steps": outcome.result.steps, "device": str(config.device),
             "refit_steps": outcome.refit.steps if outcome.refit_done else 0,
+            "blend": settings.blend if outcome.blended is not None else None,
+            "blend_held_back": outcome.blend_metrics,
             "verdict": outcome.verdict.to_dict() if outcome.verdict else None,
             "notes": outcome.notes, "model": str(current), "score_threshold": threshold,
             "threshold_check": outcome.threshold.to_dict() if outcome.threshold else None,
@@ -149,6 +152,8 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "start": first["per_100_cells"] if first else "",
             "wall": f"{r['finetune_s']} ({r['estimate_s']})",
             "kept": (f"{v['keep']} (AP {v['start']['AP']:.3f} → {v['tuned'].get('AP', 0):.3f})"
+                     + (f", blended {r['blend']:g} with the start model (AP "
+                        f"{r['blend_held_back'].get('AP', 0):.3f})" if r.get("blend") else "")
                      + (f" + {r['refit_steps']} steps on the whole image(s)"
                         if r.get("refit_steps") else "") if v else "no check"),
             "threshold": r.get("score_threshold", ""),
@@ -244,6 +249,10 @@ def main() -> None:
     p.add_argument("--points", type=int, default=None, help="the recipe's, unless given")
     p.add_argument("--whole-network", action="store_true", help="train the encoder too")
     p.add_argument("--no-hold-back", action="store_true", help="no held-back check")
+    p.add_argument("--refit", action="store_true",
+                   help="a quarter more steps on the whole images after the check")
+    p.add_argument("--blend", type=float, default=None,
+                   help="the recipe's start/fine-tuned blend, unless given (1: none)")
     p.add_argument("--no-refit", action="store_true",
                    help="no steps on the whole images after a verdict for the fine-tune")
     p.add_argument("--keep-threshold", action="store_true",
@@ -291,6 +300,12 @@ def main() -> None:
         settings.hold_back = 0.0
     if args.no_refit:
         settings.refit = 0.0
+    if args.refit:
+        from napari_iaunet.training.finetune import REFIT_SHARE
+
+        settings.refit = REFIT_SHARE
+    if args.blend is not None:
+        settings.blend = args.blend
     name = args.name or args.data.resolve().name
     with tempfile.TemporaryDirectory(prefix="annotation_loop_") as tmp:
         work = args.work or Path(tmp)

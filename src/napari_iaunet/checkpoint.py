@@ -262,8 +262,10 @@ def save_checkpoint(
 
 
 def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
-                        overwrite: bool = False) -> Path:
-    """Write the uniform average of several checkpoints of one architecture to ``out``.
+                        weights: Sequence[float] | None = None, overwrite: bool = False) -> Path:
+    """Write the average of several checkpoints of one architecture to ``out`` (uniform, or
+    with ``weights`` summing to 1: ``[1 - a, a]`` of a start model and its fine-tune is a blend
+    of the two, WiSE-FT).
 
     Every floating-point tensor (weights and BatchNorm running statistics) is averaged; integer
     ones (BatchNorm's step counters) are the last checkpoint's. The last checkpoint also gives
@@ -280,12 +282,19 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
         if item.config.to_dict() != first:
             raise CheckpointError(f"{p}: not the architecture of {paths[0]} (its config "
                                   "differs); only checkpoints of one model can be averaged")
+    if weights is None:
+        weights = [1.0 / len(paths)] * len(paths)
+    if len(weights) != len(paths) or abs(sum(weights) - 1.0) > 1e-6:
+        raise ValueError("average_checkpoints: one weight per checkpoint, summing to 1")
+    w = torch.tensor([float(x) for x in weights])
     states = [item.model.state_dict() for item in loaded]
-    average = {k: (torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype)
-                   if v.is_floating_point() else v) for k, v in states[-1].items()}
+    average = {k: (torch.einsum("n,n...->...", w, torch.stack([s[k].float() for s in states]))
+                   .to(v.dtype) if v.is_floating_point() else v)
+               for k, v in states[-1].items()}
     model = loaded[-1].model
     model.load_state_dict(average)
-    meta = {**loaded[-1].metadata, "averaged_from": [str(p) for p in paths]}
+    meta = {**loaded[-1].metadata, "averaged_from": [str(p) for p in paths],
+            "average_weights": [round(float(x), 6) for x in weights]}
     meta.pop("created", None)
     return save_checkpoint(out, model, meta, overwrite=overwrite)
 

@@ -42,13 +42,20 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                             "normalisation; with --quick: default the bundled model)")
     model.add_argument("--quick", action="store_true",
                        help="fine-tune with the widget's quick recipe: 80 steps, decoder only, "
-                            "lr 1e-4, 3136 points, a held-back strip of each image (20 %%) that "
-                            "keeps the start model when the fine-tune does worse there, else a "
-                            "quarter more steps on the whole images follow (no --val needed; "
-                            "options given explicitly still apply)")
+                            "lr 1e-5, 3136 points, a held-back strip of each image (20 %%) that "
+                            "keeps the start model when the fine-tune does worse there, else the "
+                            "model to use lies halfway between the start and the fine-tuned "
+                            "weights (no --val needed; options given explicitly still apply)")
+    model.add_argument("--blend", type=float, default=None, metavar="W",
+                       help="with --quick: the model to use lies W of the way from the start "
+                            "weights to the fine-tuned ones (default 0.5; 1: the fine-tuned "
+                            "model alone)")
+    model.add_argument("--refit", action="store_true",
+                       help="with --quick: a quarter more steps on the whole images, strip "
+                            "included, after a check that keeps the fine-tune (unchecked)")
     model.add_argument("--no-refit", action="store_true",
                        help="with --quick: no steps on the whole images after the check (the "
-                            "checked model is the one to use)")
+                            "default)")
     model.add_argument("--family", default=DEFAULT_FAMILY, choices=tuple(FAMILIES),
                        help="model family of a new model: IAUNet, PCTrans (deformable-attention "
                             "pixel decoder + all PCTrans options) or torchvision's Mask R-CNN")
@@ -178,7 +185,7 @@ def _install_stop_handler(event: threading.Event) -> None:
 def _quick_config(args: argparse.Namespace) -> tuple[object, object]:
     """The TrainConfig of ``--quick`` (options given explicitly replace the recipe's) and the
     recipe's settings (the fraction held back, the steps on the whole images after it)."""
-    from ..training.finetune import FineTuneSettings, make_train_config
+    from ..training.finetune import REFIT_SHARE, FineTuneSettings, make_train_config
 
     if args.pretrained or args.backbone_weights is not None:
         raise ValueError("--quick fine-tunes a trained model (--weights, or the bundled one); "
@@ -190,7 +197,10 @@ def _quick_config(args: argparse.Namespace) -> tuple[object, object]:
         every=recipe.every if args.val_every is None else max(1, args.val_every),
         num_points=args.points or recipe.num_points,
         hold_back=recipe.hold_back if not args.val else 0.0,
-        refit=0.0 if args.no_refit else recipe.refit)
+        refit=REFIT_SHARE if args.refit and not args.no_refit else 0.0,
+        blend=recipe.blend if args.blend is None else args.blend)
+    if not 0.0 <= settings.blend <= 1.0:
+        raise ValueError(f"--blend must be between 0 and 1, got {settings.blend}")
     if args.epochs:
         raise ValueError("--quick counts steps: give --steps, not --epochs")
     cfg = make_train_config(settings, args.out, input_size=args.input_size or _input_size(
@@ -224,9 +234,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.quick:
         return _run_quick(args)
-    if args.no_refit:
-        raise ValueError("--no-refit goes with --quick (only its held-back check is followed by "
-                         "steps on the whole images)")
+    if args.no_refit or args.refit or args.blend is not None:
+        raise ValueError("--refit, --no-refit and --blend go with --quick (they follow its "
+                         "held-back check)")
     cfg = TrainConfig(
         out_dir=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr or 1e-4, weight_decay=args.weight_decay, min_lr=args.min_lr,
@@ -310,7 +320,7 @@ def _run_quick(args: argparse.Namespace) -> int:
     outcome = run_finetune(train_data, cfg, start=args.weights, val_data=val_data,
                            hold_back=settings.hold_back,
                            callbacks=[PrintProgress(args.print_every)], cancel=stop,
-                           refit_steps=settings.refit_steps)
+                           refit_steps=settings.refit_steps, blend=settings.blend)
     result = outcome.result
     state = "cancelled" if result.cancelled else "finished"
     refit = outcome.refit

@@ -57,6 +57,7 @@ from ..training.callbacks import (  # no torch: safe to import
     format_duration,
 )
 from ..training.finetune import (  # no torch: safe to import
+    REFIT_SHARE,
     CocoEntry,
     DataError,
     FineTuneSettings,
@@ -250,6 +251,7 @@ class _Job:
     backbone_weights: str | None = None  # "imagenet": a new model's encoder from ImageNet
     hold_back: float = 0.0  # fraction of each image held back to check the result
     refit_steps: int = 0  # steps on the whole images after a check that keeps the fine-tune
+    blend: float = 1.0  # how far the model to use lies from the start towards the fine-tune
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -427,7 +429,7 @@ class FineTuneWidget(QWidget):
             "cells) is not trained on: the start model and each checkpoint are scored there, and "
             "Use this model keeps the start model when fine-tuning made it worse.")
         form.addRow("check", self.holdback_check)
-        self.refit_check = QCheckBox(f"then {round(100 * defaults.refit)} % more steps on the "
+        self.refit_check = QCheckBox(f"then {round(100 * REFIT_SHARE)} % more steps on the "
                                      "whole images, when the check keeps the fine-tune")
         self.refit_check.setChecked(defaults.refit > 0)
         self.refit_check.setToolTip(
@@ -943,7 +945,7 @@ class FineTuneWidget(QWidget):
             augment=self.augment_check.isChecked(), device=str(self.device_combo.currentData()),
             every=int(self.every_spin.value()), freeze_encoder=recipe.freeze_encoder,
             num_points=recipe.num_points, hold_back=fraction,
-            refit=FineTuneSettings().refit if self.refit_check.isChecked() else 0.0)
+            refit=REFIT_SHARE if self.refit_check.isChecked() else 0.0, blend=recipe.blend)
 
     def _on_recipe_changed(self, _index: int = 0) -> None:
         """Set the controls to the chosen recipe's values."""
@@ -1001,18 +1003,21 @@ class FineTuneWidget(QWidget):
     def _checked_model(self, folder: Path) -> tuple[str, Path] | None:
         """``("start", path)`` when the run in ``folder`` ended with its held-back check keeping
         the start model, ``("whole images", path)`` when the check kept the fine-tune and its
-        steps on the whole images ran to the end (None otherwise, or when the file is gone)."""
+        steps on the whole images ran to the end, ``("blend", path)`` when it kept the fine-tune
+        and the model to use is its blend with the start model (None otherwise, or when the
+        file is gone)."""
         verdict = read_verdict(folder)
         if verdict is None:
             return None
+        refit, blend = verdict.get("refit"), verdict.get("blend")
         if verdict.get("keep") == "start":
             found = ("start", Path(str(verdict.get("start_model", ""))))
+        elif isinstance(refit, dict) and refit.get("model"):
+            found = ("whole images", folder / str(refit["model"]))
+        elif isinstance(blend, dict) and blend.get("used") and blend.get("model"):
+            found = ("blend", folder / str(blend["model"]))
         else:
-            refit = verdict.get("refit")
-            model = refit.get("model") if isinstance(refit, dict) else None
-            if not model:
-                return None
-            found = ("whole images", folder / str(model))
+            return None
         return found if found[1].is_file() else None
 
     def start(self, resume: bool = False) -> Any:
@@ -1079,7 +1084,7 @@ class FineTuneWidget(QWidget):
                    resume=resume, n_images=n_images, n_cells=n_cells, model_config=new,
                    backbone_weights=self.new_model_backbone_weights if new is not None else None,
                    hold_back=settings.hold_back if val is None and new is None else 0.0,
-                   refit_steps=settings.refit_steps)
+                   refit_steps=settings.refit_steps, blend=settings.blend)
         self._cancel.clear()
         self._job = job
         self.last_result = None
@@ -1146,7 +1151,8 @@ class FineTuneWidget(QWidget):
         outcome = run_finetune(data, job.config, start=job.start, model_config=job.model_config,
                                backbone_weights=job.backbone_weights, val_data=job.val,
                                hold_back=job.hold_back, callbacks=[_Relay(self._signals)],
-                               cancel=self._cancel, refit_steps=job.refit_steps)
+                               cancel=self._cancel, refit_steps=job.refit_steps,
+                               blend=job.blend)
         for result in (outcome.result, outcome.refit):  # the weights are in the run folder:
             if result is not None:  # free the memory now
                 result.model = None
@@ -1328,6 +1334,10 @@ class FineTuneWidget(QWidget):
             text += (f" Then {_count(outcome.refit.steps, 'more step')} on the whole images, "
                      f"the strip included: Use this model switches the segment widget to "
                      f"{outcome.model_path.parent.name}/{outcome.model_path.name}.")
+        elif outcome.blended is not None:
+            text += (" The model to use lies halfway between the start model and the "
+                     "fine-tuned one (it forgets less of what it knew about other images): Use "
+                     f"this model switches the segment widget to {outcome.blended.name}.")
         else:
             text += " Use this model switches the segment widget to it."
         self._set_status(text)

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from .trainer import TrainConfig, TrainResult
 
 __all__ = [
+    "BLEND_FILE",
     "HOLDBACK_FILE",
     "REFIT_DIR",
+    "REFIT_SHARE",
     "CocoEntry",
     "DataError",
     "FineTuneOutcome",
@@ -48,20 +50,25 @@ PAPER_POINTS = 12544  # points per mask at the paper's 512-px input (112²)
 class FineTuneSettings:
     """What the settings controls stand for. The defaults are the quick recipe measured in
     ``docs/benchmarks/annotation_loop.md`` (``benchmarks/bench_annotation_loop.py``): the encoder
-    stays as it is and only the decoder learns, with fewer sampled mask points, for few steps; a
-    strip of every corrected image is held back to check the result against the start model,
-    and when the check keeps the fine-tune it trains a quarter more steps (``refit``) on the
-    whole images, the strip included (the strip's cells are then not lost to training).
+    stays as it is and only the decoder learns, at a low learning rate (the bundled model ended
+    its training at 8e-6), with fewer sampled mask points, for few steps; a strip of every
+    corrected image is held back to check the result against the start model, and when the
+    check keeps the fine-tune, the model to use is halfway between the start weights and the
+    fine-tuned ones (``blend``: one image teaches a trained model less than it makes it
+    unlearn on other images; the blend keeps most of both, as in WiSE-FT, Wortsman et al.,
+    CVPR 2022). ``refit`` (off) can add steps on the whole images, the strip included.
 
     ``num_points``: points per mask for the mask losses (None: :func:`points_for` the input size).
     ``hold_back``: the fraction of each image held back (0: no check; only when fine-tuning a
     checkpoint without a validation image). ``every``: validate and write last.pt every N steps.
     ``refit``: the steps on the whole images after a check that keeps the fine-tune, as a share
-    of ``steps`` (0: none).
+    of ``steps`` (0: none; :data:`REFIT_SHARE` when asked for).
+    ``blend``: how far from the start weights towards the fine-tuned ones the model to use lies
+    (1: the fine-tuned model; only after a check that keeps the fine-tune).
     """
 
     steps: int = 80
-    lr: float = 1e-4
+    lr: float = 1e-5
     batch_size: int = 2
     input_size: int | None = None  # None: the model's
     augment: bool = True
@@ -70,7 +77,8 @@ class FineTuneSettings:
     freeze_encoder: bool = True
     num_points: int | None = 3136
     hold_back: float = 0.2
-    refit: float = 0.25
+    refit: float = 0.0
+    blend: float = 0.5
 
     @property
     def refit_steps(self) -> int:
@@ -83,7 +91,11 @@ class FineTuneSettings:
         """The earlier recipe: the whole network at a low learning rate, the paper's mask points,
         200 steps, no held-back check (about 6× the time of the quick one on a CPU)."""
         return cls(steps=200, lr=5e-5, every=25, freeze_encoder=False, num_points=None,
-                   hold_back=0.0, refit=0.0)
+                   hold_back=0.0, refit=0.0, blend=1.0)
+
+
+REFIT_SHARE = 0.25  # the steps on the whole images, as a share of the steps, when asked for
+BLEND_FILE = "blended.pt"  # the start/fine-tuned blend, in the run folder
 
 
 def points_for(input_size: int) -> int:
@@ -124,8 +136,8 @@ class FineTuneOutcome:
     """A fine-tune's training result, the held-back verdict (None: no check) and the model to
     use: the start checkpoint when the verdict kept it; else the last checkpoint of the steps on
     the whole images that followed the verdict (``refit``, when they ran to the end); else the
-    run's best checkpoint (its last one while validation never found a cell: AP 0 everywhere
-    ranks nothing)."""
+    blend of the start and the checked model (``blended``); else the run's best checkpoint
+    (its last one while validation never found a cell: AP 0 everywhere ranks nothing)."""
 
     result: TrainResult
     verdict: Verdict | None = None
@@ -134,6 +146,8 @@ class FineTuneOutcome:
     notes: list[str] = field(default_factory=list)
     threshold: Threshold | None = None  # the score threshold the held-back part asks for
     refit: TrainResult | None = None  # the steps on the whole images after the verdict
+    blended: Path | None = None  # the start/fine-tuned blend the verdict's model became
+    blend_metrics: dict[str, float] | None = None  # its score on the held-back part
 
     @property
     def refit_done(self) -> bool:
@@ -147,6 +161,8 @@ class FineTuneOutcome:
             return self.start
         if self.refit_done:
             return self.refit.last_path
+        if self.blended is not None:
+            return self.blended
         r = self.result
         with_ap = any("AP" in h.get("metrics", {}) for h in r.history)
         if with_ap and r.best_metric is not None and r.best_metric <= 0:
@@ -208,8 +224,8 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                  backbone_weights: str | Path | None = None, val_data: Any = None,
                  hold_back: float = 0.0, callbacks: Sequence[TrainCallback] = (),
                  cancel: threading.Event | Callable[[], bool] | None = None,
-                 score_threshold: float | None = None, refit_steps: int = 0
-                 ) -> FineTuneOutcome:
+                 score_threshold: float | None = None, refit_steps: int = 0,
+                 blend: float = 1.0) -> FineTuneOutcome:
     """Fine-tune (or train a new model) as the widget and ``napari-iaunet train --quick`` do.
 
     With a ``start`` checkpoint, no ``val_data`` and ``hold_back`` > 0, a strip of each image is
@@ -223,10 +239,13 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     the one to use, its metadata recommends the threshold too (the segment widget, ``segment``
     and :meth:`~napari_iaunet.inference.Segmenter.from_checkpoint` then use it).
 
-    When the verdict keeps the fine-tune, ``refit_steps`` > 0 more steps continue from the
-    model it kept on the whole images, strip included (``OUT/whole_images``; the callbacks see
-    them as the run's steps after its last); their last checkpoint is then the model to use. A
-    cancel there keeps the checked model.
+    When the verdict keeps the fine-tune and ``blend`` < 1, the model to use is
+    ``(1 - blend) · start + blend · fine-tuned`` (``OUT/blended.pt``), scored on the strips too:
+    should it be worse there than the start model, the fine-tuned one stays the model to use.
+    Then ``refit_steps`` > 0 more steps continue from the model chosen on the whole images,
+    strip included (``OUT/whole_images``; the callbacks see them as the run's steps after its
+    last); their last checkpoint is then the model to use. A cancel there keeps the checked
+    model.
     """
     from ..checkpoint import load_checkpoint, recommended_score_threshold, save_checkpoint
     from ..inference.device import select_device
@@ -289,6 +308,11 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         outcome.verdict = judge(start_metrics, best, result.best_step, held.cells,
                                 config.metric)
         chosen = outcome.model_path
+        if (chosen is not None and not result.cancelled and not outcome.verdict.kept_start
+                and 0.0 <= blend < 1.0):
+            _blend(outcome, start, chosen, blend, held, start_metrics, config, device,
+                   overrides or None, cancel)
+            chosen = outcome.model_path
         if chosen is not None and not result.cancelled:
             loaded = load_checkpoint(chosen, device=device, overrides=overrides or None)
             outcome.threshold = calibrate_threshold(
@@ -309,6 +333,35 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                     overwrite=True)
         _write_verdict(Path(config.out_dir), outcome, held)
     return outcome
+
+
+def _blend(outcome: FineTuneOutcome, start: str | Path, tuned: Path, weight: float, held: Any,
+           start_metrics: dict[str, float], config: TrainConfig, device: Any,
+           overrides: dict[str, Any] | None, cancel: Any) -> None:
+    """Write ``OUT/blended.pt`` (``weight`` of the way from the start weights to ``tuned``'s)
+    and make it the outcome's model unless it scores below the start model on the strips."""
+    from ..checkpoint import average_checkpoints, load_checkpoint
+    from .holdback import judge
+    from .trainer import ValidationCancelled, validate
+
+    path = average_checkpoints([start, tuned], Path(config.out_dir) / BLEND_FILE,
+                               weights=[1.0 - weight, weight], overwrite=True)
+    model = load_checkpoint(path, device=device, overrides=overrides).model
+    try:
+        metrics = validate(model, held.held.items, device=device,
+                           score_threshold=config.score_threshold, cancel=cancel)
+    except ValidationCancelled:
+        outcome.notes.append("the blend's check was cancelled: the fine-tuned model is the one "
+                             "to use")
+        return
+    outcome.blend_metrics = metrics
+    if judge(start_metrics, metrics, None, held.cells, config.metric).kept_start:
+        outcome.notes.append(f"the blend of the start and the fine-tuned model is worse than "
+                             f"the start model on the held-back part ({config.metric} "
+                             f"{metrics.get(config.metric, 0):.3f}): the fine-tuned model is "
+                             "the one to use")
+        return
+    outcome.blended = path
 
 
 class _Continued(TrainCallback):
@@ -361,6 +414,9 @@ def _write_verdict(out_dir: Path, outcome: FineTuneOutcome, held: Any) -> None:
                   # relative to the run folder, which may move
                   "model": f"{REFIT_DIR}/{refit.last_path.name}" if outcome.refit_done
                   else None},
+              "blend": None if outcome.blend_metrics is None else {
+                  "used": outcome.blended is not None, "model": BLEND_FILE,
+                  "held_back": outcome.blend_metrics},
               "fraction": held.fraction, "windows": [list(map(int, w)) for w in held.windows],
               "score_threshold": outcome.threshold.to_dict() if outcome.threshold else None}
     atomic_write_text(out_dir / HOLDBACK_FILE, json.dumps(record, indent=1), overwrite=True)
