@@ -269,7 +269,7 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
 
     Every floating-point tensor (weights and BatchNorm running statistics) is averaged; integer
     ones (BatchNorm's step counters) are the last checkpoint's. The last checkpoint also gives
-    the config and the metadata, which then names the averaged files (``averaged_from``). The
+    the config (input size, normalisation: settings around the same weights) and the metadata, which then names the averaged files (``averaged_from``). The
     checkpoints of the last few validations of one run, averaged, often generalise better than
     any one of them (stochastic weight averaging, Izmailov et al., UAI 2018).
     """
@@ -277,11 +277,12 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
     if len(paths) < 2:
         raise ValueError("average_checkpoints: give two or more checkpoints")
     loaded = [load_checkpoint(p) for p in paths]
-    first = loaded[0].config.to_dict()
+    first = {k: tuple(v.shape) for k, v in loaded[0].model.state_dict().items()}
     for p, item in zip(paths[1:], loaded[1:]):
-        if item.config.to_dict() != first:
-            raise CheckpointError(f"{p}: not the architecture of {paths[0]} (its config "
-                                  "differs); only checkpoints of one model can be averaged")
+        if {k: tuple(v.shape) for k, v in item.model.state_dict().items()} != first:
+            raise CheckpointError(f"{p}: not the architecture of {paths[0]} (its weights "
+                                  "differ in names or shapes); only checkpoints of one model "
+                                  "can be averaged")
     if weights is None:
         weights = [1.0 / len(paths)] * len(paths)
     if len(weights) != len(paths) or abs(sum(weights) - 1.0) > 1e-6:

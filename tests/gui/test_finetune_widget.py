@@ -477,17 +477,18 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     assert widget.recipe_combo.currentData() == "quick" and widget.holdback_check.isChecked()
     assert widget.holdback_check.isEnabled()
     assert (widget.steps_spin.value(), widget.every_spin.value()) == (quick.steps, quick.every)
-    assert widget.refit_check.isChecked() and widget.refit_check.isEnabled()
+    assert not widget.refit_check.isChecked() and widget.refit_check.isEnabled()
+    assert widget.settings().blend == quick.blend == 0.5
     widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("thorough"))
     assert widget.steps_spin.value() == 200 and not widget.holdback_check.isChecked()
     assert not widget.settings().freeze_encoder and widget.settings().refit_steps == 0
     assert not widget.refit_check.isChecked() and not widget.refit_check.isEnabled()
     widget.recipe_combo.setCurrentIndex(widget.recipe_combo.findData("quick"))
     assert widget.settings().freeze_encoder and widget.settings().hold_back == quick.hold_back
-    assert widget.settings().refit_steps == quick.refit_steps == 20
-    widget.refit_check.setChecked(False)  # the steps on the whole images can be left out
-    assert widget.settings().refit_steps == 0 and widget.settings().hold_back == quick.hold_back
-    widget.refit_check.setChecked(True)
+    assert widget.settings().refit_steps == quick.refit_steps == 0
+    assert widget.settings().blend == 0.5
+    widget.refit_check.setChecked(True)  # the steps on the whole images can be asked for
+    assert widget.settings().refit_steps == 20 and widget.settings().hold_back == quick.hold_back
     widget.refresh()
     _tiny_settings(widget, steps=4, every=2)
     out = tmp_path / "quick"
@@ -516,6 +517,16 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     assert path == outcome.model_path == out / REFIT_DIR / "last.pt"
     assert segment.checkpoint_path == str(path.resolve())
     assert segment.score_spin.value() == pytest.approx(outcome.threshold.value)
+
+    # no steps on the whole images, and the blend with the start model passed its check:
+    # Use this model takes the blend
+    record = read_verdict(out)
+    assert (out / "blended.pt").is_file() and record["blend"] is not None
+    record.update(refit=None, blend={**record["blend"], "used": True})
+    (out / HOLDBACK_FILE).write_text(json.dumps(record))
+    widget.set_output_dir(out)
+    assert widget.use_model() == out / "blended.pt"
+    assert segment.checkpoint_path == str((out / "blended.pt").resolve())
 
     # a run whose check kept the start model: Use this model takes the start model, and says so
     record = read_verdict(out)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from napari_iaunet.instances import Instances
 from napari_iaunet.training import AnnotatedImages
@@ -206,6 +207,7 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
     from napari_iaunet.training import TrainCallback, holdback, trainer
     from napari_iaunet.training.finetune import (
         REFIT_DIR,
+        REFIT_SHARE,
         FineTuneSettings,
         make_train_config,
         read_verdict,
@@ -248,7 +250,8 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
 
     data = AnnotatedImages.from_pairs(tiny_pairs[:2])
     settings = FineTuneSettings(steps=4, every=2, num_points=256, refit=0.5)
-    assert settings.refit_steps == 2 and FineTuneSettings().refit_steps == 20
+    assert settings.refit_steps == 2 and FineTuneSettings().refit_steps == 0  # asked for only
+    assert FineTuneSettings(refit=REFIT_SHARE).refit_steps == 20
     out = tmp_path / "quick"
     heard = Heard()
     outcome = run_finetune(data, make_train_config(settings, out, input_size=64),
@@ -288,3 +291,59 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
     kept = run_finetune(data, cfg, start=first.last_path, hold_back=0.25, refit_steps=2)
     assert kept.refit is None and kept.model_path == first.last_path
     assert not (out / REFIT_DIR / "last.pt").exists() and read_verdict(out)["refit"] is None
+
+
+@pytest.mark.slow
+def test_a_kept_fine_tune_is_blended_with_the_start_model(tmp_path, tiny_pairs, tiny_config,
+                                                          monkeypatch):
+    """The quick recipe's model to use lies halfway between the start and the checked weights
+    (blended.pt, checked on the strips and recommending the threshold); a blend worse than the
+    start model there leaves the fine-tuned model as the one to use."""
+    from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
+    from napari_iaunet.training import holdback
+    from napari_iaunet.training.finetune import (
+        BLEND_FILE,
+        FineTuneSettings,
+        make_train_config,
+        read_verdict,
+        run_finetune,
+    )
+
+    first = _start_model(tmp_path, tiny_pairs, tiny_config)
+    real_judge = holdback.judge
+    blend_worse = {"on": False}
+
+    def judge(start, tuned, step, cells, metric="AP"):
+        verdict = real_judge(start, tuned, step, cells, metric)
+        verdict.keep = "start" if step is None and blend_worse["on"] else "fine-tuned"
+        return verdict
+
+    monkeypatch.setattr(holdback, "judge", judge)
+    settings = FineTuneSettings(steps=4, every=2, num_points=256)
+    assert settings.blend == 0.5 and FineTuneSettings.thorough().blend == 1.0
+    data = AnnotatedImages.from_pairs(tiny_pairs[:2])
+    out = tmp_path / "quick"
+    outcome = run_finetune(data, make_train_config(settings, out, input_size=64),
+                           start=first.last_path, hold_back=0.25, blend=settings.blend)
+    checked = outcome.result.best_path if outcome.result.best_metric > 0 else (
+        outcome.result.last_path)
+    assert outcome.model_path == out / BLEND_FILE == outcome.blended
+    start = load_checkpoint(first.last_path).model.state_dict()
+    tuned = load_checkpoint(checked).model.state_dict()
+    used = load_checkpoint(outcome.model_path)
+    changed = [k for k, v in tuned.items() if k.startswith("decoder.") and v.is_floating_point()
+               and not torch.equal(v, start[k])]
+    assert changed
+    for k in changed:
+        torch.testing.assert_close(used.model.state_dict()[k], (start[k] + tuned[k]) / 2)
+    assert recommended_score_threshold(used.metadata) == outcome.threshold.value
+    record = read_verdict(out)["blend"]
+    assert record["used"] and record["model"] == BLEND_FILE and "AP" in record["held_back"]
+
+    blend_worse["on"] = True
+    cfg = make_train_config(settings, tmp_path / "worse", input_size=64)
+    worse = run_finetune(data, cfg, start=first.last_path, hold_back=0.25, blend=0.5)
+    assert worse.blended is None and worse.model_path in (worse.result.best_path,
+                                                           worse.result.last_path)
+    assert any("blend" in n for n in worse.notes)
+    assert read_verdict(tmp_path / "worse")["blend"]["used"] is False

@@ -110,9 +110,11 @@ def test_train_quick_says_how_long_and_which_model_to_use(tmp_path, capsys):
 
     verdict = read_verdict(tmp_path / "quick")
     assert verdict is not None
-    # the fine-tuned model: best.pt, or last.pt while the strip's AP is 0 everywhere
-    expected = ("start/last.pt",) if verdict["keep"] == "start" else ("quick/best.pt",
-                                                                      "quick/last.pt")
+    # the fine-tuned model blended with the start model, or (a blend worse on the strip) the
+    # fine-tuned model: best.pt, or last.pt while the strip's AP is 0 everywhere
+    expected = (("start/last.pt",) if verdict["keep"] == "start"
+                else ("quick/blended.pt",) if verdict["blend"]["used"]
+                else ("quick/best.pt", "quick/last.pt"))
     assert used.endswith(expected)
     assert load_checkpoint(tmp_path / "quick" / "last.pt").metadata["train_config"][
         "freeze_encoder"] is True
@@ -124,8 +126,9 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
 
     seen = {}
 
-    def fake_run(data, cfg, *, start=None, hold_back=0.0, refit_steps=0, **kwargs):
-        seen.update(start=start, hold_back=hold_back, cfg=cfg, refit_steps=refit_steps)
+    def fake_run(data, cfg, *, start=None, hold_back=0.0, refit_steps=0, blend=1.0, **kwargs):
+        seen.update(start=start, hold_back=hold_back, cfg=cfg, refit_steps=refit_steps,
+                    blend=blend)
         raise SystemExit(0)
 
     monkeypatch.setattr(finetune, "run_finetune", fake_run)
@@ -135,13 +138,14 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
     from napari_iaunet.weights import default_weights
 
     assert seen["start"] == default_weights() and seen["hold_back"] == 0.2
-    assert seen["cfg"].freeze_encoder and seen["cfg"].lr == 1e-4 and seen["cfg"].steps == 1
+    assert seen["cfg"].freeze_encoder and seen["cfg"].lr == 1e-5 and seen["cfg"].steps == 1
+    assert seen["refit_steps"] == 0 and seen["blend"] == 0.5  # halfway back to the start
     assert "starting from the bundled model" in capsys.readouterr().err
     steps = train_args.index("--steps") + 1
     recipe = [*train_args[:steps], "8", *train_args[steps + 1:], "--quick"]
     with pytest.raises(SystemExit):  # a quarter more steps on the whole images after the check
-        main(recipe)
-    assert seen["refit_steps"] == 2
+        main([*recipe, "--refit", "--blend", "1"])
+    assert seen["refit_steps"] == 2 and seen["blend"] == 1.0
     with pytest.raises(SystemExit):
         main([*recipe, "--no-refit"])
     assert seen["refit_steps"] == 0 and seen["hold_back"] == 0.2
@@ -149,4 +153,6 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
         main([*train_args, "--quick", "--val", train_args[2]])
     assert seen["hold_back"] == 0.0 and seen["refit_steps"] == 0
     assert main([*train_args, "--no-refit"]) == 1  # only --quick has a check to follow
+    assert main([*train_args, "--blend", "0.5"]) == 1
+    assert main([*recipe, "--blend", "2"]) == 1
     assert main([*train_args, "--quick", "--pretrained"]) == 1

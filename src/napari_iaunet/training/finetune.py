@@ -340,12 +340,17 @@ def _blend(outcome: FineTuneOutcome, start: str | Path, tuned: Path, weight: flo
            overrides: dict[str, Any] | None, cancel: Any) -> None:
     """Write ``OUT/blended.pt`` (``weight`` of the way from the start weights to ``tuned``'s)
     and make it the outcome's model unless it scores below the start model on the strips."""
-    from ..checkpoint import average_checkpoints, load_checkpoint
+    from ..checkpoint import CheckpointError, average_checkpoints, load_checkpoint
     from .holdback import judge
     from .trainer import ValidationCancelled, validate
 
-    path = average_checkpoints([start, tuned], Path(config.out_dir) / BLEND_FILE,
-                               weights=[1.0 - weight, weight], overwrite=True)
+    try:
+        path = average_checkpoints([start, tuned], Path(config.out_dir) / BLEND_FILE,
+                                   weights=[1.0 - weight, weight], overwrite=True)
+    except (CheckpointError, OSError) as exc:
+        outcome.notes.append(f"no blend with the start model ({exc}): the fine-tuned model is "
+                             "the one to use")
+        return
     model = load_checkpoint(path, device=device, overrides=overrides).model
     try:
         metrics = validate(model, held.held.items, device=device,
