@@ -269,8 +269,9 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, *,
 
     Every floating-point tensor (weights and BatchNorm running statistics) is averaged; integer
     ones (BatchNorm's step counters) are the last checkpoint's. The last checkpoint also gives
-    the config (input size, normalisation: settings around the same weights) and the metadata, which then names the averaged files (``averaged_from``). The
-    checkpoints of the last few validations of one run, averaged, often generalise better than
+    the config (input size, normalisation: settings around the same weights) and the
+    metadata, which then names the averaged files (``averaged_from``). The checkpoints of the
+    last few validations of one run, averaged, often generalise better than
     any one of them (stochastic weight averaging, Izmailov et al., UAI 2018).
     """
     paths = [Path(p).expanduser() for p in paths]
