@@ -374,8 +374,9 @@ class FineTuneWidget(QWidget):
         for key, (label, _) in RECIPES.items():
             self.recipe_combo.addItem(label, key)
         self.recipe_combo.setToolTip(
-            "quick: the encoder stays as it is, the decoder learns (about 3 minutes for one "
-            "1080² image on a laptop CPU). thorough: the whole network at a low learning rate "
+            "quick: the encoder stays as it is, the decoder learns at a low learning rate, and "
+            "the model to use lies halfway between the start and the fine-tuned weights (about "
+            "2 minutes for one 1080² image on a laptop CPU). thorough: the whole network "
             "(several times longer). Choosing one sets steps, learning rate and the check.")
         self.recipe_combo.currentIndexChanged.connect(self._on_recipe_changed)
         form.addRow("recipe", self.recipe_combo)
@@ -433,8 +434,9 @@ class FineTuneWidget(QWidget):
                                      "whole images, when the check keeps the fine-tune")
         self.refit_check.setChecked(defaults.refit > 0)
         self.refit_check.setToolTip(
-            "The strip's cells then train the model too (ISBI: fewer edits on the next images); "
-            "the check cannot judge these last steps, as the strip is training data by then.")
+            "The strip's cells then train the model too, but the check cannot judge these last "
+            "steps, as the strip is training data by then (with the bundled model they made "
+            "the next images worse).")
         form.addRow("", self.refit_check)
         self.holdback_check.toggled.connect(lambda _on: self._update_enabled())
         self.out_edit = QLineEdit()
