@@ -500,7 +500,7 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     assert worker is not None, widget.status.text()
     qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
     assert statuses and statuses[0].startswith("This run should take about"), statuses
-    assert "4 steps of" in statuses[0] and "2 held-back checks" in statuses[0]
+    assert "4 steps of" in statuses[0] and "3 held-back checks" in statuses[0]  # + the blend
     assert "then up to 1 step on the whole images" in statuses[0]
     assert statuses[-1].startswith("The held-back check kept the fine-tune: 1 more step on "
                                    "the whole images, the strip included (step 5)"), statuses

@@ -289,6 +289,8 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         if not (config.resume or cancelled):  # a resumed run shows its own ETA
             step_s = _step_seconds(model, config, train_data, device)  # trains this copy
             n_val = config.steps // max(1, config.val_every) if held is not None else 0
+            if held is not None and 0.0 <= blend < 1.0:
+                n_val += 1  # the blend is scored on the strips too
             n_refit = max(0, int(refit_steps)) if held is not None else 0
             estimate = step_s * (config.steps + n_refit) + val_seconds * n_val
             info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds,
