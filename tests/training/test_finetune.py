@@ -23,7 +23,7 @@ def test_train_config_and_run_folders(tmp_path, monkeypatch):
 
     cfg = make_train_config(FineTuneSettings(augment=False, every=7), tmp_path / "r",
                             input_size=512)
-    assert (cfg.steps, cfg.batch_size, cfg.lr) == (80, 2, 1e-4)  # the quick recipe
+    assert (cfg.steps, cfg.batch_size, cfg.lr, cfg.min_lr) == (80, 2, 1e-5, 1e-6)  # quick
     assert cfg.val_every == cfg.checkpoint_every == 7
     assert cfg.scale_range == (1.0, 1.0) and cfg.normalisation == "keep"
     assert cfg.freeze_encoder and cfg.num_points == 3136
