@@ -3,6 +3,8 @@ the context kept with the candidates (only the click query runs)."""
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 
@@ -72,6 +74,11 @@ def test_a_click_after_the_weights_changed_is_answered_by_the_new_weights():
     fresh = Segmenter(seg.model, device="cpu", fuse=False).answer_click(cands, (70, 60))
     np.testing.assert_allclose(changed.logits, fresh.logits, atol=1e-3)
     assert np.abs(changed.logits.astype(np.float32) - first.logits).max() > 0.01
+    # the prepared copy goes with the candidates it was made for
+    assert seg._click_context is not None
+    del cands
+    gc.collect()
+    assert seg._click_context is None
 
 
 def test_a_tiled_image_answers_a_click_in_the_tile_it_lies_deepest_in():

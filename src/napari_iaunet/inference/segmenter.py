@@ -254,8 +254,13 @@ class Segmenter:
         context = src.click_context.to(self.device, next(model.parameters()).dtype)
         with autocast(self.device, self.amp):
             prepared = model.decoder.prepare_context(context)
-        self._click_context = (weakref.ref(src), key, prepared)
+        self._click_context = (weakref.ref(src, self._forget_click_context), key, prepared)
         return prepared
+
+    def _forget_click_context(self, ref: weakref.ref) -> None:
+        """The clicked source is gone (its layer group was closed): drop its prepared copy."""
+        if self._click_context is not None and self._click_context[0] is ref:
+            self._click_context = None
 
     def _for_tiles(self, hwc: np.ndarray) -> tuple[np.ndarray, float]:
         """The whole image stretched once to uint8 (fed raw to every tile: a tile stretched on
