@@ -154,5 +154,6 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
     assert seen["hold_back"] == 0.0 and seen["refit_steps"] == 0
     assert main([*train_args, "--no-refit"]) == 1  # only --quick has a check to follow
     assert main([*train_args, "--blend", "0.5"]) == 1
-    assert main([*recipe, "--blend", "2"]) == 1
+    assert main([*recipe, "--blend", "2"]) == 2  # a bad option, as for every fraction
+    assert "must be between 0 and 1" in capsys.readouterr().err
     assert main([*train_args, "--quick", "--pretrained"]) == 1

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..model.registry import DEFAULT_FAMILY, FAMILIES
 from .options import (
+    fraction,
     int_at_least,
     non_negative_float,
     non_negative_int,
@@ -46,7 +47,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                             "keeps the start model when the fine-tune does worse there, else the "
                             "model to use lies halfway between the start and the fine-tuned "
                             "weights (no --val needed; options given explicitly still apply)")
-    model.add_argument("--blend", type=float, default=None, metavar="W",
+    model.add_argument("--blend", type=fraction, default=None, metavar="W",
                        help="with --quick: the model to use lies W of the way from the start "
                             "weights to the fine-tuned ones (default 0.5; 1: the fine-tuned "
                             "model alone)")
@@ -199,8 +200,6 @@ def _quick_config(args: argparse.Namespace) -> tuple[object, object]:
         hold_back=recipe.hold_back if not args.val else 0.0,
         refit=REFIT_SHARE if args.refit and not args.no_refit else 0.0,
         blend=recipe.blend if args.blend is None else args.blend)
-    if not 0.0 <= settings.blend <= 1.0:
-        raise ValueError(f"--blend must be between 0 and 1, got {settings.blend}")
     if args.epochs:
         raise ValueError("--quick counts steps: give --steps, not --epochs")
     cfg = make_train_config(settings, args.out, input_size=args.input_size or _input_size(

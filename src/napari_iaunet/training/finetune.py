@@ -254,6 +254,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     from .trainer import ValidationCancelled, _RunFolder, train, validate
 
     notes: list[str] = []
+    blends = 0.0 <= blend < 1.0  # a kept fine-tune becomes its blend with the start model
     held = None
     train_data = data
     start_metrics: dict[str, float] = {}
@@ -289,7 +290,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         if not (config.resume or cancelled):  # a resumed run shows its own ETA
             step_s = _step_seconds(model, config, train_data, device)  # trains this copy
             n_val = config.steps // max(1, config.val_every) if held is not None else 0
-            if held is not None and 0.0 <= blend < 1.0:
+            if held is not None and blends:
                 n_val += 1  # the blend is scored on the strips too
             n_refit = max(0, int(refit_steps)) if held is not None else 0
             estimate = step_s * (config.steps + n_refit) + val_seconds * n_val
@@ -311,7 +312,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                                 config.metric)
         chosen = outcome.model_path
         if (chosen is not None and not result.cancelled and not outcome.verdict.kept_start
-                and 0.0 <= blend < 1.0):
+                and blends):
             _blend(outcome, start, chosen, blend, held, start_metrics, config, device,
                    overrides or None, cancel)
             chosen = outcome.model_path
