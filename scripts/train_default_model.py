@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--click-queries", type=int, default=0,
                    help="also train this many click queries per image (the edit tools' 'add "
                         "missed': a click answered by the model; default 0)")
+    p.add_argument("--click-decoder", action="store_true",
+                   help="with --init and --click-queries: train only a click decoder of the "
+                        "model's own (a copy of its blocks and heads); its segmentation stays "
+                        "exactly as it was")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint instead of a new model; its architecture "
@@ -219,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                         num_workers=args.workers, seed=args.seed,
                         match_brightness=args.match_brightness,
                         click_queries=args.click_queries, keep_checkpoints=True,
+                        train_click_decoder=args.click_decoder,
                         # a start checkpoint keeps its architecture; the input size may change
                         input_size=args.input_size if args.init else None),
             model_config=None if args.init else IAUNetConfig(

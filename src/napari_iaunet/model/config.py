@@ -125,6 +125,10 @@ class IAUNetConfig(_FromDict):
     # point, started from the pixel there, predicts the cell under it (the edit tools' "add").
     # No parameters: only what the model learnt changes.
     click_queries: bool = False
+    # clicks answered by blocks and heads of their own (model.click_decoder), trained alone
+    # (TrainConfig.train_click_decoder) so the segmentation stays exactly as it was. Needs
+    # click_queries; adds a copy of the transformer blocks and heads to the weights.
+    click_decoder: bool = False
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -140,6 +144,9 @@ class IAUNetConfig(_FromDict):
         if self.query_groups > 1 and self.centre_guidance:
             raise ValueError(f"{type(self).__name__}: query groups (--query-groups) do not work "
                              "with centre guidance (PCTrans and its options): use one group")
+        if self.click_decoder and not self.click_queries:
+            raise ValueError(f"{type(self).__name__}: click_decoder answers click queries: it "
+                             "needs click_queries")
         if self.click_queries and self.centre_guidance:
             raise ValueError(f"{type(self).__name__}: click queries (--click-queries) do not work "
                              "with centre guidance (PCTrans and its options)")
@@ -169,6 +176,8 @@ class IAUNetConfig(_FromDict):
             del d["masked_attention"]  # likewise
         if not d["click_queries"]:
             del d["click_queries"]  # likewise
+        if not d["click_decoder"]:
+            del d["click_decoder"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .blocks import DoubleConv, MaskBranch, SEBlock, coordinate_channels
+from .click_decoder import ClickDecoder
 from .pctrans_heads import CentreGuidance, DynamicMaskHead
 from .position import PositionEmbeddingSine
 from .transformer import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
@@ -93,6 +94,7 @@ class IAUNetDecoder(nn.Module):
         unet_pixel_decoder: bool = True,
         query_groups: int = 1,
         masked_attention: bool = False,
+        click_decoder: bool = False,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -146,6 +148,11 @@ class IAUNetDecoder(nn.Module):
             DynamicMaskHead(mask_dim, hidden_dim) if dynamic_mask_head else None
         )
         self.output_query_embeddings = bool(contrast_losses)
+
+        # --- click queries' own blocks and heads (IAUNetConfig.click_decoder) ----------------
+        self.click_decoder = (ClickDecoder.build(num_layers, hidden_dim, mask_dim, num_heads,
+                                                 dim_feedforward, dropout, num_classes)
+                              if click_decoder else None)
 
         self._init_weights()
         if self.dynamic_mask_head is not None:  # the dynamic head replaces the dot product
@@ -296,9 +303,19 @@ class IAUNetDecoder(nn.Module):
         outputs are the same with or without clicks), nor does one click see another. Every
         output then also holds ``click_logits (B, K, C+1)`` and ``click_masks (B, K, h, w)``.
         A model answers them well only when trained with them (``IAUNetConfig.click_queries``).
+        With a click decoder (:meth:`add_click_decoder`) the click queries go through its blocks
+        and heads instead, over the learned queries as the segmentation's blocks left them.
         ``keep_context=True`` adds ``click_context`` (:class:`ClickContext`): clicks made later
         are answered from it by :meth:`answer_clicks`, as they would be here.
         """
+        if clicks is not None and self.click_decoder is not None:
+            # the learned queries' pass, then the clicks' own blocks over what it left
+            out = self.decode(memories, mask_features, with_aux, None, keep_context=True)
+            context = out["click_context"] if keep_context else out.pop("click_context")
+            answers = self._answer_clicks(context, clicks, every_block=with_aux)
+            for block, answer in zip([*out["aux_outputs"], out], answers, strict=True):
+                block.update(answer)
+            return out
         batch = mask_features.shape[0]
         groups = self.query_groups if self.training else 1
         count = self.num_queries * groups
@@ -362,8 +379,35 @@ class IAUNetDecoder(nn.Module):
         """``click_logits`` and ``click_masks`` of ``clicks (B, K, 2)`` from a kept
         :class:`ClickContext`: the same answer as :meth:`decode` with those clicks gives, at the
         cost of K queries instead of all of them."""
+        return self._answer_clicks(context, clicks, every_block=False)[-1]
+
+    def add_click_decoder(self) -> ClickDecoder:
+        """Give clicks blocks and heads of their own (:mod:`.click_decoder`), copied from the
+        segmentation's: the answers stay the same until the copy is trained."""
+        if self.centre_guidance is not None:
+            raise ValueError("a click decoder needs a plain IAUNet decoder (no centre guidance "
+                             "or dynamic mask head)")
+        self.click_decoder = ClickDecoder.copy_of(self)
+        return self.click_decoder
+
+    def _click_layers(self) -> tuple[nn.ModuleList, nn.ModuleList, nn.ModuleList, Any]:
+        """Cross-attention, self-attention and FFN layers and the heads clicks go through."""
+        own = self.click_decoder
+        if own is not None:
+            return (own.cross_attention_layers, own.self_attention_layers, own.ffn_layers,
+                    own.predict)
+        return (self.transformer_instance_cross_attention_layers,
+                self.transformer_instance_self_attention_layers,
+                self.transformer_instance_ffn_layers, self.predict)
+
+    def _answer_clicks(self, context: ClickContext, clicks: torch.Tensor, every_block: bool
+                       ) -> list[dict[str, torch.Tensor]]:
+        """The click queries' predictions (``click_logits``, ``click_masks``) after the last
+        block, or after every block with ``every_block``."""
+        cross_layers, self_layers, ffn_layers, predict = self._click_layers()
         queries, query_pos = self.click_queries(context.mask_features, clicks)
         last = NUM_LEVELS * self.dec_layers - 1
+        answers: list[dict[str, torch.Tensor]] = []
         previous: dict[str, torch.Tensor] = {}
         for level in range(NUM_LEVELS):
             for j in range(self.dec_layers):
@@ -371,29 +415,32 @@ class IAUNetDecoder(nn.Module):
                 cross_mask = (self._attention_mask(previous["pred_masks"],
                                                    context.memory_shapes[level])
                               if self.masked_attention and k > 0 else None)
-                cross = self.transformer_instance_cross_attention_layers[k]
+                cross = cross_layers[k]
                 if context.keys_values is not None:
                     queries = cross.attend_projected(queries, context.keys_values[k], query_pos,
                                                      cross_mask)
                 else:
                     queries = cross(queries, context.memories[level], context.memory_pos[level],
                                     query_pos, cross_mask)
-                queries = self.transformer_instance_self_attention_layers[k](
-                    queries, query_pos, context=context.learned[k],
-                    context_pos=context.learned_pos)
-                queries = self.transformer_instance_ffn_layers[k](queries)
-                if k == last or self.masked_attention:
-                    previous = self.predict(queries, context.mask_features)
-        return {"click_logits": previous["pred_logits"], "click_masks": previous["pred_masks"]}
+                queries = self_layers[k](queries, query_pos, context=context.learned[k],
+                                         context_pos=context.learned_pos)
+                queries = ffn_layers[k](queries)
+                if every_block or k == last or self.masked_attention:
+                    previous = predict(queries, context.mask_features)
+                    if every_block or k == last:
+                        answers.append({"click_logits": previous["pred_logits"],
+                                        "click_masks": previous["pred_masks"]})
+        return answers
 
     def prepare_context(self, context: ClickContext) -> ClickContext:
         """``context`` with every block's cross-attention keys and values projected
         (:attr:`ClickContext.keys_values`), so :meth:`answer_clicks` projects only the click
         queries: for many clicks on one image (in eval mode; in the context's device and
         dtype)."""
+        cross_layers = self._click_layers()[0]
         keys_values = [
-            self.transformer_instance_cross_attention_layers[level * self.dec_layers + j]
-            .project_memory(context.memories[level], context.memory_pos[level])
+            cross_layers[level * self.dec_layers + j].project_memory(context.memories[level],
+                                                                     context.memory_pos[level])
             for level in range(NUM_LEVELS) for j in range(self.dec_layers)]
         return ClickContext(context.memories, context.memory_pos, context.memory_shapes,
                             context.mask_features, context.learned, context.learned_pos,

@@ -67,5 +67,6 @@ def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = Non
         contrast_losses=config.contrast_losses,
         query_groups=config.query_groups,
         masked_attention=config.masked_attention,
+        click_decoder=config.click_decoder,
     )
     return IAUNet(encoder, decoder, config)

@@ -100,6 +100,10 @@ class TrainConfig:
     # IAUNet: also train this many click queries per image (training.clicks): a cell clicked
     # in its middle, its mask predicted from the pixel there (the edit tools' "add"). 0: none.
     click_queries: int = 0
+    # train only a click decoder of the model's own (model.click_decoder: added as a copy of the
+    # segmentation's blocks and heads when the model has none): every other weight and
+    # statistic stays as it is, so the model segments exactly as before. Needs click_queries.
+    train_click_decoder: bool = False
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -146,6 +150,9 @@ class TrainConfig:
                                      f"got {v!r}")
             elif not (isinstance(v, int) and v >= low):
                 raise ValueError(f"TrainConfig: {name} must be a whole number ≥ {low}, got {v!r}")
+        if self.train_click_decoder and not self.click_queries:
+            raise ValueError("TrainConfig: train_click_decoder trains the answers to clicks: "
+                             "give click_queries ≥ 1 (--click-queries N)")
         if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
             raise ValueError(f"TrainConfig: min_lr must be 0 or more, got {self.min_lr!r}")
         self.scale_range = tuple(float(v) for v in self.scale_range)
@@ -395,6 +402,20 @@ def freeze_encoder(model: torch.nn.Module) -> int:
     return frozen
 
 
+def train_only_click_decoder(model: torch.nn.Module) -> int:
+    """Let only the click decoder of ``model`` learn: every other parameter needs no gradient
+    and every other layer is in eval mode (BatchNorm statistics fixed, no dropout), so the model
+    segments exactly as before. Returns how many tensors train."""
+    own = getattr(getattr(model, "decoder", None), "click_decoder", None)
+    if own is None:
+        raise ValueError(f"train_click_decoder: the {type(model).__name__} has no click decoder")
+    model.requires_grad_(False)
+    model.eval()
+    own.requires_grad_(True)
+    own.train()
+    return sum(1 for _ in own.parameters())
+
+
 def _build_model(cfg: TrainConfig, model_config: ModelConfig | None,
                  start: str | Path | None, backbone_weights: str | Path | None,
                  class_names: Sequence[str] | None = None
@@ -532,7 +553,13 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
                              f"model is a {family_of(mcfg).name} model")
         mcfg = mcfg.replace(click_queries=True)  # saved with it: the model answers clicks
         model.config = mcfg
+    if cfg.train_click_decoder and not mcfg.click_decoder:
+        model.decoder.add_click_decoder()  # a copy of the segmentation's blocks and heads
+        mcfg = mcfg.replace(click_decoder=True)
+        model.config = mcfg
     model.to(device).train()
+    if cfg.train_click_decoder:
+        train_only_click_decoder(model)
     if cfg.freeze_encoder and not freeze_encoder(model):
         raise ValueError(f"freeze_encoder: the {type(model).__name__} has no encoder parameters "
                          f"(names starting with {' or '.join(_BACKBONE_PREFIXES)})")
@@ -715,6 +742,8 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
                 freeze_batchnorm(model)
             if cfg.freeze_encoder:
                 freeze_encoder(model)
+            if cfg.train_click_decoder:
+                train_only_click_decoder(model)
             images = images.to(device, non_blocking=True)
             targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()}
                        for t in targets]
