@@ -399,6 +399,29 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def add_image_choice(p: Any) -> None:
+    """``--max-images N`` and ``--images NAMES`` for a benchmark over a COCO folder."""
+    p.add_argument("--max-images", type=int, default=None,
+                   help="only the first N images (CPU time)")
+    p.add_argument("--images", default=None,
+                   help="only these images: comma-separated file names (e.g. the ones a model "
+                        "did not train on)")
+
+
+def chosen_images(entries: Sequence[Any], args: Any) -> list[Any]:
+    """The ``(image entry, …)`` items of :func:`coco_to_instances` that ``--images`` and
+    ``--max-images`` choose (an unknown name is an error, not an empty result)."""
+    entries = list(entries)
+    if args.images:
+        names = [n.strip() for n in args.images.split(",") if n.strip()]
+        known = {e[0]["file_name"] for e in entries}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise SystemExit(f"--images: not in the annotations: {', '.join(unknown)}")
+        entries = [e for e in entries if e[0]["file_name"] in names]
+    return entries[: args.max_images]
+
+
 def command_line() -> str:
     """How this script was run, for the result files."""
     args = " ".join(sys.argv[1:])

@@ -70,14 +70,13 @@ def main() -> None:
                    "images/")
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
-    p.add_argument("--max-images", type=int, default=None,
-                   help="only the first N images (CPU time)")
+    C.add_image_choice(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default=None, help="result name (default: click_candidates_<data>)")
     args = p.parse_args()
     C.set_cpu_threads(args.threads)
     coco = read_coco(args.data / "annotations.json")
-    entries = coco_to_instances(coco)[: args.max_images]
+    entries = C.chosen_images(coco_to_instances(coco), args)
     seg = Segmenter.from_checkpoint(args.weights, device="cpu")
     per_ranking: dict[str, list[list[float]]] = {r: [] for r in RANKINGS}
     times: dict[str, list[float]] = {r: [] for r in RANKINGS}

@@ -53,7 +53,7 @@ def main() -> None:
     p.add_argument("--data", required=True, type=Path)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
-    p.add_argument("--max-images", type=int, default=None)
+    C.add_image_choice(p)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default=None,
                    help="result name (default: click_decoder_pass_<data folder name>)")
@@ -64,8 +64,8 @@ def main() -> None:
     if not trained:  # ask an untaught decoder all the same (what it does without training)
         seg.model.config = seg.config.replace(click_queries=True)
     rows, times = [], []
-    for entry, gt, *_ in coco_to_instances(read_coco(args.data / "annotations.json"))[
-            : args.max_images]:
+    for entry, gt, *_ in C.chosen_images(
+            coco_to_instances(read_coco(args.data / "annotations.json")), args):
         image = read_image(args.data / "images" / entry["file_name"])
         found, cands = seg.segment(image, candidates=True)
         best = pairwise_iou(gt, found).max(axis=1) if len(found) else np.zeros(len(gt))

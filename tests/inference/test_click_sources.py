@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import pytest
 import torch
 
 from napari_iaunet.inference import PostprocessSettings, Segmenter
@@ -18,12 +19,18 @@ TINY = dict(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32, num_
             dec_layers=1, dim_feedforward=64, input_size=64, dropout=0.0)
 
 
-def _segmenter(click_queries=True, **kwargs) -> Segmenter:
+def _segmenter(click_queries=True, click_decoder=False, **kwargs) -> Segmenter:
     torch.manual_seed(0)
     model = build_model(IAUNetConfig(**TINY, click_queries=click_queries))
     with torch.no_grad():  # every query sure it is a cell: candidates everywhere
         model.decoder.class_embed.bias.copy_(torch.tensor([3.0, -3.0]))
         model.decoder.mask_embed.bias.fill_(0.5)
+    if click_decoder:  # clicks' own blocks and heads, made to differ from the segmentation's
+        own = model.decoder.add_click_decoder()
+        model.config = model.config.replace(click_decoder=True)
+        with torch.no_grad():
+            for p in own.ffn_layers.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
     return Segmenter(model, device="cpu", fuse=False,
                      settings=PostprocessSettings(score_threshold=0.0), **kwargs)
 
@@ -32,8 +39,9 @@ def _image(shape, seed=0) -> np.ndarray:
     return (np.random.default_rng(seed).random(shape) * 255).astype(np.uint8)
 
 
-def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would():
-    seg = _segmenter(tile_size=None)
+@pytest.mark.parametrize("click_decoder", [False, True])
+def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would(click_decoder):
+    seg = _segmenter(tile_size=None, click_decoder=click_decoder)
     image = _image((96, 80))
     _, cands = seg.segment(image, candidates=True)
     assert cands.answer is not None and cands.sources[0].click_context is not None

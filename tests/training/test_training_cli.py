@@ -78,6 +78,16 @@ def test_train_cli_click_queries_reach_the_trainer(train_args, trainer_calls):
     assert [cfg.click_queries for cfg, _ in trainer_calls] == [0, 4]
 
 
+def test_train_cli_click_decoder_reaches_the_trainer(train_args, trainer_calls, capsys):
+    assert main([*train_args, "--click-queries", "4", "--click-decoder"]) == 0
+    assert trainer_calls[-1][0].train_click_decoder
+    assert main([*train_args, "--click-decoder"]) == 1  # nothing to train without clicks
+    assert "click_queries ≥ 1 (--click-queries N)" in capsys.readouterr().err
+    assert main([*train_args, "--quick", "--click-queries", "4", "--click-decoder"]) == 1
+    assert "does not go with --quick" in capsys.readouterr().err
+    assert len(trainer_calls) == 1
+
+
 def test_train_cli_masked_attention_reaches_a_new_model(train_args, trainer_calls):
     common = train_args
     assert main(common) == 0

@@ -138,6 +138,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="IAUNet: also train this many click queries per image (a cell clicked "
                           "in its middle, its mask from the pixel there: what the edit tools' "
                           "'add missed' asks a model so trained; default 0)")
+    run.add_argument("--click-decoder", action="store_true",
+                     help="with --weights and --click-queries N: train only a click decoder of "
+                          "the model's own (a copy of its transformer blocks and heads); the "
+                          "model segments exactly as before")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
@@ -231,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
     from ..training.trainer import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.quick and args.click_decoder:
+        raise ValueError("--click-decoder trains the answers to clicks only: it does not go "
+                         "with --quick (a fine-tune of the segmentation)")
     if args.quick:
         return _run_quick(args)
     if args.no_refit or args.refit or args.blend is not None:
@@ -250,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, num_threads=args.threads, resume=args.resume,
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
-        mcc_temperature=args.contrast_temperature, click_queries=args.click_queries)
+        mcc_temperature=args.contrast_temperature, click_queries=args.click_queries,
+        train_click_decoder=args.click_decoder)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:
