@@ -230,22 +230,24 @@ class Segmenter:
         if not kept:
             return None
         src = max(kept, key=lambda s: s.depth(y, x))
-        model = self.inference_model()
+        weights, model = self._keyed_inference_model()
         clicks = torch.tensor([[src.input_fraction(y, x)]], dtype=torch.float32,
                               device=self.device)
         with autocast(self.device, self.amp):
-            out = model.decoder.answer_clicks(self._prepared_context(src, model), clicks)
+            out = model.decoder.answer_clicks(self._prepared_context(src, model, weights), clicks)
         padded, resized, original = src.geometry
         return CandidateSource.from_outputs(out["click_logits"][0], out["click_masks"][0], padded,
                                             resized, original, offset=src.window[:2],
                                             mask_threshold=src.mask_threshold)
 
-    def _prepared_context(self, src: CandidateSource, model: torch.nn.Module) -> Any:
+    def _prepared_context(self, src: CandidateSource, model: torch.nn.Module, weights: tuple
+                          ) -> Any:
         """``src``'s click context on this device, in the model's float type, with the
         memories' keys and values projected (``decoder.prepare_context``); kept for the next
         click while the same source is clicked with the same weights (one at a time: an image
-        is clicked many times in a row, and the prepared copy is a few times the float16 one)."""
-        key = (_weights_key(self.model), str(self.device))
+        is clicked many times in a row, and the prepared copy is a few times the float16 one).
+        ``weights``: the key of the weights ``model`` was made from (:func:`_weights_key`)."""
+        key = (weights, str(self.device))
         if self._click_context is not None:
             ref, cached_key, prepared = self._click_context
             if ref() is src and cached_key == key:
@@ -340,7 +342,13 @@ class Segmenter:
         made on first use and again whenever ``model``'s weights or device change."""
         if not self.fuse or not family_of(self.config).fuses:
             return self.model
+        return self._keyed_inference_model()[1]
+
+    def _keyed_inference_model(self) -> tuple[tuple, torch.nn.Module]:
+        """:meth:`inference_model` and the key of the weights it was made from."""
         key = _weights_key(self.model)
+        if not self.fuse or not family_of(self.config).fuses:
+            return key, self.model
         if self._fused is None or self._fused[0] != key:
             from ..model.fuse import fold_batchnorm, fuse_conv_relu
 
@@ -353,7 +361,7 @@ class Segmenter:
                         fused = copy.deepcopy(self.model).eval()
                     fused = fused.to(memory_format=torch.channels_last)
             self._fused = (key, fused)
-        return self._fused[1]
+        return key, self._fused[1]
 
     # ------------------------------------------------------------------ internals
     def _tile_size(self, shape: tuple[int, int]) -> int | None:
