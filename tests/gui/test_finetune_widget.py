@@ -650,6 +650,65 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
     shutil.rmtree(tmp, ignore_errors=True)  # the demo model and its runs: ~0.5 GB
 
 
+def _quick_run_screenshot(out_dir: Path, data: Path) -> None:  # pragma: no cover - by hand
+    """docs/images/finetune_6_quick_revvity.png: the quick recipe as it ships (its defaults, the
+    bundled model) on a real corrected image, Revvity-25 ``R01C02F13`` with its ground truth as
+    the corrections; about two CPU minutes."""
+    import tempfile
+
+    import napari
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    from napari_iaunet._widgets import make_torch_import_safe
+    from napari_iaunet.io.coco import coco_to_instances, read_coco
+    from napari_iaunet.io.images import read_image
+    from napari_iaunet.weights import default_weights
+
+    viewer = napari.Viewer(show=True, title="napari-iaunet")
+    window = viewer.window._qt_window
+    window.resize(1560, 1000)
+    make_torch_import_safe()
+    name = "R01C02F13.png"
+    truth = next(t for e, t, *_ in coco_to_instances(read_coco(data / "annotations.json"))
+                 if e["file_name"] == name)
+    layer = viewer.add_image(read_image(data / "images" / name), name=name[:-4])
+    group = add_group_for_image(viewer, layer, truth, source="coco")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-iaunet", "Segment cells")
+    seg.set_checkpoint(default_weights())
+    _, ft = viewer.window.add_plugin_dock_widget("napari-iaunet", "Fine-tune model",
+                                                 tabify=True)
+    viewer.layers.selection.active = group.layers[0]
+    ft._refresh_models()
+    ft.set_checked(group, True)
+    ft.set_validation(None)
+    ft.recipe_combo.setCurrentIndex(ft.recipe_combo.findData("quick"))
+    tmp = Path(tempfile.mkdtemp())
+    ft.set_output_dir(tmp / "R01C02F13_quick")
+    viewer.reset_view()
+    window._activity_dialog.hide()
+    t0 = time.perf_counter()
+    ft.start()
+    while ft.running:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    print(f"quick run: {time.perf_counter() - t0:.0f} s wall")
+    dock = ft
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
+    for _ in range(5):
+        QApplication.processEvents()
+    path = out_dir / "finetune_6_quick_revvity.png"
+    _save_png((ft.parentWidget() or ft).grab(), path)
+    print("wrote", path)
+    print(ft.status.text())
+    viewer.close()
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _save_png(pixmap, path: Path) -> None:
     """PNG with a 256-colour palette (about half the bytes; the UI text stays sharp)."""
     import io
@@ -669,6 +728,12 @@ if __name__ == "__main__":  # pragma: no cover
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(REPO / "docs" / "images"))
+    parser.add_argument("--quick-revvity", type=Path, default=None, metavar="REVVITY_FOLDER",
+                        help="instead: the quick recipe on a real image (the Revvity-25 COCO "
+                             "folder, e.g. ../shared/data/revvity25)")
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    _screenshots(Path(args.out))
+    if args.quick_revvity is not None:
+        _quick_run_screenshot(Path(args.out), args.quick_revvity)
+    else:
+        _screenshots(Path(args.out))

@@ -267,5 +267,5 @@ def test_a_click_decoder_needs_click_queries(tiny_config):
     with pytest.raises(ValueError, match="click_decoder answers click queries"):
         tiny_config(click_decoder=True)
     assert "click_decoder" not in IAUNetConfig().to_dict()  # older versions read a plain config
-    assert IAUNetConfig.from_dict(
-        IAUNetConfig(click_queries=True, click_decoder=True).to_dict()).click_decoder
+    both = IAUNetConfig.from_dict(IAUNetConfig(click_queries=True, click_decoder=True).to_dict())
+    assert both.click_decoder and both.describe().endswith("answers clicks (own click decoder)")

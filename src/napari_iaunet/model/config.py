@@ -196,6 +196,8 @@ class IAUNetConfig(_FromDict):
         text = f"{self.backbone}, {self.num_queries} queries"
         if self.pctrans_options:
             text += " + " + ", ".join(o.replace("_", " ") for o in self.pctrans_options)
+        if self.click_queries:
+            text += ", answers clicks" + (" (own click decoder)" if self.click_decoder else "")
         return text
 
 
