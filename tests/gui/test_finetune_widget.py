@@ -546,7 +546,7 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
     import tempfile
 
     import napari
-    from qtpy.QtWidgets import QApplication, QDockWidget
+    from qtpy.QtWidgets import QApplication
 
     from napari_iaunet._widgets import make_torch_import_safe
 
@@ -609,22 +609,14 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
 
     ft._signals.step.connect(during)
     ft.start()
-    while ft.running:
-        pump(1)
-        time.sleep(0.01)
+    _run_to_end(ft)
     shot("3_cancelled", ft.parentWidget() or ft)
     ft._signals.step.disconnect(during)
     ft.start(resume=True)
-    while ft.running:
-        pump(1)
-        time.sleep(0.01)
+    _run_to_end(ft)
     ft.use_model()
     seg.image_combo.setCurrentText("synthetic cells")
-    dock = seg
-    while dock is not None and not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    if dock is not None:
-        dock.raise_()  # show the segment widget's tab: it now uses the fine-tuned model
+    _raise_dock(seg)  # show the segment widget's tab: it now uses the fine-tuned model
     shot("4_use_model")
 
     # the quick recipe without a validation image: the estimate, then the held-back verdict
@@ -635,14 +627,8 @@ def _screenshots(out_dir: Path) -> None:  # pragma: no cover - run by hand under
     ft.lr_combo.setCurrentText("5e-4")
     ft.set_output_dir(tmp / "synthetic_cells_quick")
     ft.start()
-    while ft.running:
-        pump(1)
-        time.sleep(0.01)
-    dock = ft
-    while dock is not None and not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    if dock is not None:
-        dock.raise_()
+    _run_to_end(ft)
+    _raise_dock(ft)
     shot("5_quick_check", ft.parentWidget() or ft)
     viewer.close()
     import shutil
@@ -657,7 +643,7 @@ def _quick_run_screenshot(out_dir: Path, data: Path) -> None:  # pragma: no cove
     import tempfile
 
     import napari
-    from qtpy.QtWidgets import QApplication, QDockWidget
+    from qtpy.QtWidgets import QApplication
 
     from napari_iaunet._widgets import make_torch_import_safe
     from napari_iaunet.io.coco import coco_to_instances, read_coco
@@ -688,15 +674,9 @@ def _quick_run_screenshot(out_dir: Path, data: Path) -> None:  # pragma: no cove
     window._activity_dialog.hide()
     t0 = time.perf_counter()
     ft.start()
-    while ft.running:
-        QApplication.processEvents()
-        time.sleep(0.01)
+    _run_to_end(ft)
     print(f"quick run: {time.perf_counter() - t0:.0f} s wall")
-    dock = ft
-    while dock is not None and not isinstance(dock, QDockWidget):
-        dock = dock.parentWidget()
-    if dock is not None:
-        dock.raise_()
+    _raise_dock(ft)
     for _ in range(5):
         QApplication.processEvents()
     path = out_dir / "finetune_6_quick_revvity.png"
@@ -707,6 +687,26 @@ def _quick_run_screenshot(out_dir: Path, data: Path) -> None:  # pragma: no cove
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_to_end(ft) -> None:  # pragma: no cover - screenshots
+    """Keep the window alive until the fine-tune widget's run ends."""
+    from qtpy.QtWidgets import QApplication
+
+    while ft.running:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def _raise_dock(widget) -> None:  # pragma: no cover - screenshots
+    """Bring the dock holding ``widget`` to the front of its tabs."""
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = widget
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    if dock is not None:
+        dock.raise_()
 
 
 def _save_png(pixmap, path: Path) -> None:

@@ -340,14 +340,18 @@ class Segmenter:
     def inference_model(self) -> torch.nn.Module:
         """The network :meth:`segment` runs: ``model``, or (``fuse=True``) its fused inference copy,
         made on first use and again whenever ``model``'s weights or device change."""
-        if not self.fuse or not family_of(self.config).fuses:
+        if not self._fuses():
             return self.model
         return self._keyed_inference_model()[1]
+
+    def _fuses(self) -> bool:
+        """Whether :meth:`inference_model` is a fused copy (``fuse`` and a family that fuses)."""
+        return self.fuse and family_of(self.config).fuses
 
     def _keyed_inference_model(self) -> tuple[tuple, torch.nn.Module]:
         """:meth:`inference_model` and the key of the weights it was made from."""
         key = _weights_key(self.model)
-        if not self.fuse or not family_of(self.config).fuses:
+        if not self._fuses():
             return key, self.model
         if self._fused is None or self._fused[0] != key:
             from ..model.fuse import fold_batchnorm, fuse_conv_relu
