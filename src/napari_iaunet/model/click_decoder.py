@@ -13,15 +13,11 @@ only what it does with them is its own.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .transformer import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
-
-if TYPE_CHECKING:
-    from .decoder import IAUNetDecoder
 
 __all__ = ["ClickDecoder"]
 
@@ -57,9 +53,10 @@ class ClickDecoder(nn.Module):
             nn.Linear(hidden_dim, mask_dim))
 
     @classmethod
-    def copy_of(cls, decoder: IAUNetDecoder) -> ClickDecoder:
-        """A click decoder holding copies of ``decoder``'s blocks and heads: it answers clicks
-        exactly as ``decoder`` does until it is trained."""
+    def copy_of(cls, decoder: nn.Module) -> ClickDecoder:
+        """A click decoder holding copies of ``decoder``'s blocks and heads (an
+        :class:`~napari_iaunet.model.decoder.IAUNetDecoder`; not imported here, which imports
+        this module): it answers clicks exactly as ``decoder`` does until it is trained."""
         parts = (decoder.transformer_instance_cross_attention_layers,
                  decoder.transformer_instance_self_attention_layers,
                  decoder.transformer_instance_ffn_layers, decoder.decoder_norm,
