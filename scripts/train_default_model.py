@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --init and --click-queries: train only a click decoder of the "
                         "model's own (a copy of its blocks and heads); its segmentation stays "
                         "exactly as it was")
+    p.add_argument("--hard-clicks", type=float, default=0.0,
+                   help="with --click-decoder: share of the clicks on cells the segmentation "
+                        "misses (default 0: all on random cells)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint instead of a new model; its architecture "
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         num_workers=args.workers, seed=args.seed,
                         match_brightness=args.match_brightness,
                         click_queries=args.click_queries, keep_checkpoints=True,
-                        train_click_decoder=args.click_decoder,
+                        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks,
                         # a start checkpoint keeps its architecture; the input size may change
                         input_size=args.input_size if args.init else None),
             model_config=None if args.init else IAUNetConfig(

@@ -15,7 +15,7 @@ from scipy import ndimage
 from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
 from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
 from napari_iaunet.training.augment import AugmentConfig
-from napari_iaunet.training.clicks import sample_clicks
+from napari_iaunet.training.clicks import missed_cells, sample_clicks
 from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
 from napari_iaunet.training.losses import SetCriterion
 from napari_iaunet.training.trainer import TrainConfig, train
@@ -105,6 +105,45 @@ def test_sampled_clicks_lie_in_the_middle_of_their_cells():
         if cell < 2:  # the large cells: clicked in their inner part, never at the rim
             assert depth[cell][y, x] >= 0.4 * depth[cell].max()
     assert (clicks[1] >= 0).all() and (clicks[1] <= 1).all()
+
+
+def test_missed_cells_are_those_no_confident_query_covers():
+    gt = torch.zeros(3, 96, 128, dtype=torch.bool)
+    gt[0, 8:40, 8:40] = True
+    gt[1, 48:80, 8:40] = True
+    gt[2, 48:80, 64:120] = True
+    masks = torch.full((1, 4, 24, 32), -8.0)  # the stride-4 mask logits of four queries
+    masks[0, 0, 2:10, 2:10] = 8.0  # cell 0, confident: found
+    masks[0, 1, 12:20, 2:10] = 8.0  # cell 1, but its class says "no object": missed
+    masks[0, 2, 12:20, 16:21] = 8.0  # a third of cell 2 (IoU 0.36), confident: missed
+    masks[0, 3, 12:20, 20:30] = 8.0  # cell 2 at IoU 0.71 but unsure (score 0.3): missed
+    logits = torch.tensor([[[4.0, -4.0], [-4.0, 4.0], [4.0, -4.0], [-0.85, 0.0]]])
+    missed = missed_cells({"pred_logits": logits, "pred_masks": masks},
+                          [gt, torch.zeros(0, 96, 128)])
+    assert missed[0].tolist() == [False, True, True]
+    assert missed[1].shape == (0,)
+    masks[0, 3] = -8.0
+    masks[0, 3, 12:20, 17:30] = 8.0  # now IoU 0.93 and sure: cell 2 found
+    logits[0, 3] = torch.tensor([4.0, -4.0])
+    found = missed_cells({"pred_logits": logits, "pred_masks": masks}, [gt])
+    assert found[0].tolist() == [False, True, False]
+
+
+def test_clicks_go_to_preferred_cells_in_their_share():
+    masks = torch.zeros(4, 64, 64, dtype=torch.bool)
+    for k in range(4):
+        masks[k, 16 * k:16 * k + 12, 10:30] = True
+    prefer = [torch.tensor([False, False, True, False])]
+    _, all_hard = sample_clicks([masks], 200, np.random.default_rng(0), prefer, 1.0)
+    assert set(all_hard[0].tolist()) == {2}
+    _, half = sample_clicks([masks], 400, np.random.default_rng(1), prefer, 0.5)
+    share = (half[0] == 2).float().mean().item()
+    assert 0.55 < share < 0.7, share  # half on purpose, plus a quarter of the random half
+    _, none_preferred = sample_clicks([masks], 200, np.random.default_rng(2),
+                                      [torch.zeros(4, dtype=torch.bool)], 1.0)
+    assert set(none_preferred[0].tolist()) == {0, 1, 2, 3}  # nothing missed: any cell
+    with pytest.raises(ValueError, match="prefer_share"):
+        sample_clicks([masks], 2, prefer=prefer, prefer_share=1.5)
 
 
 def test_click_loss_pairs_each_click_with_its_cell():
@@ -259,6 +298,30 @@ def test_training_the_click_decoder_leaves_the_segmentation_exactly(tmp_path, ti
     first = np.mean([s["loss_click_dice"] for s in steps[:10]])
     last = np.mean([s["loss_click_dice"] for s in steps[-10:]])
     assert last < 0.95 * first, (first, last)  # measured: 0.86 → 0.77
+
+
+def test_hard_clicks_train_the_click_decoder_alone(tmp_path, tiny_pairs, tiny_config):
+    """Hard clicks ask the fixed segmentation which cells it misses first; the segmentation
+    still does not move."""
+    torch.manual_seed(0)
+    start = build_model(tiny_config()).eval()
+    start_path = save_checkpoint(tmp_path / "start.pt", start)
+    cfg = TrainConfig(out_dir=tmp_path / "run", steps=4, batch_size=2, lr=3e-3, num_points=256,
+                      val_every=0, seed=1, plot=False, click_queries=3,
+                      train_click_decoder=True, hard_clicks=0.75)
+    trained = load_checkpoint(train(tiny_pairs, None, cfg, start=start_path).last_path)
+    after = trained.model.state_dict()
+    for key, value in start.state_dict().items():
+        assert torch.equal(after[key], value), key
+    assert any(not torch.equal(after[k], after[k.replace("click_decoder.", "").replace(
+        "cross_attention_layers", "transformer_instance_cross_attention_layers").replace(
+        "self_attention_layers", "transformer_instance_self_attention_layers").replace(
+        "ffn_layers", "transformer_instance_ffn_layers")]) for k in after
+        if k.startswith("decoder.click_decoder."))
+    with pytest.raises(ValueError, match="hard_clicks is a share"):
+        TrainConfig(click_queries=2, train_click_decoder=True, hard_clicks=2.0)
+    with pytest.raises(ValueError, match="hard_clicks needs train_click_decoder"):
+        TrainConfig(click_queries=2, hard_clicks=0.5)
 
 
 def test_a_click_decoder_needs_click_queries(tiny_config):

@@ -142,6 +142,10 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="with --weights and --click-queries N: train only a click decoder of "
                           "the model's own (a copy of its transformer blocks and heads); the "
                           "model segments exactly as before")
+    run.add_argument("--hard-clicks", type=fraction, default=0.0, metavar="SHARE",
+                     help="with --click-decoder: this share of the clicks (0–1) lands on cells "
+                          "the model's segmentation misses, as a person's clicks do; one more "
+                          "pass without clicks per step finds them (default 0)")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
@@ -258,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
         mcc_temperature=args.contrast_temperature, click_queries=args.click_queries,
-        train_click_decoder=args.click_decoder)
+        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:

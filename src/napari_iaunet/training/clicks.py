@@ -6,6 +6,10 @@ and each is clicked at a random pixel of its inner part — where the distance t
 is at least half its largest (scipy's Euclidean distance transform, on a stride-4 view of the
 mask, the resolution of the mask features the click query starts from). An image without cells
 gets clicks at random points with no cell to find (target -1).
+
+A person clicks the cells the model *missed*. With ``prefer`` (per image, the cells the model's
+own segmentation misses: :func:`missed_cells`), a share of the clicks goes to those cells, so a
+click decoder learns most where it is used.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["INNER_FRACTION", "sample_clicks"]
+__all__ = ["INNER_FRACTION", "missed_cells", "sample_clicks"]
 
 INNER_FRACTION = 0.5  # a click lies where the border distance ≥ this share of the cell's maximum
 STRIDE = 4  # the mask features' stride
@@ -37,18 +41,54 @@ def _inner_point(mask: np.ndarray, rng: np.random.Generator) -> tuple[float, flo
     return rows[k] + 0.5, cols[k] + 0.5
 
 
+def missed_cells(outputs: dict[str, torch.Tensor], gt_masks: Sequence[torch.Tensor],
+                 score_threshold: float = 0.5, iou_threshold: float = 0.5) -> list[torch.Tensor]:
+    """Per image, which ground-truth cells the segmentation ``outputs`` (``pred_logits``,
+    ``pred_masks`` of a pass without clicks) misses: no query whose score (class probability ×
+    maskness, as the post-processing scores) reaches ``score_threshold`` covers the cell at
+    IoU ≥ ``iou_threshold``. Compared at the masks' resolution. Returns ``(N,)`` bool tensors."""
+    logits, masks = outputs["pred_logits"].detach(), outputs["pred_masks"].detach()
+    missed: list[torch.Tensor] = []
+    for b, gt in enumerate(gt_masks):
+        if len(gt) == 0:
+            missed.append(torch.zeros(0, dtype=torch.bool))
+            continue
+        prob = masks[b].float().sigmoid()
+        binary = prob > 0.5
+        area = binary.flatten(1).sum(1)
+        maskness = (prob * binary).flatten(1).sum(1) / (area + 1e-6)
+        cls = logits[b].float().softmax(-1)[:, :-1].max(-1).values
+        kept = binary[(cls * maskness) >= score_threshold].flatten(1).float()
+        if not len(kept):
+            missed.append(torch.ones(len(gt), dtype=torch.bool))
+            continue
+        small = torch.nn.functional.interpolate(gt[None].float(), size=binary.shape[-2:],
+                                                mode="area")[0].to(kept.device) > 0.5
+        small = small.flatten(1).float()
+        inter = small @ kept.T
+        union = small.sum(1, keepdim=True) + kept.sum(1)[None] - inter
+        best = (inter / union.clamp(min=1)).max(1).values
+        missed.append((best < iou_threshold).cpu())
+    return missed
+
+
 def sample_clicks(gt_masks: Sequence[torch.Tensor], per_image: int,
-                  rng: np.random.Generator | None = None
+                  rng: np.random.Generator | None = None,
+                  prefer: Sequence[torch.Tensor] | None = None, prefer_share: float = 0.0
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Clicks on random cells of each image of a batch.
 
     ``gt_masks``: one ``(N, H, W)`` tensor per image (the padded network input's size, as the
     training targets). Returns ``clicks (B, per_image, 2)`` — ``(y, x)`` fractions of the input,
     as :meth:`~napari_iaunet.model.decoder.IAUNetDecoder.decode` takes them — and per image the
-    ``(per_image,)`` index of the clicked cell (-1: no cell there).
+    ``(per_image,)`` index of the clicked cell (-1: no cell there). With ``prefer`` (per image an
+    ``(N,)`` bool tensor, e.g. :func:`missed_cells`), each click lands on a preferred cell with
+    probability ``prefer_share`` when the image has one, else on any cell.
     """
     if per_image < 1:
         raise ValueError("sample_clicks: per_image must be ≥ 1")
+    if not 0.0 <= prefer_share <= 1.0:
+        raise ValueError(f"sample_clicks: prefer_share must lie in [0, 1], got {prefer_share!r}")
     rng = rng if rng is not None else np.random.default_rng(int(torch.randint(2 ** 31, ())))
     clicks = torch.empty(len(gt_masks), per_image, 2)
     cells: list[torch.Tensor] = []
@@ -60,6 +100,11 @@ def sample_clicks(gt_masks: Sequence[torch.Tensor], per_image: int,
             cells.append(torch.full((per_image,), -1, dtype=torch.int64))
             continue
         chosen = rng.choice(n, per_image, replace=n < per_image)
+        preferred = (np.flatnonzero(prefer[b].cpu().numpy()) if prefer is not None
+                     else np.zeros(0, dtype=np.int64))
+        if len(preferred) and prefer_share > 0:
+            swap = rng.random(per_image) < prefer_share
+            chosen = np.where(swap, rng.choice(preferred, per_image), chosen)
         host = masks[torch.as_tensor(chosen, device=masks.device)].bool().cpu().numpy()
         for k, mask in enumerate(host):
             y, x = _inner_point(mask, rng)

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .clicks import sample_clicks
+from .clicks import missed_cells, sample_clicks
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
@@ -398,6 +398,7 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
     if getattr(model_config, "contrast_losses", False):
         keys += ("loss_qec", "loss_mcc")
     per_image = int(getattr(cfg, "click_queries", 0))
+    hard_share = float(getattr(cfg, "hard_clicks", 0.0))
     if per_image:
         keys += ("loss_click_bce", "loss_click_dice")
 
@@ -406,7 +407,13 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
                  autocast: Callable[[], AbstractContextManager]) -> dict[str, torch.Tensor]:
         extra = {}
         if per_image:
-            clicks, cells = sample_clicks([t["masks"] for t in targets], per_image)
+            gt_masks = [t["masks"] for t in targets]
+            prefer = None
+            if hard_share:  # the segmentation is fixed (train_click_decoder): ask it first
+                with torch.no_grad(), autocast():
+                    prefer = missed_cells(net(images), gt_masks)
+            clicks, cells = sample_clicks(gt_masks, per_image, prefer=prefer,
+                                          prefer_share=hard_share)
             targets = [{**t, "click_cells": c} for t, c in zip(targets, cells)]
             extra["clicks"] = clicks.to(images.device)
         with autocast():

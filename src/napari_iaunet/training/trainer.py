@@ -104,6 +104,10 @@ class TrainConfig:
     # segmentation's blocks and heads when the model has none): every other weight and
     # statistic stays as it is, so the model segments exactly as before. Needs click_queries.
     train_click_decoder: bool = False
+    # with train_click_decoder: the share of clicks placed on cells the model's segmentation
+    # misses (training.clicks.missed_cells; one pass without clicks per step finds them), as a
+    # person clicks the cells the model missed. 0: every click on a random cell.
+    hard_clicks: float = 0.0
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -153,6 +157,12 @@ class TrainConfig:
         if self.train_click_decoder and not self.click_queries:
             raise ValueError("TrainConfig: train_click_decoder trains the answers to clicks: "
                              "give click_queries ≥ 1 (--click-queries N)")
+        if not (isinstance(self.hard_clicks, (int, float)) and 0.0 <= self.hard_clicks <= 1.0):
+            raise ValueError(f"TrainConfig: hard_clicks is a share of the clicks, from 0 to 1; "
+                             f"got {self.hard_clicks!r}")
+        if self.hard_clicks and not self.train_click_decoder:
+            raise ValueError("TrainConfig: hard_clicks needs train_click_decoder (the cells "
+                             "the segmentation misses are found with the segmentation fixed)")
         if not (math.isfinite(self.min_lr) and self.min_lr >= 0):
             raise ValueError(f"TrainConfig: min_lr must be 0 or more, got {self.min_lr!r}")
         self.scale_range = tuple(float(v) for v in self.scale_range)
