@@ -18,7 +18,7 @@ from napari_iaunet.training.augment import AugmentConfig
 from napari_iaunet.training.clicks import click_exclusions, missed_cells, sample_clicks
 from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
 from napari_iaunet.training.losses import SetCriterion
-from napari_iaunet.training.trainer import TrainConfig, _param_groups, train
+from napari_iaunet.training.trainer import TrainConfig, train
 
 
 def _model(tiny_config, **changes):
@@ -409,14 +409,6 @@ def test_click_exclusion_trains_the_click_decoder_alone(tmp_path, tiny_pairs, ti
     for key, value in start.state_dict().items():
         assert torch.equal(after[key], value), key
     assert after["decoder.click_decoder.exclude_embed.weight"].abs().sum() > 0
-    # the projection starts at zero and learns faster than the rest, in a group of its own
-    groups = {g["name"]: g for g in _param_groups(trained.model, cfg)}
-    assert groups["click_exclusion"]["lr"] == pytest.approx(3e-3 * 30)
-    assert groups["click_exclusion"]["params"] == [
-        trained.model.decoder.click_decoder.exclude_embed.weight]
-    with pytest.raises(ValueError, match="click_exclusion_lr_multiplier must be"):
-        TrainConfig(click_queries=2, train_click_decoder=True, click_exclusion=True,
-                    click_exclusion_lr_multiplier=0)
     with pytest.raises(ValueError, match=r"click_exclusion .* needs train_click_decoder"):
         TrainConfig(click_queries=2, click_exclusion=True)
     with pytest.raises(ValueError, match="click_merges is a share"):

@@ -115,10 +115,6 @@ class TrainConfig:
     # one (training.clicks.click_exclusions). The answer is still the clicked cell.
     click_exclusion: bool = False
     click_merges: float = 0.3
-    # the exclusion projection starts at zero and must grow to the scale of the features it
-    # adds to; at the click decoder's learning rate it barely moves in 1000 steps (measured:
-    # largest weight 0.012), so it learns this many times faster
-    click_exclusion_lr_multiplier: float = 30.0
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -175,11 +171,6 @@ class TrainConfig:
             raise ValueError("TrainConfig: click_exclusion trains the click decoder to see the "
                              "cells already there: it needs train_click_decoder "
                              "(--click-decoder)")
-        if not (isinstance(self.click_exclusion_lr_multiplier, (int, float))
-                and math.isfinite(self.click_exclusion_lr_multiplier)
-                and self.click_exclusion_lr_multiplier > 0):
-            raise ValueError("TrainConfig: click_exclusion_lr_multiplier must be a number "
-                             f"greater than 0, got {self.click_exclusion_lr_multiplier!r}")
         if not (isinstance(self.click_merges, (int, float)) and 0.0 <= self.click_merges <= 1.0):
             raise ValueError(f"TrainConfig: click_merges is a share of the clicks, from 0 to 1; "
                              f"got {self.click_merges!r}")
@@ -267,20 +258,12 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], flo
 _BACKBONE_PREFIXES = ("encoder.", "backbone.body.")
 
 
-# parameter-name prefix of the click decoder's exclusion projection (its own learning rate)
-_EXCLUSION_PREFIX = "decoder.click_decoder.exclude_embed."
-
-
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-    backbone, exclusion, rest = [], [], []
+    backbone, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (backbone if name.startswith(_BACKBONE_PREFIXES)
-             else exclusion if name.startswith(_EXCLUSION_PREFIX) else rest).append(p)
+            (backbone if name.startswith(_BACKBONE_PREFIXES) else rest).append(p)
     groups = [{"params": rest, "lr": cfg.lr, "name": "decoder"}]
-    if exclusion:
-        groups.append({"params": exclusion, "lr": cfg.lr * cfg.click_exclusion_lr_multiplier,
-                       "name": "click_exclusion"})
     if backbone:
         groups.append({"params": backbone, "lr": cfg.lr * cfg.backbone_lr_multiplier,
                        "name": "backbone"})
