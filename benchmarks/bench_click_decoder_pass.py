@@ -37,7 +37,7 @@ from bench_click_candidates import DEFAULT_WEIGHTS
 from napari_iaunet.evaluation.edits import interior_point
 from napari_iaunet.evaluation.metrics import pairwise_iou
 from napari_iaunet.inference import Segmenter
-from napari_iaunet.inference.candidates import Candidates, candidates_at, cells_under
+from napari_iaunet.inference.candidates import Candidates, candidates_at
 from napari_iaunet.io.coco import coco_to_instances, read_coco
 from napari_iaunet.io.images import read_image
 from napari_iaunet.layers import split_into_layers
@@ -75,8 +75,7 @@ def main() -> None:
             click = (int(gt.boxes[i][0]) + r, int(gt.boxes[i][1]) + c)
             box, crop = gt.boxes[i], gt.crops[i]
             plain = candidates_at(cands, click, accepted=accepted, limit=1, click_pass=False)
-            # as the edit tools ask: with the accepted cells under the click
-            source = seg.answer_click(cands, click, exclude=cells_under(accepted, click))
+            source = seg.answer_click(cands, click)
             answer = candidates_at(Candidates(gt.image_shape, [source]), click, limit=1,
                                    thresholds=None)
             t0 = time.perf_counter()

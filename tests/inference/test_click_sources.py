@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_iaunet.inference import PostprocessSettings, Segmenter
-from napari_iaunet.inference.candidates import CandidateSource, candidates_at, cells_under
+from napari_iaunet.inference.candidates import CandidateSource, candidates_at
 from napari_iaunet.inference.preprocess import as_hwc, prepare
 from napari_iaunet.inference.tiling import plan_tiles
 from napari_iaunet.model import IAUNetConfig, build_model
@@ -19,8 +19,7 @@ TINY = dict(backbone="resnet18", num_queries=8, hidden_dim=32, mask_dim=32, num_
             dec_layers=1, dim_feedforward=64, input_size=64, dropout=0.0)
 
 
-def _segmenter(click_queries=True, click_decoder=False, exclusion=False, **kwargs
-               ) -> Segmenter:
+def _segmenter(click_queries=True, click_decoder=False, **kwargs) -> Segmenter:
     torch.manual_seed(0)
     model = build_model(IAUNetConfig(**TINY, click_queries=click_queries))
     with torch.no_grad():  # every query sure it is a cell: candidates everywhere
@@ -32,9 +31,6 @@ def _segmenter(click_queries=True, click_decoder=False, exclusion=False, **kwarg
         with torch.no_grad():
             for p in own.ffn_layers.parameters():
                 p.add_(torch.randn_like(p) * 0.2)
-            if exclusion:  # sees the accepted cells, as if trained to
-                own.add_exclusion().weight.normal_(0.0, 0.5)
-                model.config = model.config.replace(click_exclusion=True)
     return Segmenter(model, device="cpu", fuse=False,
                      settings=PostprocessSettings(score_threshold=0.0), **kwargs)
 
@@ -115,43 +111,3 @@ def test_a_model_not_trained_for_clicks_keeps_nothing_for_them():
     _, kept = trained.segment(_image((64, 64)), candidates=True)
     assert kept.nbytes > cands.nbytes  # the context is counted
     assert trained.answer_click(kept, (64, 3)) is None  # outside the image
-
-
-def test_the_cells_under_a_click_reach_a_model_that_sees_them():
-    """candidates_at tells the click's answer which accepted cells lie under the click; a model
-    that sees them answers differently there, one that does not answers as without them."""
-    seg = _segmenter(tile_size=None, click_decoder=True, exclusion=True)
-    _, cands = seg.segment(_image((96, 80)), candidates=True)
-    labels = np.zeros((96, 80), np.int32)
-    labels[50:90, 40:78] = 3  # an accepted cell under the click
-    labels[5:20, 5:20] = 4  # and one elsewhere
-    point = (70, 60)
-    under = cells_under([labels], point)
-    assert under.sum() == 40 * 38 and cells_under([labels], (30, 30)) is None
-    plain = seg.answer_click(cands, point)
-    told = seg.answer_click(cands, point, exclude=under)
-    assert np.abs(told.logits.astype(np.float32) - plain.logits).max() > 0.01
-    first = candidates_at(cands, point, accepted=[labels], thresholds=(0.5,))[0]
-    assert first.source == -1
-    expected = told.masks([0], told.mask_threshold)[0]
-    assert first.box == expected[0] and np.array_equal(first.crop, expected[1])
-    # nothing under the click: the same answer as without accepted cells
-    elsewhere = candidates_at(cands, (30, 30), accepted=[labels], thresholds=(0.5,))[0]
-    alone = candidates_at(cands, (30, 30), thresholds=(0.5,))[0]
-    assert elsewhere.box == alone.box and np.array_equal(elsewhere.crop, alone.crop)
-    blind = _segmenter(tile_size=None, click_decoder=True)
-    _, blind_cands = blind.segment(_image((96, 80)), candidates=True)
-    np.testing.assert_array_equal(blind.answer_click(blind_cands, point, exclude=under).logits,
-                                  blind.answer_click(blind_cands, point).logits)
-
-
-def test_accepted_cells_reach_the_network_where_the_image_went():
-    """An image mask on the mask features' grid: resized with the image, padding left empty."""
-    src = CandidateSource(np.zeros((1, 16, 16)), [0.9], [0], (0.2, 0.2), (10, 20, 90, 70),
-                          geometry=((64, 64), (64, 40), (80, 50)))
-    mask = np.zeros((100, 100), bool)
-    mask[10:50, 20:45] = True  # the window's top half, its left half
-    grid = src.to_feature_grid(mask, (16, 16))
-    expected = np.zeros((16, 16), np.float32)
-    expected[:8, :5] = 1.0  # 80x50 px → 16x10 cells of the 16x16 grid
-    np.testing.assert_array_equal(grid, expected)

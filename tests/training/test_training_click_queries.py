@@ -15,7 +15,7 @@ from scipy import ndimage
 from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
 from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
 from napari_iaunet.training.augment import AugmentConfig
-from napari_iaunet.training.clicks import click_exclusions, missed_cells, sample_clicks
+from napari_iaunet.training.clicks import missed_cells, sample_clicks
 from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
 from napari_iaunet.training.losses import SetCriterion
 from napari_iaunet.training.trainer import TrainConfig, train
@@ -332,89 +332,3 @@ def test_a_click_decoder_needs_click_queries(tiny_config):
     assert "click_decoder" not in IAUNetConfig().to_dict()  # older versions read a plain config
     both = IAUNetConfig.from_dict(IAUNetConfig(click_queries=True, click_decoder=True).to_dict())
     assert both.click_decoder and both.describe().endswith("answers clicks (own click decoder)")
-
-
-def test_a_click_decoder_that_sees_accepted_cells_starts_as_one_that_does_not(tiny_config):
-    """The exclusion projection starts at zero: every answer is the plain click decoder's until
-    it is trained; trained, a click with cells under it is answered differently, one without
-    exactly as before, and the full pass and a kept context agree."""
-    model = _model(tiny_config, click_queries=True)
-    model.decoder.add_click_decoder()
-    model.eval()
-    images = torch.randn(2, 3, 64, 64)
-    clicks = torch.tensor([[[0.3, 0.3], [0.7, 0.6]]]).repeat(2, 1, 1)
-    under = torch.zeros(2, 2, 16, 16)
-    under[:, 0, 2:10, 2:10] = 1.0  # a cell already there under the first click
-    with torch.no_grad():
-        plain = model(images, clicks=clicks)
-        with pytest.raises(ValueError, match="sees accepted cells"):
-            model(images, clicks=clicks, click_exclude=under)
-        model.decoder.click_decoder.add_exclusion()
-        told = model(images, clicks=clicks, click_exclude=under)
-        torch.testing.assert_close(told["click_masks"], plain["click_masks"])
-        model.decoder.click_decoder.exclude_embed.weight.normal_(0.0, 0.5)
-        trained = model(images, clicks=clicks, click_exclude=under)
-        kept = model(images, with_aux=False, keep_context=True)["click_context"]
-        later = model.decoder.answer_clicks(kept, clicks, exclude=under)
-    assert not torch.allclose(trained["click_masks"][:, 0], plain["click_masks"][:, 0],
-                              atol=1e-3)
-    torch.testing.assert_close(trained["click_masks"][:, 1], plain["click_masks"][:, 1])
-    torch.testing.assert_close(later["click_masks"], trained["click_masks"])
-    torch.testing.assert_close(trained["pred_masks"], plain["pred_masks"])
-    with pytest.raises(ValueError, match=r"exclude must be \(batch, K, 16, 16\)"):
-        model.decoder.answer_clicks(kept, clicks, exclude=under[..., :8])
-    with pytest.raises(ValueError, match="2 masks for 1 clicks"):
-        model.decoder.answer_clicks(kept, clicks[:, :1], exclude=under)
-
-
-def test_click_exclusions_are_the_wrong_cells_under_each_click():
-    """What a click decoder that sees accepted cells is told in training: the segmentation's
-    cells that cover the click but are not the clicked cell (a merge), nothing under a cell the
-    segmentation found, and made-up merges with a touching cell where asked."""
-    gt = torch.zeros(3, 64, 64, dtype=torch.bool)
-    gt[0, 8:32, 8:24] = True
-    gt[1, 8:32, 24:48] = True  # touches cell 0
-    gt[2, 44:60, 44:60] = True  # alone
-    masks = torch.full((1, 2, 16, 16), -8.0)
-    masks[0, 0, 2:8, 2:12] = 8.0  # cells 0 and 1 merged into one detection (IoU 0.4 with 0)
-    masks[0, 1, 11:15, 11:15] = 8.0  # cell 2, found
-    outputs = {"pred_logits": torch.tensor([[[4.0, -4.0], [4.0, -4.0]]]), "pred_masks": masks}
-    clicks = torch.tensor([[[20 / 64, 16 / 64], [52 / 64, 52 / 64]]])
-    cells = [torch.tensor([0, 2])]
-    told = click_exclusions(outputs, [gt], clicks, cells, (16, 16), merge_share=0.0)
-    assert told.shape == (1, 2, 16, 16)
-    assert torch.equal(told[0, 0].bool(), masks[0, 0] > 0)  # the merge under the click
-    assert told[0, 1].sum() == 0  # cell 2 was found: nothing wrong under its click
-    made_up = click_exclusions(None, [gt], clicks, cells, (16, 16), merge_share=1.0,
-                               rng=np.random.default_rng(0))
-    expected = torch.zeros(16, 16, dtype=torch.bool)
-    expected[2:8, 2:12] = True  # cell 0 joined with cell 1, the one it touches
-    assert torch.equal(made_up[0, 0].bool(), expected)
-    assert made_up[0, 1].sum() == 0  # cell 2 touches no cell: nothing to merge with
-
-
-def test_click_exclusion_trains_the_click_decoder_alone(tmp_path, tiny_pairs, tiny_config):
-    """Real steps: the projection learns, every segmentation weight stays, the saved model says
-    it sees accepted cells and loads back; refused without a click decoder to train."""
-    torch.manual_seed(0)
-    start = build_model(tiny_config()).eval()
-    start_path = save_checkpoint(tmp_path / "start.pt", start)
-    cfg = TrainConfig(out_dir=tmp_path / "run", steps=6, batch_size=2, lr=3e-3, num_points=256,
-                      val_every=0, seed=1, plot=False, click_queries=3,
-                      train_click_decoder=True, click_exclusion=True, click_merges=1.0)
-    trained = load_checkpoint(train(tiny_pairs, None, cfg, start=start_path).last_path)
-    assert trained.config.click_exclusion
-    assert "sees the accepted cells" in trained.config.describe()
-    after = trained.model.state_dict()
-    for key, value in start.state_dict().items():
-        assert torch.equal(after[key], value), key
-    assert after["decoder.click_decoder.exclude_embed.weight"].abs().sum() > 0
-    with pytest.raises(ValueError, match=r"click_exclusion .* needs train_click_decoder"):
-        TrainConfig(click_queries=2, click_exclusion=True)
-    with pytest.raises(ValueError, match="click_merges is a share"):
-        TrainConfig(click_queries=2, train_click_decoder=True, click_exclusion=True,
-                    click_merges=-0.1)
-    with pytest.raises(ValueError, match="click_exclusion is part of the click decoder"):
-        tiny_config(click_queries=True, click_exclusion=True)
-    assert "click_exclusion" not in IAUNetConfig(click_queries=True,
-                                                 click_decoder=True).to_dict()

@@ -29,7 +29,7 @@ import numpy as np
 
 from .postprocess import _first_last_np, _sample_boxes_numpy, _support, _tighten
 
-__all__ = ["RANKINGS", "Candidate", "CandidateSource", "Candidates", "candidates_at", "cells_under",
+__all__ = ["RANKINGS", "Candidate", "CandidateSource", "Candidates", "candidates_at",
            "overlap_with_accepted"]
 
 RANKINGS = ("score", "class", "maskness", "novel", "centred")
@@ -136,25 +136,6 @@ class CandidateSource:
         return ((y - self.window[0] + 0.5) * h / (H * hp),
                 (x - self.window[1] + 0.5) * w / (W * wp))
 
-    def to_feature_grid(self, mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-        """An image-sized boolean ``mask`` as this pass's network saw it at the mask features'
-        resolution ``grid`` ``(h, w)`` (the padded input / 4): the window's part resized with
-        the image (area average > 0.5, as training resizes its targets), padding 0. float32."""
-        import torch
-
-        if self.geometry is None:
-            raise ValueError("this candidate source does not know its network input")
-        (hp, wp), (h, w), _ = self.geometry
-        y0, x0, y1, x1 = self.window
-        rows = max(1, min(grid[0], round(h * grid[0] / hp)))
-        cols = max(1, min(grid[1], round(w * grid[1] / wp)))
-        part = torch.from_numpy(np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.float32))
-        small = torch.nn.functional.interpolate(part[None, None], size=(rows, cols),
-                                                mode="area")[0, 0] > 0.5
-        out = np.zeros(grid, np.float32)
-        out[:rows, :cols] = small.numpy()
-        return out
-
     def depth(self, y: float, x: float) -> float:
         """How far pixel ``(y, x)`` lies inside the window (negative: outside)."""
         y0, x0, y1, x1 = self.window
@@ -239,10 +220,10 @@ class Candidates:
 
     image_shape: tuple[int, int]
     sources: list[CandidateSource] = field(default_factory=list)
-    # answers a click with the model's click query: ``answer(candidates, (y, x), exclude=M)``
-    # → a one-query CandidateSource or None (set by the Segmenter for a model trained with
-    # click queries); ``M``: the accepted cells under the click (image-sized bool) or None
-    answer: Callable[..., CandidateSource | None] | None = field(default=None, repr=False)
+    # answers a click with the model's click query: ``answer(candidates, (y, x))`` → a one-query
+    # CandidateSource or None (set by the Segmenter for a model trained with click queries)
+    answer: Callable[[Candidates, tuple[float, float]], CandidateSource | None] | None = \
+        field(default=None, repr=False)
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -374,9 +355,7 @@ def candidates_at(
         click_pass: with a point, and candidates that can answer clicks (a model trained with
             click queries: ``candidates.answer``), the model's answer to this click comes first
             (``source`` -1; cut at the segmentation's mask threshold first, then at the other
-            ``thresholds``), then the segmentation's queries. The accepted cells under the
-            click go with it (:func:`cells_under`): a model that sees them
-            (``IAUNetConfig.click_exclusion``) answers "not these".
+            ``thresholds``), then the segmentation's queries.
     """
     from scipy import ndimage
 
@@ -399,7 +378,7 @@ def candidates_at(
     areas: list[np.ndarray | None] = [None] * len(accepted)
     sources = list(enumerate(candidates.sources))
     if point is not None and click_pass and candidates.answer is not None:
-        answer = candidates.answer(candidates, (py, px), exclude=cells_under(accepted, (py, px)))
+        answer = candidates.answer(candidates, (py, px))
         if answer is not None:
             sources.insert(0, (-1, answer))
     for s_i, src in sources:
@@ -468,19 +447,6 @@ def candidates_at(
         if len(out) >= limit:
             break
     return out
-
-
-def cells_under(accepted: Sequence[np.ndarray], point: Sequence[int]) -> np.ndarray | None:
-    """The accepted cells (label images, as :func:`candidates_at` takes them) that cover image
-    pixel ``point`` ``(y, x)``, as one boolean mask; None when none does."""
-    y, x = (int(v) for v in point)
-    under: np.ndarray | None = None
-    for labels in accepted:
-        value = labels[y, x]
-        if value:
-            cell = np.asarray(labels) == value
-            under = cell if under is None else under | cell
-    return under
 
 
 def _rank_value(cand: Candidate, ranking: str) -> float:

@@ -215,18 +215,15 @@ class Segmenter:
         return merged, _candidates(hwc.shape[:2], sources, self.answer_click)
 
     @torch.inference_mode()
-    def answer_click(self, candidates: Candidates, point: Sequence[float],
-                     exclude: np.ndarray | None = None) -> CandidateSource | None:
+    def answer_click(self, candidates: Candidates, point: Sequence[float]
+                     ) -> CandidateSource | None:
         """The model's own answer to a click at image pixel ``point`` ``(y, x)`` of an image it
         segmented with ``candidates=True``: a one-query
         :class:`~napari_iaunet.inference.candidates.CandidateSource` (image coordinates) from a
         click query started at that pixel, answered from the context the segmentation kept
         (:meth:`~napari_iaunet.model.decoder.IAUNetDecoder.answer_clicks`: only the click query
         runs). A tiled image answers in the tile the point lies deepest in. None when no
-        context was kept (a model not trained with click queries) or the point is outside.
-        ``exclude``: the accepted cells under the click (an image-sized boolean mask), for a
-        model whose click decoder sees them (``IAUNetConfig.click_exclusion``; other models
-        answer without it)."""
+        context was kept (a model not trained with click queries) or the point is outside."""
         y, x = (float(v) for v in point)
         kept = [s for s in candidates.sources
                 if s.click_context is not None and s.depth(y, x) >= 0]
@@ -236,13 +233,8 @@ class Segmenter:
         weights, model = self._keyed_inference_model()
         clicks = torch.tensor([[src.input_fraction(y, x)]], dtype=torch.float32,
                               device=self.device)
-        context = self._prepared_context(src, model, weights)
-        excluded = None
-        if exclude is not None and model.decoder.sees_accepted_cells:
-            grid = src.to_feature_grid(exclude, tuple(context.mask_features.shape[-2:]))
-            excluded = torch.from_numpy(grid)[None, None].to(self.device)
         with autocast(self.device, self.amp):
-            out = model.decoder.answer_clicks(context, clicks, exclude=excluded)
+            out = model.decoder.answer_clicks(self._prepared_context(src, model, weights), clicks)
         padded, resized, original = src.geometry
         return CandidateSource.from_outputs(out["click_logits"][0], out["click_masks"][0], padded,
                                             resized, original, offset=src.window[:2],

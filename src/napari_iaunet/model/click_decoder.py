@@ -8,12 +8,6 @@ from the segmentation's and trained alone (``TrainConfig.train_click_decoder``):
 pixel decoder and every weight the segmentation uses stay exactly as they were. A click query
 still sees the learned queries (as each segmentation block left them) and the same pixel memories;
 only what it does with them is its own.
-
-With ``exclusion`` (``IAUNetConfig.click_exclusion``) it is also told what is already there: a
-person clicks *add* where the model missed a cell, often inside a cell it found wrongly (two cells
-merged into one, a fragment). The mask features under the accepted cells at the click, averaged,
-go through one linear layer (zero-initialised, no bias) and are added to the click query, so
-the decoder can answer "not that one, the cell under my click".
 """
 
 from __future__ import annotations
@@ -42,41 +36,13 @@ class ClickDecoder(nn.Module):
         self.decoder_norm = decoder_norm
         self.class_embed = class_embed
         self.mask_embed = mask_embed
-        self.exclude_embed: nn.Linear | None = None
-
-    def add_exclusion(self) -> nn.Linear:
-        """Let clicks see the accepted cells under them (see the module docstring): a
-        zero-initialised projection, so answers stay the same until it is trained."""
-        if self.exclude_embed is None:
-            mask_dim, hidden_dim = self.mask_embed.out_features, self.mask_embed.in_features
-            self.exclude_embed = nn.Linear(mask_dim, hidden_dim, bias=False)
-            nn.init.zeros_(self.exclude_embed.weight)
-            self.exclude_embed.to(self.mask_embed.weight.device, self.mask_embed.weight.dtype)
-        return self.exclude_embed
-
-    def excluded(self, mask_features: torch.Tensor, exclude: torch.Tensor) -> torch.Tensor:
-        """What to add to click queries ``(B, K, D)`` told the accepted cells ``exclude (B, K,
-        h, w)`` (1 inside, at the mask features' resolution; all 0 where nothing is there:
-        nothing is added)."""
-        if self.exclude_embed is None:
-            raise ValueError("this click decoder was not built to see accepted cells "
-                             "(IAUNetConfig.click_exclusion)")
-        if exclude.shape[0] != mask_features.shape[0] or exclude.shape[-2:] != \
-                mask_features.shape[-2:]:
-            raise ValueError(f"exclude must be (batch, K, {mask_features.shape[-2]}, "
-                             f"{mask_features.shape[-1]}), got {tuple(exclude.shape)}")
-        weights = exclude.to(mask_features.dtype)
-        pooled = torch.einsum("bkhw,bchw->bkc", weights, mask_features)
-        pooled = pooled / weights.flatten(2).sum(-1, keepdim=True).clamp(min=1.0)
-        return self.exclude_embed(pooled)
 
     @classmethod
     def build(cls, num_layers: int, hidden_dim: int, mask_dim: int, num_heads: int,
-              dim_feedforward: int, dropout: float, num_classes: int, exclusion: bool = False
-              ) -> ClickDecoder:
+              dim_feedforward: int, dropout: float, num_classes: int) -> ClickDecoder:
         """A newly initialised click decoder (its weights come from a checkpoint, or
-        :meth:`copy_of` makes a trained one); ``exclusion``: with :meth:`add_exclusion`."""
-        new = cls(
+        :meth:`copy_of` makes a trained one)."""
+        return cls(
             nn.ModuleList(CrossAttentionLayer(hidden_dim, num_heads, dropout)
                           for _ in range(num_layers)),
             nn.ModuleList(SelfAttentionLayer(hidden_dim, num_heads, dropout)
@@ -85,9 +51,6 @@ class ClickDecoder(nn.Module):
                           for _ in range(num_layers)),
             nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, num_classes + 1),
             nn.Linear(hidden_dim, mask_dim))
-        if exclusion:
-            new.add_exclusion()
-        return new
 
     @classmethod
     def copy_of(cls, decoder: nn.Module) -> ClickDecoder:

@@ -129,11 +129,6 @@ class IAUNetConfig(_FromDict):
     # (TrainConfig.train_click_decoder) so the segmentation stays exactly as it was. Needs
     # click_queries; adds a copy of the transformer blocks and heads to the weights.
     click_decoder: bool = False
-    # the click decoder is also told what is already there: the accepted cells under the click
-    # (pooled mask features, one learned projection added to the click query; zero-initialised,
-    # so clicks with nothing under them are answered as without it). Trained with
-    # TrainConfig.click_exclusion; needs click_decoder.
-    click_exclusion: bool = False
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -152,9 +147,6 @@ class IAUNetConfig(_FromDict):
         if self.click_decoder and not self.click_queries:
             raise ValueError(f"{type(self).__name__}: click_decoder answers click queries: it "
                              "needs click_queries")
-        if self.click_exclusion and not self.click_decoder:
-            raise ValueError(f"{type(self).__name__}: click_exclusion is part of the click "
-                             "decoder: it needs click_decoder")
         if self.click_queries and self.centre_guidance:
             raise ValueError(f"{type(self).__name__}: click queries (--click-queries) do not work "
                              "with centre guidance (PCTrans and its options)")
@@ -186,8 +178,6 @@ class IAUNetConfig(_FromDict):
             del d["click_queries"]  # likewise
         if not d["click_decoder"]:
             del d["click_decoder"]  # likewise
-        if not d["click_exclusion"]:
-            del d["click_exclusion"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:
@@ -207,9 +197,7 @@ class IAUNetConfig(_FromDict):
         if self.pctrans_options:
             text += " + " + ", ".join(o.replace("_", " ") for o in self.pctrans_options)
         if self.click_queries:
-            own = (" (own click decoder, sees the accepted cells)" if self.click_exclusion
-                   else " (own click decoder)" if self.click_decoder else "")
-            text += ", answers clicks" + own
+            text += ", answers clicks" + (" (own click decoder)" if self.click_decoder else "")
         return text
 
 

@@ -95,7 +95,6 @@ class IAUNetDecoder(nn.Module):
         query_groups: int = 1,
         masked_attention: bool = False,
         click_decoder: bool = False,
-        click_exclusion: bool = False,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -152,8 +151,7 @@ class IAUNetDecoder(nn.Module):
 
         # --- click queries' own blocks and heads (IAUNetConfig.click_decoder) ----------------
         self.click_decoder = (ClickDecoder.build(num_layers, hidden_dim, mask_dim, num_heads,
-                                                 dim_feedforward, dropout, num_classes,
-                                                 exclusion=click_exclusion)
+                                                 dim_feedforward, dropout, num_classes)
                               if click_decoder else None)
 
         self._init_weights()
@@ -262,22 +260,20 @@ class IAUNetDecoder(nn.Module):
         return out
 
     def forward(self, features: Sequence[torch.Tensor], with_aux: bool = True,
-                clicks: torch.Tensor | None = None, keep_context: bool = False,
-                click_exclude: torch.Tensor | None = None) -> dict[str, Any]:
+                clicks: torch.Tensor | None = None, keep_context: bool = False
+                ) -> dict[str, Any]:
         """Predictions from encoder features ``[f4, f8, f16, f32]``.
 
         Returns ``{"pred_logits", "pred_masks", "aux_outputs"}`` where ``aux_outputs`` lists the
         predictions of the earlier transformer blocks (empty when ``with_aux`` is False; the
         final outputs do not depend on it). ``clicks`` adds click queries, ``keep_context``
-        what later clicks need, ``click_exclude`` the accepted cells under each click (see
-        :meth:`decode`).
+        what later clicks need (see :meth:`decode`).
         """
         if not self.has_pixel_decoder:
             raise RuntimeError("this decoder has no pixel decoder: call decode(memories, "
                                "mask_features) with another pixel decoder's outputs")
         memories, mask_features = self.pixel_decoder(features)
-        return self.decode(memories, mask_features, with_aux, clicks, keep_context,
-                           click_exclude)
+        return self.decode(memories, mask_features, with_aux, clicks, keep_context)
 
     def click_queries(self, mask_features: torch.Tensor, clicks: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -298,8 +294,7 @@ class IAUNetDecoder(nn.Module):
 
     def decode(self, memories: Sequence[torch.Tensor], mask_features: torch.Tensor,
                with_aux: bool = True, clicks: torch.Tensor | None = None,
-               keep_context: bool = False, click_exclude: torch.Tensor | None = None
-               ) -> dict[str, Any]:
+               keep_context: bool = False) -> dict[str, Any]:
         """The transformer decoder and heads over pixel memories at strides 32, 16, 8
         (``hidden_dim`` channels each) and ``mask_dim`` mask features at stride 4.
 
@@ -312,18 +307,12 @@ class IAUNetDecoder(nn.Module):
         and heads instead, over the learned queries as the segmentation's blocks left them.
         ``keep_context=True`` adds ``click_context`` (:class:`ClickContext`): clicks made later
         are answered from it by :meth:`answer_clicks`, as they would be here.
-        ``click_exclude (B, K, h, w)``: the accepted cells under each click at the mask
-        features' resolution, for a click decoder that sees them (``IAUNetConfig.click_exclusion``;
-        :meth:`ClickDecoder.excluded`).
         """
-        if click_exclude is not None and clicks is None:
-            raise ValueError("click_exclude goes with clicks: one mask per click")
         if clicks is not None and self.click_decoder is not None:
             # the learned queries' pass, then the clicks' own blocks over what it left
             out = self.decode(memories, mask_features, with_aux, None, keep_context=True)
             context = out["click_context"] if keep_context else out.pop("click_context")
-            answers = self._answer_clicks(context, clicks, every_block=with_aux,
-                                          exclude=click_exclude)
+            answers = self._answer_clicks(context, clicks, every_block=with_aux)
             for block, answer in zip([*out["aux_outputs"], out], answers, strict=True):
                 block.update(answer)
             return out
@@ -333,9 +322,6 @@ class IAUNetDecoder(nn.Module):
         queries = self.query_feat.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
         query_pos = self.query_embed.weight[:count].unsqueeze(0).repeat(batch, 1, 1)
         n_clicks = 0
-        if click_exclude is not None:
-            raise ValueError("click_exclude needs a click decoder that sees accepted cells "
-                             "(IAUNetConfig.click_exclusion)")
         if clicks is not None:
             click_feat, click_pos = self.click_queries(mask_features, clicks)
             n_clicks = click_feat.shape[1]
@@ -389,17 +375,11 @@ class IAUNetDecoder(nn.Module):
             out["click_context"] = context
         return out
 
-    def answer_clicks(self, context: ClickContext, clicks: torch.Tensor,
-                      exclude: torch.Tensor | None = None) -> dict[str, Any]:
+    def answer_clicks(self, context: ClickContext, clicks: torch.Tensor) -> dict[str, Any]:
         """``click_logits`` and ``click_masks`` of ``clicks (B, K, 2)`` from a kept
-        :class:`ClickContext`: the same answer as :meth:`decode` with those clicks (and
-        ``click_exclude=exclude``) gives, at the cost of K queries instead of all of them."""
-        return self._answer_clicks(context, clicks, every_block=False, exclude=exclude)[-1]
-
-    @property
-    def sees_accepted_cells(self) -> bool:
-        """Whether clicks can be told the accepted cells under them (``click_exclude``)."""
-        return self.click_decoder is not None and self.click_decoder.exclude_embed is not None
+        :class:`ClickContext`: the same answer as :meth:`decode` with those clicks gives, at the
+        cost of K queries instead of all of them."""
+        return self._answer_clicks(context, clicks, every_block=False)[-1]
 
     def add_click_decoder(self) -> ClickDecoder:
         """Give clicks blocks and heads of their own (:mod:`.click_decoder`), copied from the
@@ -420,21 +400,12 @@ class IAUNetDecoder(nn.Module):
                 self.transformer_instance_self_attention_layers,
                 self.transformer_instance_ffn_layers, self.predict)
 
-    def _answer_clicks(self, context: ClickContext, clicks: torch.Tensor, every_block: bool,
-                       exclude: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
+    def _answer_clicks(self, context: ClickContext, clicks: torch.Tensor, every_block: bool
+                       ) -> list[dict[str, torch.Tensor]]:
         """The click queries' predictions (``click_logits``, ``click_masks``) after the last
-        block, or after every block with ``every_block``; ``exclude``: see :meth:`decode`."""
+        block, or after every block with ``every_block``."""
         cross_layers, self_layers, ffn_layers, predict = self._click_layers()
         queries, query_pos = self.click_queries(context.mask_features, clicks)
-        if exclude is not None:
-            if not self.sees_accepted_cells:
-                raise ValueError("click_exclude needs a click decoder that sees accepted cells "
-                                 "(IAUNetConfig.click_exclusion)")
-            if exclude.shape[1] != queries.shape[1]:
-                raise ValueError(f"click_exclude holds {exclude.shape[1]} masks for "
-                                 f"{queries.shape[1]} clicks")
-            queries = queries + self.click_decoder.excluded(context.mask_features, exclude
-                                                            ).to(queries.dtype)
         last = NUM_LEVELS * self.dec_layers - 1
         answers: list[dict[str, torch.Tensor]] = []
         previous: dict[str, torch.Tensor] = {}

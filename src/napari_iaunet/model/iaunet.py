@@ -34,17 +34,15 @@ class IAUNet(nn.Module):
         self.with_aux = True
 
     def forward(self, images: torch.Tensor, with_aux: bool | None = None,
-                clicks: torch.Tensor | None = None, keep_context: bool = False,
-                click_exclude: torch.Tensor | None = None) -> dict[str, Any]:
+                clicks: torch.Tensor | None = None, keep_context: bool = False
+                ) -> dict[str, Any]:
         """``clicks (B, K, 2)``: also answer one click query per point (``(y, x)`` fractions of
         the input) as ``click_logits`` / ``click_masks``; ``keep_context``: also return what
-        answering later clicks needs (``click_context``); ``click_exclude (B, K, H/4, W/4)``:
-        the accepted cells under each click (:meth:`IAUNetDecoder.decode`)."""
+        answering later clicks needs (``click_context``; :meth:`IAUNetDecoder.decode`)."""
         check_images(images, "IAUNet")
         features = self.encoder(images)
         return self.decoder(features, with_aux=self.with_aux if with_aux is None else with_aux,
-                            clicks=clicks, keep_context=keep_context,
-                            click_exclude=click_exclude)
+                            clicks=clicks, keep_context=keep_context)
 
 
 def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = None) -> IAUNet:
@@ -70,6 +68,5 @@ def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = Non
         query_groups=config.query_groups,
         masked_attention=config.masked_attention,
         click_decoder=config.click_decoder,
-        click_exclusion=config.click_exclusion,
     )
     return IAUNet(encoder, decoder, config)

@@ -10,12 +10,6 @@ gets clicks at random points with no cell to find (target -1).
 A person clicks the cells the model *missed*. With ``prefer`` (per image, the cells the model's
 own segmentation misses: :func:`missed_cells`), a share of the clicks goes to those cells, so a
 click decoder learns most where it is used.
-
-A person often clicks a missed cell *inside* a cell the model found wrongly: two cells merged,
-or a fragment. :func:`click_exclusions` gives each click what is already there, as a click
-decoder that sees accepted cells (``IAUNetConfig.click_exclusion``) takes it: the segmentation's
-cells that cover the click but are not the clicked cell, or, for a share of the other clicks, the
-clicked cell merged with a touching one. The answer to learn stays the clicked cell.
 """
 
 from __future__ import annotations
@@ -26,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["INNER_FRACTION", "click_exclusions", "missed_cells", "sample_clicks"]
+__all__ = ["INNER_FRACTION", "missed_cells", "sample_clicks"]
 
 INNER_FRACTION = 0.5  # a click lies where the border distance ≥ this share of the cell's maximum
 STRIDE = 4  # the mask features' stride
@@ -53,92 +47,29 @@ def missed_cells(outputs: dict[str, torch.Tensor], gt_masks: Sequence[torch.Tens
     ``pred_masks`` of a pass without clicks) misses: no query whose score (class probability ×
     maskness, as the post-processing scores) reaches ``score_threshold`` covers the cell at
     IoU ≥ ``iou_threshold``. Compared at the masks' resolution. Returns ``(N,)`` bool tensors."""
+    logits, masks = outputs["pred_logits"].detach(), outputs["pred_masks"].detach()
     missed: list[torch.Tensor] = []
     for b, gt in enumerate(gt_masks):
         if len(gt) == 0:
             missed.append(torch.zeros(0, dtype=torch.bool))
             continue
-        kept = _kept_masks(outputs, b, score_threshold).flatten(1).float()
+        prob = masks[b].float().sigmoid()
+        binary = prob > 0.5
+        area = binary.flatten(1).sum(1)
+        maskness = (prob * binary).flatten(1).sum(1) / (area + 1e-6)
+        cls = logits[b].float().softmax(-1)[:, :-1].max(-1).values
+        kept = binary[(cls * maskness) >= score_threshold].flatten(1).float()
         if not len(kept):
             missed.append(torch.ones(len(gt), dtype=torch.bool))
             continue
-        small = _at(gt, outputs["pred_masks"].shape[-2:]).to(kept.device).flatten(1).float()
+        small = torch.nn.functional.interpolate(gt[None].float(), size=binary.shape[-2:],
+                                                mode="area")[0].to(kept.device) > 0.5
+        small = small.flatten(1).float()
         inter = small @ kept.T
         union = small.sum(1, keepdim=True) + kept.sum(1)[None] - inter
         best = (inter / union.clamp(min=1)).max(1).values
         missed.append((best < iou_threshold).cpu())
     return missed
-
-
-def _kept_masks(outputs: dict[str, torch.Tensor], b: int, score_threshold: float
-                ) -> torch.Tensor:
-    """Image ``b``'s segmentation as the post-processing keeps it: ``(N, h, w)`` bool masks
-    (probability > 0.5) of the queries whose score (class probability × maskness) reaches
-    ``score_threshold``."""
-    prob = outputs["pred_masks"][b].detach().float().sigmoid()
-    binary = prob > 0.5
-    area = binary.flatten(1).sum(1)
-    maskness = (prob * binary).flatten(1).sum(1) / (area + 1e-6)
-    cls = outputs["pred_logits"][b].detach().float().softmax(-1)[:, :-1].max(-1).values
-    return binary[(cls * maskness) >= score_threshold]
-
-
-def _at(masks: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """``(N, H, W)`` masks at ``size`` (area-averaged, > 0.5), as bool."""
-    if len(masks) == 0:
-        return torch.zeros((0, *size), dtype=torch.bool, device=masks.device)
-    return torch.nn.functional.interpolate(masks[None].float(), size=tuple(size),
-                                           mode="area")[0] > 0.5
-
-
-def click_exclusions(outputs: dict[str, torch.Tensor] | None, gt_masks: Sequence[torch.Tensor],
-                     clicks: torch.Tensor, cells: Sequence[torch.Tensor], size: Sequence[int],
-                     merge_share: float = 0.3, rng: np.random.Generator | None = None,
-                     score_threshold: float = 0.5, iou_threshold: float = 0.5) -> torch.Tensor:
-    """What is already there under each click: ``(B, K, h, w)`` float masks at ``size`` (the
-    mask features' resolution), as :meth:`IAUNetDecoder.decode` takes ``click_exclude``.
-
-    For click ``k`` of image ``b`` on cell ``cells[b][k]``: the union of the segmentation's
-    kept cells (``outputs`` of a pass without clicks, :func:`missed_cells`' rule) that cover the
-    click and match the clicked cell below ``iou_threshold`` — a merge or a fragment a person
-    clicks inside. Where there is none, with probability ``merge_share`` the clicked cell joined
-    with a ground-truth cell touching it (a merge made up), else nothing (all 0). Without
-    ``outputs`` only the made-up merges."""
-    rng = rng if rng is not None else np.random.default_rng(int(torch.randint(2 ** 31, ())))
-    h, w = (int(v) for v in size)
-    out = torch.zeros(clicks.shape[0], clicks.shape[1], h, w)
-    grow = torch.ones(1, 1, 3, 3)
-    for b, gt in enumerate(gt_masks):
-        chosen = cells[b].tolist()
-        if len(gt) == 0 or all(c < 0 for c in chosen):
-            continue
-        small = _at(gt, (h, w)).cpu()
-        kept = (_kept_masks(outputs, b, score_threshold).cpu() if outputs is not None
-                else torch.zeros(0, h, w, dtype=torch.bool))
-        for k, c in enumerate(chosen):
-            if c < 0:
-                continue
-            r = min(max(int(float(clicks[b, k, 0]) * h), 0), h - 1)
-            q = min(max(int(float(clicks[b, k, 1]) * w), 0), w - 1)
-            cell = small[c]
-            wrong = kept[kept[:, r, q]] if len(kept) else kept
-            if len(wrong):
-                inter = (wrong & cell).flatten(1).sum(1).float()
-                union = (wrong | cell).flatten(1).sum(1).float().clamp(min=1)
-                wrong = wrong[inter / union < iou_threshold]
-            if len(wrong):
-                out[b, k] = wrong.any(0).float()
-                continue
-            if merge_share <= 0 or rng.random() >= merge_share:
-                continue
-            ring = torch.nn.functional.conv2d(cell[None, None].float(), grow, padding=1)[0, 0] > 0
-            touching = (small & ring).flatten(1).any(1)
-            touching[c] = False
-            options = torch.nonzero(touching).flatten().tolist()
-            if options:
-                other = small[options[int(rng.integers(len(options)))]]
-                out[b, k] = (cell | other).float()
-    return out
 
 
 def sample_clicks(gt_masks: Sequence[torch.Tensor], per_image: int,

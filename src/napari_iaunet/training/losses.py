@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .clicks import click_exclusions, missed_cells, sample_clicks
+from .clicks import missed_cells, sample_clicks
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
@@ -399,8 +399,6 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
         keys += ("loss_qec", "loss_mcc")
     per_image = int(getattr(cfg, "click_queries", 0))
     hard_share = float(getattr(cfg, "hard_clicks", 0.0))
-    exclusion = bool(getattr(cfg, "click_exclusion", False))
-    merge_share = float(getattr(cfg, "click_merges", 0.0))
     if per_image:
         keys += ("loss_click_bce", "loss_click_dice")
 
@@ -410,20 +408,14 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
         extra = {}
         if per_image:
             gt_masks = [t["masks"] for t in targets]
-            prefer = segmented = None
-            if hard_share or exclusion:  # the segmentation is fixed (train_click_decoder)
+            prefer = None
+            if hard_share:  # the segmentation is fixed (train_click_decoder): ask it first
                 with torch.no_grad(), autocast():
-                    segmented = net(images)
-                if hard_share:
-                    prefer = missed_cells(segmented, gt_masks)
+                    prefer = missed_cells(net(images), gt_masks)
             clicks, cells = sample_clicks(gt_masks, per_image, prefer=prefer,
                                           prefer_share=hard_share)
             targets = [{**t, "click_cells": c} for t, c in zip(targets, cells)]
             extra["clicks"] = clicks.to(images.device)
-            if exclusion:
-                extra["click_exclude"] = click_exclusions(
-                    segmented, gt_masks, clicks, cells, segmented["pred_masks"].shape[-2:],
-                    merge_share=merge_share).to(images.device)
         with autocast():
             outputs = net(images, **extra)
         return criterion(outputs, targets)

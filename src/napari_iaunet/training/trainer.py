@@ -108,13 +108,6 @@ class TrainConfig:
     # misses (training.clicks.missed_cells; one pass without clicks per step finds them), as a
     # person clicks the cells the model missed. 0: every click on a random cell.
     hard_clicks: float = 0.0
-    # with train_click_decoder: the click decoder is also told the cells already there under
-    # each click (model.click_decoder.exclude_embed, IAUNetConfig.click_exclusion): those of the
-    # segmentation that cover the click but are not the clicked cell (a merge, a fragment), or
-    # for a share ``click_merges`` of the other clicks the clicked cell merged with a touching
-    # one (training.clicks.click_exclusions). The answer is still the clicked cell.
-    click_exclusion: bool = False
-    click_merges: float = 0.3
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -167,13 +160,6 @@ class TrainConfig:
         if not (isinstance(self.hard_clicks, (int, float)) and 0.0 <= self.hard_clicks <= 1.0):
             raise ValueError(f"TrainConfig: hard_clicks is a share of the clicks, from 0 to 1; "
                              f"got {self.hard_clicks!r}")
-        if self.click_exclusion and not self.train_click_decoder:
-            raise ValueError("TrainConfig: click_exclusion trains the click decoder to see the "
-                             "cells already there: it needs train_click_decoder "
-                             "(--click-decoder)")
-        if not (isinstance(self.click_merges, (int, float)) and 0.0 <= self.click_merges <= 1.0):
-            raise ValueError(f"TrainConfig: click_merges is a share of the clicks, from 0 to 1; "
-                             f"got {self.click_merges!r}")
         if self.hard_clicks and not self.train_click_decoder:
             raise ValueError("TrainConfig: hard_clicks needs train_click_decoder (the cells "
                              "the segmentation misses are found with the segmentation fixed)")
@@ -580,10 +566,6 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     if cfg.train_click_decoder and not mcfg.click_decoder:
         model.decoder.add_click_decoder()  # a copy of the segmentation's blocks and heads
         mcfg = mcfg.replace(click_decoder=True)
-        model.config = mcfg
-    if cfg.click_exclusion and not getattr(mcfg, "click_exclusion", False):
-        model.decoder.click_decoder.add_exclusion()  # zero-initialised: answers as before
-        mcfg = mcfg.replace(click_exclusion=True)
         model.config = mcfg
     model.to(device).train()
     if cfg.train_click_decoder:
