@@ -15,9 +15,11 @@ the same (its answer measures what the decoder does untaught).
 Per missed cell: the IoU of the first candidate of :func:`candidates_at` without the click pass
 (the segmentation's queries, default ranking), of the click pass's mask (its part holding the
 click, at the segmentation's mask threshold) and of the first candidate with both (what the edit
-tools offer). Summary: ``recovered_candidate``, ``recovered_decoder_pass``, ``recovered_first``
-(IoU ≥ 0.5; ``recovered_3``: within three), ``recovered_only_by_the_click_pass`` and
-``ms_per_click`` (one :func:`candidates_at` call with the click pass; CPU median). Writes
+tools offer: with the piece of a repeated cell split off first, ``--split-min-distance``).
+Summary: ``recovered_candidate``, ``recovered_decoder_pass``, ``recovered_first`` (IoU ≥ 0.5;
+``recovered_3``: within three), ``first_is_a_split_piece``,
+``recovered_only_by_the_click_pass`` and ``ms_per_click`` (one :func:`candidates_at` call with
+the click pass; CPU median). Writes
 ``<out>/<name>.{json,md}`` (default name ``click_decoder_pass_<data folder name>``).
 """
 
@@ -37,7 +39,7 @@ from bench_click_candidates import DEFAULT_WEIGHTS
 from napari_iaunet.evaluation.edits import interior_point
 from napari_iaunet.evaluation.metrics import pairwise_iou
 from napari_iaunet.inference import Segmenter
-from napari_iaunet.inference.candidates import Candidates, candidates_at
+from napari_iaunet.inference.candidates import SPLIT_MIN_DISTANCE, Candidates, candidates_at
 from napari_iaunet.io.coco import coco_to_instances, read_coco
 from napari_iaunet.io.images import read_image
 from napari_iaunet.layers import split_into_layers
@@ -55,6 +57,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=C.RESULTS_DIR)
     C.add_image_choice(p)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split-min-distance", type=float, default=SPLIT_MIN_DISTANCE,
+                   help="candidates_at's split_min_distance (0: never split a repeated cell)")
     p.add_argument("--name", default=None,
                    help="result name (default: click_decoder_pass_<data folder name>)")
     args = p.parse_args()
@@ -79,7 +83,8 @@ def main() -> None:
             answer = candidates_at(Candidates(gt.image_shape, [source]), click, limit=1,
                                    thresholds=None)
             t0 = time.perf_counter()
-            offered = candidates_at(cands, click, accepted=accepted, limit=3)
+            offered = candidates_at(cands, click, accepted=accepted, limit=3,
+                                    split_min_distance=args.split_min_distance or None)
             times.append(time.perf_counter() - t0)
             rows.append({"file": entry["file_name"], "cell": i,
                          "candidate": _first_iou(plain, box, crop),
@@ -87,6 +92,7 @@ def main() -> None:
                          "first": _first_iou(offered, box, crop),
                          "best_of_3": max([_first_iou([c], box, crop) for c in offered],
                                           default=0.0),
+                         "first_source": offered[0].source if offered else None,
                          "decoder_pass_class": round(float(source.class_probs[0]), 4)})
     n = len(rows)
 
@@ -99,6 +105,7 @@ def main() -> None:
         "recovered_decoder_pass": rate(lambda r: r["decoder_pass"] >= 0.5),
         "recovered_first": rate(lambda r: r["first"] >= 0.5),
         "recovered_3": rate(lambda r: r["best_of_3"] >= 0.5),
+        "first_is_a_split_piece": rate(lambda r: r["first_source"] == -2),
         "recovered_only_by_the_click_pass": rate(
             lambda r: r["candidate"] < 0.5 <= r["decoder_pass"]),
         "mean_iou_decoder_pass": round(float(np.mean([r["decoder_pass"] for r in rows])), 4)
@@ -108,7 +115,8 @@ def main() -> None:
     }
     payload = {"command": C.command_line(), "machine": C.machine_info(),
                "data": str(args.data), "weights": str(args.weights),
-               "click_trained": trained, **summary, "clicks": rows}
+               "click_trained": trained, "split_min_distance": args.split_min_distance,
+               **summary, "clicks": rows}
     name = args.name or f"click_decoder_pass_{args.data.resolve().name}"
     md = "\n".join([f"# Click-guided decoder pass: {args.data.resolve().name}", "",
                     f"Command: `{payload['command']}`  ",

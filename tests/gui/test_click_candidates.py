@@ -139,6 +139,51 @@ def test_box_drag_picks_among_the_candidates_inside(missed):
     assert draft is not None and _iou(np.asarray(draft.data) > 0, cell) >= 0.8
 
 
+def test_a_cell_merged_into_a_neighbour_comes_out_with_one_click(make_napari_viewer, qtbot,
+                                                                  monkeypatch):
+    """The model detected two touching cells as one; clicking one of them offers that cell
+    (the merged detection split where it narrows) first, the merged shape after Tab; C cuts it
+    out of the merged detection, which keeps the other cell; one undo puts both back."""
+    yy, xx = np.mgrid[:128, :128]
+    left = (yy - 64) ** 2 + (xx - 40) ** 2 <= 24 ** 2
+    right = (yy - 64) ** 2 + (xx - 86) ** 2 <= 24 ** 2
+    merged = Instances.from_masks([left | right])
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.where(left | right, 200, 60).astype(np.uint8), name="pair")
+    group = add_group_for_image(viewer, img, merged)
+    group.candidates = _candidates_from(merged, np.asarray([0.9]))
+    widget = tools.EditToolsWidget(viewer)  # its key bindings (Tab)
+    said = []
+    monkeypatch.setattr(tools, "_notify", lambda m, warning=False: said.append(m))
+    before = [np.array(layer.data) for layer in group.layers]
+    (old,) = (int(i) for i in group.ids())
+    tools.add_candidate_at(viewer, (64, 30))
+    draft = tools.draft_layer(viewer, group)
+    assert draft is not None and f"split it off cell {old}" in said[-1]
+    assert _iou(np.asarray(draft.data) > 0, left) >= 0.85
+    _key(qtbot, viewer, Qt.Key_Tab)
+    assert _iou(np.asarray(draft.data) > 0, left | right) >= 0.9  # the detection as it was
+    assert "add it" in said[-1]
+    _key(qtbot, viewer, Qt.Key_Tab)
+    _key(qtbot, viewer, Qt.Key_C)
+    assert tools.draft_layer(viewer, group) is None
+    assert len(group.ids()) == 2 and "keeps the rest" in said[-1]
+    new = max(int(i) for i in group.ids())
+    assert _iou(group.mask_of(new), left) >= 0.85
+    assert _iou(group.mask_of(old), right) >= 0.85  # the merged detection is the other cell
+    assert not np.any(group.mask_of(new) & group.mask_of(old))
+    assert group.undo() == f"split cell {new} off cell {old}"
+    assert [int(i) for i in group.ids()] == [old]
+    for layer, snap in zip(group.layers, before):
+        np.testing.assert_array_equal(layer.data, snap)
+    # the same click committed as the whole shape is a plain new cell beside the old one
+    tools.add_candidate_at(viewer, (64, 30))
+    tools.next_candidate(viewer)
+    tools.commit_draft(viewer, group)
+    assert len(group.ids()) == 2 and group.mask_of(old).sum() == (left | right).sum()
+    widget.cleanup()
+
+
 def test_no_candidate_says_draw_it(make_napari_viewer, synthetic, monkeypatch):
     viewer = make_napari_viewer()
     image, truth = synthetic

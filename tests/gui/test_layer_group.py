@@ -223,6 +223,37 @@ def test_redraw_cell_keeps_id_and_never_clips(make_napari_viewer, synthetic):
     assert group.scores[cell] == pytest.approx(truth.scores[truth.index_of(cell)])
 
 
+def test_split_cell_cuts_a_new_cell_out_and_never_clips(make_napari_viewer, synthetic):
+    """Cutting a grown copy of part of a cell out of it: the cell keeps the rest, the new cell
+    goes where it overlaps nothing, no other cell loses a pixel, one undo restores all."""
+    from scipy import ndimage
+
+    viewer = make_napari_viewer()
+    _, group = _group(viewer, synthetic)
+    truth = synthetic[1]
+    cell = int(max(group.ids(), key=lambda i: group.mask_of(int(i)).sum()))
+    own = group.mask_of(cell)
+    rows = np.flatnonzero(own.any(axis=1))
+    top = own.copy()
+    top[rows[0] + len(rows) // 2:] = False  # its upper half, grown into the neighbours
+    piece = ndimage.binary_dilation(top, iterations=4)
+    before = _snapshot(group)
+    new = group.split_cell(cell, piece)
+    np.testing.assert_array_equal(group.mask_of(new), piece)
+    np.testing.assert_array_equal(group.mask_of(cell), own & ~piece)
+    for k, snap in enumerate(before):
+        others = (snap != 0) & (snap != cell)
+        np.testing.assert_array_equal(group.layers[k].data[others], snap[others])
+    assert group.classes[new] == group.classes.get(cell, 0)
+    assert group.undo() == f"split cell {new} off cell {cell}"
+    _assert_same(group.to_instances(), truth)
+    with pytest.raises(EditError, match="does not overlap"):
+        group.split_cell(cell, np.roll(own, own.shape[0] // 2, axis=0) & ~own)
+    with pytest.raises(EditError, match="covers all"):
+        group.split_cell(cell, ndimage.binary_dilation(own))
+    _assert_same(group.to_instances(), truth)
+
+
 def test_move_cell_to_next_free_layer_and_refuses_clipping(make_napari_viewer, synthetic):
     viewer = make_napari_viewer()
     _, group = _group(viewer, synthetic)

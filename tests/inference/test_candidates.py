@@ -12,6 +12,7 @@ from napari_iaunet.inference.candidates import (
     Candidates,
     CandidateSource,
     candidates_at,
+    split_at,
 )
 from napari_iaunet.model import IAUNetConfig, build_model
 
@@ -179,3 +180,41 @@ def test_a_detector_keeps_no_candidates():
     np.testing.assert_array_equal(inst.to_dense(), seg.segment(image).to_dense())
     assert cands.sources == [] and len(cands) == 0 and cands.image_shape == (96, 96)
     assert candidates_at(cands, (48, 48)) == []
+
+
+def _two_cells_merged() -> tuple[Candidates, np.ndarray]:
+    """One query whose mask is two touching discs (a detection that merged two cells: centres
+    (40, 36) and (40, 84) px, radius 24 px), accepted as one cell."""
+    low = _low_disc((10, 9), 6) | _low_disc((10, 21), 6)
+    cands = Candidates((128, 128), [_source([low], [0.95])])
+    (whole,) = candidates_at(cands, (40, 36), thresholds=None)
+    accepted = np.where(whole.mask((128, 128)), 3, 0).astype(np.uint16)
+    return cands, accepted
+
+
+def test_a_repeat_of_a_merged_cell_offers_the_clicked_half_first():
+    cands, accepted = _two_cells_merged()
+    for click, side in (((40, 30), "left"), ((40, 90), "right")):
+        picks = candidates_at(cands, click, accepted=[accepted], thresholds=None)
+        assert [p.source for p in picks] == [-2, 0]  # the piece, then the whole detection
+        piece, whole = picks
+        assert whole.overlap == pytest.approx(1.0)
+        assert piece.mask((128, 128))[click] and piece.area < 0.6 * whole.area
+        assert 0.35 < piece.overlap < 0.65  # about half of the accepted cell
+        cols = np.flatnonzero(piece.mask((128, 128)).any(axis=0))
+        assert (cols.max() < 64) if side == "left" else (cols.min() >= 56)
+        assert piece.crop.shape == (piece.box[2] - piece.box[0], piece.box[3] - piece.box[1])
+    # nothing accepted there yet, or splitting switched off: the detection as it is
+    assert [p.source for p in candidates_at(cands, (40, 30), thresholds=None)] == [0]
+    off = candidates_at(cands, (40, 30), accepted=[accepted], thresholds=None,
+                        split_min_distance=None)
+    assert [p.source for p in off] == [0]
+
+
+def test_a_round_cell_is_not_split():
+    cands = Candidates((128, 128), [_source([_low_disc((16, 16), 8)], [0.9])])
+    (whole,) = candidates_at(cands, (64, 64), thresholds=None)
+    accepted = np.where(whole.mask((128, 128)), 1, 0).astype(np.uint16)
+    assert split_at(whole, (64, 64)) is None
+    picks = candidates_at(cands, (64, 64), accepted=[accepted], thresholds=None)
+    assert [p.source for p in picks] == [0]

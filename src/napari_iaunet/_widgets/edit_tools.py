@@ -10,7 +10,8 @@ This module adds what they cannot do across layers:
 * **move cell** (Shift-M, or click): to the next layer where it fits, or to a chosen layer;
 * **add a missed cell** (A, or click; Shift-drag a box): the model's own candidate masks under the
   pointer (every query of the segmentation, kept with the group) — the best appears as a draft at
-  once, Tab shows the next, C / Enter commits it like a new cell, Esc discards it;
+  once, Tab shows the next, C / Enter commits it like a new cell, Esc discards it; a candidate
+  split off a cell already in the group (two cells detected as one) is cut out of that cell;
 * **undo / redo** (Ctrl-Z / Ctrl-Shift-Z on a group layer, or the buttons) for all of them and for
   napari's own brush strokes on group layers.
 
@@ -148,7 +149,8 @@ def _open_draft(viewer: Viewer, group: InstanceGroup, replaces: int | None,
         layer = Labels(
             data,
             name=f"draft cell [{group.name}]",
-            metadata={META_KEY: {"role": "draft", "group": group.id, "replaces": replaces}},
+            metadata={META_KEY: {"role": "draft", "group": group.id, "replaces": replaces,
+                                 "split_from": None}},
             scale=template.scale,
             translate=template.translate,
             opacity=0.75,
@@ -164,6 +166,7 @@ def _open_draft(viewer: Viewer, group: InstanceGroup, replaces: int | None,
     else:
         layer.data = data
         layer.metadata[META_KEY]["replaces"] = replaces
+        layer.metadata[META_KEY]["split_from"] = None
     _CYCLES.pop(layer, None)  # a new draft: no candidates to cycle through (add sets them)
     layer.selected_label = 1
     viewer.layers.selection.active = layer
@@ -318,9 +321,43 @@ def _announce_candidate(layer: Labels) -> None:
     cycle = _CYCLES[layer]
     pick = cycle.picks[cycle.index]
     more = (f"Tab: next of {len(cycle.picks)}, " if len(cycle.picks) > 1 else "")
-    what = "the model's answer to the click, " if pick.source == -1 else ""
+    what, action = "", "add it"
+    parent = _cell_matching(cycle.group, pick.parent) if pick.parent is not None else None
+    layer.metadata[META_KEY]["split_from"] = parent
+    if pick.source == -1:
+        what = "the model's answer to the click, "
+    elif parent is not None:
+        what = f"cell {parent} split where it narrows, "
+        action = f"split it off cell {parent}"
     _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} ({what}score {pick.score:.2f}, "
-            f"{pick.area} px): {more}C or Enter: add it, Esc: discard.")
+            f"{pick.area} px): {more}C or Enter: {action}, Esc: discard.")
+
+
+def _cell_matching(group: InstanceGroup, cand: Any) -> int | None:
+    """The group's cell with the largest mask IoU with a candidate, if that IoU is at least
+    the candidates' duplicate IoU (the cell a split piece was cut from); else None."""
+    from ..inference.candidates import DUPLICATE_IOU
+
+    y0, x0, y1, x1 = cand.box
+    best, best_id = 0.0, None
+    for labels in group.label_images():
+        region = np.asarray(labels[y0:y1, x0:x1])
+        for cell in np.unique(region[cand.crop]).tolist():
+            if cell == 0:
+                continue
+            iou = cand.iou_with(*_cell_crop(labels, cell))
+            if iou > best:
+                best, best_id = iou, int(cell)
+    return best_id if best >= DUPLICATE_IOU else None
+
+
+def _cell_crop(labels: np.ndarray, cell: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """``(box, crop)`` of one cell of a label image."""
+    from scipy import ndimage
+
+    (rows, cols), = ndimage.find_objects((np.asarray(labels) == cell).astype(np.int32))
+    return ((rows.start, cols.start, rows.stop, cols.stop),
+            np.asarray(labels[rows, cols]) == cell)
 
 
 def commit_draft(viewer: Viewer, group: InstanceGroup | None = None) -> int | None:
@@ -337,15 +374,21 @@ def commit_draft(viewer: Viewer, group: InstanceGroup | None = None) -> int | No
         raise EditError("there is no draft to commit: press N (new cell) or R (redraw) first")
     mask = ndimage.binary_fill_holes(np.asarray(layer.data) > 0)
     replaces = layer.metadata[META_KEY].get("replaces")
+    split_from = layer.metadata[META_KEY].get("split_from")
+    said = ""
     if replaces is not None:
         group.replace_cell(int(replaces), mask)
         cell = int(replaces)
+    elif split_from is not None and int(split_from) in group.ids() and np.any(
+            mask & group.mask_of(int(split_from))):
+        cell = group.split_cell(int(split_from), mask)
+        said = f" It was cut out of cell {split_from}, which keeps the rest (Ctrl-Z: both back)."
     else:
         cell = group.add_cell(mask)
     viewer.layers.remove(layer)
     dest = group.layers[group.layer_of(cell)]
     viewer.layers.selection.active = dest
-    _notify(f"Cell {cell} is in '{dest.name}'.")
+    _notify(f"Cell {cell} is in '{dest.name}'.{said}")
     return cell
 
 

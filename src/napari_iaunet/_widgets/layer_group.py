@@ -654,6 +654,41 @@ class InstanceGroup:
         self._apply(edit, forward=True, fresh=True)
         return new_id
 
+    def split_cell(self, instance_id: int, mask: np.ndarray, *, score: float = 1.0) -> int:
+        """Cut ``mask`` out of cell ``instance_id`` as a new cell (one undo step): the cell keeps
+        the rest of its pixels, the new cell goes to the first layer where it fits (a new layer if
+        none) and inherits the cell's class. Returns the new id. Other cells are never touched."""
+        mask, box = self._check_mask(mask)
+        k = self.layer_of(instance_id)
+        old_box = self._mask_box(k, instance_id)
+        layer = self.layers[k]
+        before = np.array(layer.data[_region(old_box)])
+        own = before == instance_id
+        cut = own & mask[_region(old_box)]
+        if not cut.any():
+            raise EditError(f"the new cell does not overlap cell {instance_id}: add it instead")
+        if np.array_equal(cut, own):
+            raise EditError(f"the new cell covers all of cell {instance_id}: redraw that cell "
+                            "instead (R)")
+        new_id = self.next_id()
+        edit = _Edit(f"split cell {new_id} off cell {instance_id}",
+                     [_Patch(layer, _region(old_box), before,
+                             np.where(cut, 0, before).astype(before.dtype))])
+        crop = mask[_region(box)]
+        # after the cut no pixel of the cell lies under the mask, so it counts as background
+        target = next((j for j in range(len(self.layers))
+                       if self._fits(j, box, crop, ignore=instance_id if j == k else 0)), None)
+        if target is None:
+            edit.added_layers.append(self._make_layer())
+            dest = edit.added_layers[0]
+        else:
+            dest = self.layers[target]
+        self._paint_patch(edit, dest, box, crop, new_id)
+        edit.scores[new_id] = (None, float(score))
+        self.classes[new_id] = self.classes.get(instance_id, 0)
+        self._apply(edit, forward=True, fresh=True)
+        return new_id
+
     def delete_cell(self, instance_id: int) -> None:
         """Remove one cell (its pixels in its own layer become background)."""
         k = self.layer_of(instance_id)

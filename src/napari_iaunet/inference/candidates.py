@@ -15,6 +15,8 @@ in this box)?" without a new forward pass:
 * :func:`candidates_at` ranks the candidates that contain a point (optionally within a box):
   the probability of every query at the point is one vectorised bilinear lookup; only the queries
   that contain it are resampled to image pixels.
+* :func:`split_at`: when the best candidate is a cell already accepted (often two touching
+  cells detected as one), the piece of it under the click, cut where the mask narrows.
 
 No Qt, no napari: the edit tools call :func:`candidates_at` and show the result.
 """
@@ -30,7 +32,7 @@ import numpy as np
 from .postprocess import _first_last_np, _sample_boxes_numpy, _support, _tighten
 
 __all__ = ["RANKINGS", "Candidate", "CandidateSource", "Candidates", "candidates_at",
-           "overlap_with_accepted"]
+           "overlap_with_accepted", "split_at"]
 
 RANKINGS = ("score", "class", "maskness", "novel", "centred")
 """How :func:`candidates_at` orders candidates (``docs/plugin.md`` has the measured comparison):
@@ -46,6 +48,12 @@ RANKINGS = ("score", "class", "maskness", "novel", "centred")
 DEFAULT_RANKING = "centred"
 DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7)
 DUPLICATE_IOU = 0.8  # a candidate this close to a better-ranked one is not offered again
+SPLIT_MIN_DISTANCE = 10.0
+"""Pixels between the centres of two cells that :func:`split_at` may separate (the
+``min_distance`` of the distance-transform peaks), in image pixels. Chosen on the 24 Usiigaci
+images the bundled model trained on (cells 30–60 px across; 5 and 10 px tie there, 20 and 30
+recover fewer cells); Revvity-25's 40–120 px cells split the same at 10 to 30 px.
+``docs/plugin.md`` has the measurement."""
 
 
 @dataclass
@@ -243,7 +251,9 @@ class Candidate:
     accepted cell (0 when none were given); ``p_point`` the mask probability at the click;
     ``centre_distance`` the distance from the click to the mask's centroid over the square root
     of its area (0 for a box); ``threshold`` the mask probability it was cut at; ``source``
-    the forward pass it came from (-1: the model's answer to the click) and ``query`` its query.
+    the forward pass it came from (-1: the model's answer to the click; -2: a piece split off
+    the first candidate, :func:`split_at`) and ``query`` its query; ``parent`` is the candidate
+    a split piece was cut from (None otherwise).
     """
 
     box: tuple[int, int, int, int]
@@ -258,6 +268,7 @@ class Candidate:
     threshold: float
     source: int
     query: int
+    parent: Candidate | None = field(default=None, repr=False)
 
     @property
     def area(self) -> int:
@@ -332,6 +343,7 @@ def candidates_at(
     min_box_iou: float = 0.3,
     duplicate_iou: float | None = DUPLICATE_IOU,
     click_pass: bool = True,
+    split_min_distance: float | None = SPLIT_MIN_DISTANCE,
 ) -> list[Candidate]:
     """The candidates under a click, best first.
 
@@ -356,6 +368,11 @@ def candidates_at(
             click queries: ``candidates.answer``), the model's answer to this click comes first
             (``source`` -1; cut at the segmentation's mask threshold first, then at the other
             ``thresholds``), then the segmentation's queries.
+        split_min_distance: with a point and ``accepted``: when the first candidate repeats an
+            accepted cell (IoU ≥ :data:`DUPLICATE_IOU` — the model's best answer adds nothing,
+            typically a detection that merged the clicked cell with a neighbour), the piece of
+            it under the click (:func:`split_at` with this ``min_distance``) is offered first,
+            the whole candidate after it. None: never split.
     """
     from scipy import ndimage
 
@@ -446,7 +463,56 @@ def candidates_at(
         out.append(cand)
         if len(out) >= limit:
             break
+    if (point is not None and accepted and split_min_distance and out
+            and out[0].overlap >= DUPLICATE_IOU):
+        piece = split_at(out[0], (py, px), split_min_distance)
+        if piece is not None:
+            piece.overlap = overlap_with_accepted(piece.box, piece.crop, accepted, areas)
+            rest = [c for c in out if duplicate_iou is None
+                    or c.iou_with(piece.box, piece.crop) <= duplicate_iou]
+            out = [piece, *rest][:limit]
     return out
+
+
+def split_at(cand: Candidate, point: Sequence[int], min_distance: float = SPLIT_MIN_DISTANCE
+             ) -> Candidate | None:
+    """The piece of ``cand`` under ``point`` (image pixels) when the mask is two or more round
+    parts joined where it narrows: scikit-image's watershed of the mask's distance transform,
+    seeded at its peaks at least ``min_distance`` px apart. None when the mask is one part (a
+    single peak) or the click's piece is the whole mask. The piece keeps the candidate's scores;
+    its ``source`` is -2, its ``parent`` the candidate, its centre distance is measured afresh."""
+    from scipy import ndimage
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    y, x = int(point[0]) - cand.box[0], int(point[1]) - cand.box[1]
+    if not (0 <= y < cand.crop.shape[0] and 0 <= x < cand.crop.shape[1] and cand.crop[y, x]):
+        return None
+    mask = np.pad(cand.crop, 1)  # the distance to the background outside the crop, too
+    distance = ndimage.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=max(1, round(min_distance)),
+                           labels=mask.astype(np.int32), exclude_border=False)
+    if len(peaks) < 2:
+        return None
+    markers = np.zeros(mask.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    regions = watershed(-distance, markers, mask=mask)
+    piece = regions == regions[y + 1, x + 1]
+    area = int(np.count_nonzero(piece))
+    if area == cand.area:
+        return None
+    rows = np.flatnonzero(piece.any(axis=1))
+    cols = np.flatnonzero(piece.any(axis=0))
+    crop = np.ascontiguousarray(piece[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    box = (cand.box[0] + int(rows[0]) - 1, cand.box[1] + int(cols[0]) - 1,
+           cand.box[0] + int(rows[-1]), cand.box[1] + int(cols[-1]))
+    yy, xx = np.nonzero(crop)
+    distance_to_centre = float(np.hypot(yy.mean() + box[0] - int(point[0]),
+                                        xx.mean() + box[1] - int(point[1])) / np.sqrt(area))
+    return Candidate(box=box, crop=crop, score=cand.score, class_prob=cand.class_prob,
+                     maskness=cand.maskness, class_id=cand.class_id, p_point=cand.p_point,
+                     overlap=cand.overlap, centre_distance=distance_to_centre,
+                     threshold=cand.threshold, source=-2, query=cand.query, parent=cand)
 
 
 def _rank_value(cand: Candidate, ranking: str) -> float:
