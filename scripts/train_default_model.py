@@ -145,9 +145,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-clicks", type=float, default=0.0,
                    help="with --click-decoder: share of the clicks on cells the segmentation "
                         "misses (default 0: all on random cells)")
-    p.add_argument("--click-answers", type=int, choices=(1, 2), default=None,
-                   help="with --click-decoder: answers per click (2: the second learns the "
-                        "smallest cell under the click; default: as the start model)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint instead of a new model; its architecture "
@@ -230,7 +227,6 @@ def main(argv: list[str] | None = None) -> int:
                         match_brightness=args.match_brightness,
                         click_queries=args.click_queries, keep_checkpoints=True,
                         train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks,
-                        click_answers=args.click_answers,
                         # a start checkpoint keeps its architecture; the input size may change
                         input_size=args.input_size if args.init else None),
             model_config=None if args.init else IAUNetConfig(

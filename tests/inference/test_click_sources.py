@@ -111,16 +111,3 @@ def test_a_model_not_trained_for_clicks_keeps_nothing_for_them():
     _, kept = trained.segment(_image((64, 64)), candidates=True)
     assert kept.nbytes > cands.nbytes  # the context is counted
     assert trained.answer_click(kept, (64, 3)) is None  # outside the image
-
-
-def test_a_model_with_two_answers_per_click_offers_both():
-    seg = _segmenter(tile_size=None, click_decoder=True)
-    seg.model.decoder.click_decoder.set_answers(2)
-    with torch.no_grad():
-        seg.model.decoder.click_decoder.answer_embed[1].normal_(0, 3.0)
-    seg.model.config = seg.model.config.replace(click_answers=2)
-    _, cands = seg.segment(_image((96, 80)), candidates=True)
-    answer = seg.answer_click(cands, (70, 60))
-    assert len(answer) == 2 and not np.allclose(answer.logits[0], answer.logits[1])
-    picks = candidates_at(cands, (70, 60), thresholds=(0.5,), duplicate_iou=None)
-    assert {p.query for p in picks if p.source == -1} <= {0, 1} and picks[0].source == -1

@@ -15,7 +15,7 @@ from scipy import ndimage
 from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
 from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
 from napari_iaunet.training.augment import AugmentConfig
-from napari_iaunet.training.clicks import missed_cells, sample_clicks, smallest_cells_at
+from napari_iaunet.training.clicks import missed_cells, sample_clicks
 from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
 from napari_iaunet.training.losses import SetCriterion
 from napari_iaunet.training.trainer import TrainConfig, train
@@ -332,69 +332,3 @@ def test_a_click_decoder_needs_click_queries(tiny_config):
     assert "click_decoder" not in IAUNetConfig().to_dict()  # older versions read a plain config
     both = IAUNetConfig.from_dict(IAUNetConfig(click_queries=True, click_decoder=True).to_dict())
     assert both.click_decoder and both.describe().endswith("answers clicks (own click decoder)")
-
-
-def test_the_second_answer_learns_the_smallest_cell_under_the_click():
-    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
-    masks[0, 4:60, 4:60] = True  # a large cell
-    masks[1, 20:30, 20:30] = True  # a small cell lying on it
-    masks[2, 40:50, 40:50] = True  # another, also on it
-    clicks = torch.tensor([[[25.5 / 64, 25.5 / 64], [8.5 / 64, 8.5 / 64], [45.5 / 64, 45.5 / 64],
-                            [0.5 / 64, 0.5 / 64]]])
-    cells = [torch.tensor([0, 0, 2, -1])]
-    (smallest,) = smallest_cells_at([masks], clicks, cells)
-    assert smallest.tolist() == [1, 0, 2, -1]  # the small cell; the large alone; itself; none
-    assert cells[0].tolist() == [0, 0, 2, -1]  # the clicked cells are not changed
-    (empty,) = smallest_cells_at([torch.zeros(0, 64, 64)], clicks, [torch.full((4,), -1)])
-    assert empty.tolist() == [-1] * 4
-
-
-def test_two_answers_per_click_start_equal_and_part_when_trained(tiny_config):
-    torch.manual_seed(0)
-    model = build_model(tiny_config(dropout=0.0, click_queries=True)).eval()
-    images = torch.randn(2, 3, 64, 96)
-    clicks = torch.tensor([[[0.2, 0.3], [0.7, 0.6]], [[0.5, 0.5], [0.1, 0.9]]])
-    own = model.decoder.add_click_decoder()
-    with torch.no_grad():
-        one = model(images, clicks=clicks)
-        own.set_answers(2)
-        two = model(images, clicks=clicks)
-        prepared = model.decoder.prepare_context(
-            model(images, with_aux=False, keep_context=True)["click_context"])
-        later = model.decoder.answer_clicks(prepared, clicks)
-        own.answer_embed[1].normal_()
-        parted = model(images, clicks=clicks)
-    assert two["click_masks"].shape[1] == 4 and len(two["aux_outputs"]) == len(one["aux_outputs"])
-    for key in ("click_logits", "click_masks"):  # each click's answers side by side, equal
-        torch.testing.assert_close(two[key][:, 0::2], one[key], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(two[key][:, 1::2], one[key], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(later[key], two[key], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(parted["click_masks"][:, 0::2], one["click_masks"])
-    assert not torch.allclose(parted["click_masks"][:, 1::2], one["click_masks"], atol=1e-3)
-    torch.testing.assert_close(parted["pred_masks"], one["pred_masks"])
-
-
-def test_training_a_second_answer_per_click(tmp_path, tiny_pairs, tiny_config):
-    """Real steps: the checkpoint says two answers, holds the answer embedding (it moved), and
-    the segmentation stays exactly as its start."""
-    torch.manual_seed(0)
-    start = build_model(tiny_config()).eval()
-    start_path = save_checkpoint(tmp_path / "start.pt", start)
-    cfg = TrainConfig(out_dir=tmp_path / "run", steps=6, batch_size=2, lr=3e-3, num_points=256,
-                      val_every=0, seed=1, plot=False, click_queries=3,
-                      train_click_decoder=True, click_answers=2)
-    trained = load_checkpoint(train(tiny_pairs, None, cfg, start=start_path).last_path)
-    assert trained.config.click_answers == 2 and trained.model.decoder.click_decoder.answers == 2
-    assert "2 answers per click" in trained.config.describe()
-    embed = trained.model.state_dict()["decoder.click_decoder.answer_embed"]
-    assert embed.shape[0] == 2 and embed.abs().max() > 0  # started at zero, trained
-    after = trained.model.state_dict()
-    for key, value in start.state_dict().items():
-        assert torch.equal(after[key], value), key
-    with pytest.raises(ValueError, match="click_answers is 1 or 2"):
-        TrainConfig(click_queries=2, train_click_decoder=True, click_answers=3)
-    with pytest.raises(ValueError, match=r"second answer per click .* click decoder alone"):
-        TrainConfig(click_queries=2, click_answers=2)
-    with pytest.raises(ValueError, match="needs a click decoder"):
-        tiny_config(click_queries=True, click_answers=2)
-    assert "click_answers" not in IAUNetConfig().to_dict()

@@ -146,10 +146,6 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="with --click-decoder: this share of the clicks (0–1) lands on cells "
                           "the model's segmentation misses, as a person's clicks do; one more "
                           "pass without clicks per step finds them (default 0)")
-    run.add_argument("--click-answers", type=int, choices=(1, 2), default=None,
-                     help="with --click-decoder: answers per click; 2 adds one that learns the "
-                          "smallest cell under the click (a small cell on a larger one; "
-                          "default: as many as the start model has)")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
@@ -266,8 +262,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
         mcc_temperature=args.contrast_temperature, click_queries=args.click_queries,
-        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks,
-        click_answers=args.click_answers)
+        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:

@@ -8,11 +8,6 @@ from the segmentation's and trained alone (``TrainConfig.train_click_decoder``):
 pixel decoder and every weight the segmentation uses stay exactly as they were. A click query
 still sees the learned queries (as each segmentation block left them) and the same pixel memories;
 only what it does with them is its own.
-
-With two answers per click (``IAUNetConfig.click_answers``) each click query goes in twice, the
-second with a learned embedding added to its content (zero at first: both answers start equal);
-training teaches the first the clicked cell and the second the smallest cell under the click
-(``training.clicks.smallest_cells_at``).
 """
 
 from __future__ import annotations
@@ -33,7 +28,7 @@ class ClickDecoder(nn.Module):
 
     def __init__(self, cross_attention_layers: nn.ModuleList, self_attention_layers: nn.ModuleList,
                  ffn_layers: nn.ModuleList, decoder_norm: nn.LayerNorm, class_embed: nn.Linear,
-                 mask_embed: nn.Linear, answers: int = 1) -> None:
+                 mask_embed: nn.Linear) -> None:
         super().__init__()
         self.cross_attention_layers = cross_attention_layers
         self.self_attention_layers = self_attention_layers
@@ -41,43 +36,10 @@ class ClickDecoder(nn.Module):
         self.decoder_norm = decoder_norm
         self.class_embed = class_embed
         self.mask_embed = mask_embed
-        self.answer_embed: nn.Parameter | None = None
-        self.set_answers(answers)
-
-    @property
-    def answers(self) -> int:
-        """Answers per click (each click query goes through the blocks this many times)."""
-        return 1 if self.answer_embed is None else len(self.answer_embed)
-
-    def set_answers(self, answers: int) -> None:
-        """Give each click ``answers`` answers (1 or 2); a new answer starts equal to the first
-        (its embedding is zero), an existing one keeps what it learnt."""
-        if answers not in (1, 2):
-            raise ValueError(f"ClickDecoder: answers per click is 1 or 2, got {answers!r}")
-        if answers == self.answers:
-            return
-        if answers == 1:
-            self.answer_embed = None
-            return
-        dim = self.decoder_norm.normalized_shape[0]
-        self.answer_embed = nn.Parameter(torch.zeros(answers, dim,
-                                                     device=self.class_embed.weight.device))
-
-    def expand(self, queries: torch.Tensor, query_pos: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Click queries and positions ``(B, K, D)`` as ``(B, K·answers, D)``: each click's
-        answers side by side (click-major), the answer embedding added to the content."""
-        if self.answer_embed is None:
-            return queries, query_pos
-        b, k, d = queries.shape
-        m = len(self.answer_embed)
-        content = queries[:, :, None, :] + self.answer_embed.to(queries.dtype)
-        return content.reshape(b, k * m, d), query_pos.repeat_interleave(m, dim=1)
 
     @classmethod
     def build(cls, num_layers: int, hidden_dim: int, mask_dim: int, num_heads: int,
-              dim_feedforward: int, dropout: float, num_classes: int, answers: int = 1
-              ) -> ClickDecoder:
+              dim_feedforward: int, dropout: float, num_classes: int) -> ClickDecoder:
         """A newly initialised click decoder (its weights come from a checkpoint, or
         :meth:`copy_of` makes a trained one)."""
         return cls(
@@ -88,7 +50,7 @@ class ClickDecoder(nn.Module):
             nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, dropout)
                           for _ in range(num_layers)),
             nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, num_classes + 1),
-            nn.Linear(hidden_dim, mask_dim), answers)
+            nn.Linear(hidden_dim, mask_dim))
 
     @classmethod
     def copy_of(cls, decoder: nn.Module) -> ClickDecoder:

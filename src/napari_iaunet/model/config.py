@@ -129,9 +129,6 @@ class IAUNetConfig(_FromDict):
     # (TrainConfig.train_click_decoder) so the segmentation stays exactly as it was. Needs
     # click_queries; adds a copy of the transformer blocks and heads to the weights.
     click_decoder: bool = False
-    # answers per click of the click decoder: 1, or 2 — the second trained on the smallest cell
-    # under the click (a small cell lying on a larger one: the first answer often is the larger)
-    click_answers: int = 1
 
     family: ClassVar[str] = "iaunet"  # not stored: a config without "family" is an IAUNet
 
@@ -150,12 +147,6 @@ class IAUNetConfig(_FromDict):
         if self.click_decoder and not self.click_queries:
             raise ValueError(f"{type(self).__name__}: click_decoder answers click queries: it "
                              "needs click_queries")
-        if self.click_answers not in (1, 2):
-            raise ValueError(f"{type(self).__name__}: click_answers is 1 or 2, got "
-                             f"{self.click_answers!r}")
-        if self.click_answers > 1 and not self.click_decoder:
-            raise ValueError(f"{type(self).__name__}: a second answer per click needs a click "
-                             "decoder (click_decoder)")
         if self.click_queries and self.centre_guidance:
             raise ValueError(f"{type(self).__name__}: click queries (--click-queries) do not work "
                              "with centre guidance (PCTrans and its options)")
@@ -187,8 +178,6 @@ class IAUNetConfig(_FromDict):
             del d["click_queries"]  # likewise
         if not d["click_decoder"]:
             del d["click_decoder"]  # likewise
-        if d["click_answers"] == 1:
-            del d["click_answers"]  # likewise
         if self.family == "iaunet":
             for name in PCTRANS_OPTIONS:
                 if not d[name]:
@@ -209,8 +198,6 @@ class IAUNetConfig(_FromDict):
             text += " + " + ", ".join(o.replace("_", " ") for o in self.pctrans_options)
         if self.click_queries:
             text += ", answers clicks" + (" (own click decoder)" if self.click_decoder else "")
-            if self.click_answers > 1:
-                text += f", {self.click_answers} answers per click"
         return text
 
 

@@ -95,7 +95,6 @@ class IAUNetDecoder(nn.Module):
         query_groups: int = 1,
         masked_attention: bool = False,
         click_decoder: bool = False,
-        click_answers: int = 1,
     ) -> None:
         super().__init__()
         if len(encoder_channels) != 4:
@@ -152,8 +151,7 @@ class IAUNetDecoder(nn.Module):
 
         # --- click queries' own blocks and heads (IAUNetConfig.click_decoder) ----------------
         self.click_decoder = (ClickDecoder.build(num_layers, hidden_dim, mask_dim, num_heads,
-                                                 dim_feedforward, dropout, num_classes,
-                                                 click_answers)
+                                                 dim_feedforward, dropout, num_classes)
                               if click_decoder else None)
 
         self._init_weights()
@@ -306,11 +304,9 @@ class IAUNetDecoder(nn.Module):
         output then also holds ``click_logits (B, K, C+1)`` and ``click_masks (B, K, h, w)``.
         A model answers them well only when trained with them (``IAUNetConfig.click_queries``).
         With a click decoder (:meth:`add_click_decoder`) the click queries go through its blocks
-        and heads instead, over the learned queries as the segmentation's blocks left them; with
-        two answers per click (``IAUNetConfig.click_answers``) the outputs are ``(B, 2K, …)``,
-        each click's answers side by side. ``keep_context=True`` adds ``click_context``
-        (:class:`ClickContext`): clicks made later are answered from it by
-        :meth:`answer_clicks`, as they would be here.
+        and heads instead, over the learned queries as the segmentation's blocks left them.
+        ``keep_context=True`` adds ``click_context`` (:class:`ClickContext`): clicks made later
+        are answered from it by :meth:`answer_clicks`, as they would be here.
         """
         if clicks is not None and self.click_decoder is not None:
             # the learned queries' pass, then the clicks' own blocks over what it left
@@ -382,7 +378,7 @@ class IAUNetDecoder(nn.Module):
     def answer_clicks(self, context: ClickContext, clicks: torch.Tensor) -> dict[str, Any]:
         """``click_logits`` and ``click_masks`` of ``clicks (B, K, 2)`` from a kept
         :class:`ClickContext`: the same answer as :meth:`decode` with those clicks gives, at the
-        cost of K queries (K × answers per click) instead of all of them."""
+        cost of K queries instead of all of them."""
         return self._answer_clicks(context, clicks, every_block=False)[-1]
 
     def add_click_decoder(self) -> ClickDecoder:
@@ -410,8 +406,6 @@ class IAUNetDecoder(nn.Module):
         block, or after every block with ``every_block``."""
         cross_layers, self_layers, ffn_layers, predict = self._click_layers()
         queries, query_pos = self.click_queries(context.mask_features, clicks)
-        if self.click_decoder is not None:  # (B, K·answers, D): every answer of each click
-            queries, query_pos = self.click_decoder.expand(queries, query_pos)
         last = NUM_LEVELS * self.dec_layers - 1
         answers: list[dict[str, torch.Tensor]] = []
         previous: dict[str, torch.Tensor] = {}

@@ -68,6 +68,5 @@ def build_iaunet(config: IAUNetConfig, backbone_weights: str | Path | None = Non
         query_groups=config.query_groups,
         masked_attention=config.masked_attention,
         click_decoder=config.click_decoder,
-        click_answers=config.click_answers,
     )
     return IAUNet(encoder, decoder, config)

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .clicks import missed_cells, sample_clicks, smallest_cells_at
+from .clicks import missed_cells, sample_clicks
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
@@ -399,7 +399,6 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
         keys += ("loss_qec", "loss_mcc")
     per_image = int(getattr(cfg, "click_queries", 0))
     hard_share = float(getattr(cfg, "hard_clicks", 0.0))
-    answers = int(getattr(model_config, "click_answers", 1))
     if per_image:
         keys += ("loss_click_bce", "loss_click_dice")
 
@@ -415,9 +414,6 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
                     prefer = missed_cells(net(images), gt_masks)
             clicks, cells = sample_clicks(gt_masks, per_image, prefer=prefer,
                                           prefer_share=hard_share)
-            if answers == 2:  # each click's answers side by side: its cell, the smallest under it
-                smallest = smallest_cells_at(gt_masks, clicks, cells)
-                cells = [torch.stack([c, s], 1).flatten() for c, s in zip(cells, smallest)]
             targets = [{**t, "click_cells": c} for t, c in zip(targets, cells)]
             extra["clicks"] = clicks.to(images.device)
         with autocast():

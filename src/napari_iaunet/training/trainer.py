@@ -108,9 +108,6 @@ class TrainConfig:
     # misses (training.clicks.missed_cells; one pass without clicks per step finds them), as a
     # person clicks the cells the model missed. 0: every click on a random cell.
     hard_clicks: float = 0.0
-    # with train_click_decoder: answers per click (1 or 2; the second learns the smallest cell
-    # under the click, IAUNetConfig.click_answers). None: as many as the model has.
-    click_answers: int | None = None
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -163,11 +160,6 @@ class TrainConfig:
         if not (isinstance(self.hard_clicks, (int, float)) and 0.0 <= self.hard_clicks <= 1.0):
             raise ValueError(f"TrainConfig: hard_clicks is a share of the clicks, from 0 to 1; "
                              f"got {self.hard_clicks!r}")
-        if self.click_answers is not None and self.click_answers not in (1, 2):
-            raise ValueError(f"TrainConfig: click_answers is 1 or 2, got {self.click_answers!r}")
-        if self.click_answers not in (None, 1) and not self.train_click_decoder:
-            raise ValueError("TrainConfig: a second answer per click is trained with the click "
-                             "decoder alone: add train_click_decoder (--click-decoder)")
         if self.hard_clicks and not self.train_click_decoder:
             raise ValueError("TrainConfig: hard_clicks needs train_click_decoder (the cells "
                              "the segmentation misses are found with the segmentation fixed)")
@@ -574,10 +566,6 @@ def _train(run: _RunFolder, info: ddp.DistInfo, device: torch.device, cfg: Train
     if cfg.train_click_decoder and not mcfg.click_decoder:
         model.decoder.add_click_decoder()  # a copy of the segmentation's blocks and heads
         mcfg = mcfg.replace(click_decoder=True)
-        model.config = mcfg
-    if cfg.click_answers is not None and cfg.click_answers != mcfg.click_answers:
-        model.decoder.click_decoder.set_answers(cfg.click_answers)  # a new one starts equal
-        mcfg = mcfg.replace(click_answers=cfg.click_answers)
         model.config = mcfg
     model.to(device).train()
     if cfg.train_click_decoder:
