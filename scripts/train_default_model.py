@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hard-clicks", type=float, default=0.0,
                    help="with --click-decoder: share of the clicks on cells the segmentation "
                         "misses (default 0: all on random cells)")
+    p.add_argument("--click-target", choices=("clicked", "smallest"), default="clicked",
+                   help="what a click's answer learns: the clicked cell, or the smallest cell "
+                        "under the click (where cells overlap)")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--init", type=Path, default=None,
                    help="start from this checkpoint instead of a new model; its architecture "
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                         match_brightness=args.match_brightness,
                         click_queries=args.click_queries, keep_checkpoints=True,
                         train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks,
+                        click_target=args.click_target,
                         # a start checkpoint keeps its architecture; the input size may change
                         input_size=args.input_size if args.init else None),
             model_config=None if args.init else IAUNetConfig(

@@ -15,7 +15,7 @@ from scipy import ndimage
 from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
 from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
 from napari_iaunet.training.augment import AugmentConfig
-from napari_iaunet.training.clicks import missed_cells, sample_clicks
+from napari_iaunet.training.clicks import missed_cells, sample_clicks, smallest_cells_at
 from napari_iaunet.training.dataset import AnnotatedImages, TrainingDataset, collate
 from napari_iaunet.training.losses import SetCriterion
 from napari_iaunet.training.trainer import TrainConfig, train
@@ -332,3 +332,45 @@ def test_a_click_decoder_needs_click_queries(tiny_config):
     assert "click_decoder" not in IAUNetConfig().to_dict()  # older versions read a plain config
     both = IAUNetConfig.from_dict(IAUNetConfig(click_queries=True, click_decoder=True).to_dict())
     assert both.click_decoder and both.describe().endswith("answers clicks (own click decoder)")
+
+
+def test_the_smallest_cell_under_a_click():
+    masks = torch.zeros(3, 64, 64, dtype=torch.bool)
+    masks[0, 4:60, 4:60] = True  # a large cell
+    masks[1, 20:30, 20:30] = True  # a small cell lying on it
+    masks[2, 40:50, 40:50] = True  # another, also on it
+    clicks = torch.tensor([[[25.5 / 64, 25.5 / 64], [8.5 / 64, 8.5 / 64], [45.5 / 64, 45.5 / 64],
+                            [0.5 / 64, 0.5 / 64]]])
+    cells = [torch.tensor([0, 0, 2, -1])]
+    (smallest,) = smallest_cells_at([masks], clicks, cells)
+    assert smallest.tolist() == [1, 0, 2, -1]  # the small cell; the large alone; itself; none
+    assert cells[0].tolist() == [0, 0, 2, -1]  # the clicked cells are not changed
+    (empty,) = smallest_cells_at([torch.zeros(0, 64, 64)], clicks, [torch.full((4,), -1)])
+    assert empty.tolist() == [-1] * 4
+
+
+def test_click_decoder_training_on_the_smallest_cell_under_each_click(tmp_path, tiny_pairs,
+                                                                      tiny_config, monkeypatch):
+    from napari_iaunet.training import losses
+
+    asked = []
+
+    def spy(gt_masks, clicks, cells):
+        asked.append(len(clicks))
+        return smallest_cells_at(gt_masks, clicks, cells)
+
+    monkeypatch.setattr(losses, "smallest_cells_at", spy)
+    torch.manual_seed(0)
+    start = build_model(tiny_config()).eval()
+    start_path = save_checkpoint(tmp_path / "start.pt", start)
+    cfg = TrainConfig(out_dir=tmp_path / "run", steps=4, batch_size=2, lr=3e-3, num_points=256,
+                      val_every=0, seed=1, plot=False, click_queries=3,
+                      train_click_decoder=True, click_target="smallest")
+    trained = load_checkpoint(train(tiny_pairs, None, cfg, start=start_path).last_path)
+    assert len(asked) == 4  # every step's clicks got the smallest cell under them as target
+    after = trained.model.state_dict()
+    for key, value in start.state_dict().items():
+        assert torch.equal(after[key], value), key
+    assert trained.config.click_decoder
+    with pytest.raises(ValueError, match="click_target is 'clicked' or 'smallest'"):
+        TrainConfig(click_queries=2, train_click_decoder=True, click_target="largest")

@@ -146,6 +146,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                      help="with --click-decoder: this share of the clicks (0–1) lands on cells "
                           "the model's segmentation misses, as a person's clicks do; one more "
                           "pass without clicks per step finds them (default 0)")
+    run.add_argument("--click-target", choices=("clicked", "smallest"), default="clicked",
+                     help="what a click's answer learns: the cell the click was placed in "
+                          "(default), or the smallest cell under it where cells overlap")
     run.add_argument("--no-augment", dest="augment", action="store_false",
                      help="no random flips, 90° rotations or scale jitter (images are only "
                           "resized to the input size and padded)")
@@ -262,7 +265,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, weight_centre=args.weight_centre, weight_qec=args.weight_qec,
         weight_mcc=args.weight_mcc, qec_temperature=args.contrast_temperature,
         mcc_temperature=args.contrast_temperature, click_queries=args.click_queries,
-        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks)
+        train_click_decoder=args.click_decoder, hard_clicks=args.hard_clicks,
+        click_target=args.click_target)
     backbone_weights = args.backbone_weights
     if args.pretrained:
         if args.weights is not None or backbone_weights is not None:

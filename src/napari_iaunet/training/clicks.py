@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-__all__ = ["INNER_FRACTION", "missed_cells", "sample_clicks"]
+__all__ = ["INNER_FRACTION", "missed_cells", "sample_clicks", "smallest_cells_at"]
 
 INNER_FRACTION = 0.5  # a click lies where the border distance ≥ this share of the cell's maximum
 STRIDE = 4  # the mask features' stride
@@ -111,3 +111,30 @@ def sample_clicks(gt_masks: Sequence[torch.Tensor], per_image: int,
             clicks[b, k, 0], clicks[b, k, 1] = y / h, x / w
         cells.append(torch.as_tensor(chosen, dtype=torch.int64))
     return clicks, cells
+
+
+def smallest_cells_at(gt_masks: Sequence[torch.Tensor], clicks: torch.Tensor,
+                      cells: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per image, the ``(K,)`` index of the smallest cell holding each click's pixel (the target
+    of ``TrainConfig.click_target="smallest"``: where cells overlap, a click has one answer, the
+    smaller cell, instead of whichever cell the click was drawn for). ``clicks (B, K, 2)`` and
+    ``cells`` as :func:`sample_clicks` returns them; a click on no cell keeps -1, and a click
+    whose pixel no mask holds keeps its clicked cell."""
+    out: list[torch.Tensor] = []
+    for b, masks in enumerate(gt_masks):
+        chosen = cells[b].clone()
+        if len(masks) == 0:
+            out.append(chosen)
+            continue
+        h, w = masks.shape[-2:]
+        rows = (clicks[b, :, 0] * h).long().clamp(0, h - 1).to(masks.device)
+        cols = (clicks[b, :, 1] * w).long().clamp(0, w - 1).to(masks.device)
+        under = masks[:, rows, cols].bool()  # (N, K): which cells hold each click
+        areas = masks.flatten(1).sum(1).float()
+        sizes = torch.where(under, areas[:, None], torch.full_like(under, float("inf"),
+                                                                    dtype=torch.float32))
+        best = sizes.argmin(0).cpu()
+        held = under.any(0).cpu() & (chosen >= 0)
+        chosen[held] = best[held]
+        out.append(chosen)
+    return out

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .clicks import missed_cells, sample_clicks
+from .clicks import missed_cells, sample_clicks, smallest_cells_at
 from .matcher import NUM_POINTS, HungarianMatcher, Match, point_sample, point_sample_indexed
 from .pctrans_losses import centre_of_mass, loss_centre, loss_mcc, loss_qec
 
@@ -399,6 +399,7 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
         keys += ("loss_qec", "loss_mcc")
     per_image = int(getattr(cfg, "click_queries", 0))
     hard_share = float(getattr(cfg, "hard_clicks", 0.0))
+    smallest = getattr(cfg, "click_target", "clicked") == "smallest"
     if per_image:
         keys += ("loss_click_bce", "loss_click_dice")
 
@@ -414,6 +415,8 @@ def set_training_loss(model_config: Any, cfg: Any, device: torch.device
                     prefer = missed_cells(net(images), gt_masks)
             clicks, cells = sample_clicks(gt_masks, per_image, prefer=prefer,
                                           prefer_share=hard_share)
+            if smallest:  # one answer per click: the smallest cell under it
+                cells = smallest_cells_at(gt_masks, clicks, cells)
             targets = [{**t, "click_cells": c} for t, c in zip(targets, cells)]
             extra["clicks"] = clicks.to(images.device)
         with autocast():

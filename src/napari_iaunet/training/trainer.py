@@ -108,6 +108,10 @@ class TrainConfig:
     # misses (training.clicks.missed_cells; one pass without clicks per step finds them), as a
     # person clicks the cells the model missed. 0: every click on a random cell.
     hard_clicks: float = 0.0
+    # what a click's answer learns: "clicked", the cell the click was drawn for, or "smallest",
+    # the smallest cell under the click (where cells overlap, one answer per click: the cell on
+    # top, as a person clicking inside a cell that is already there means another one)
+    click_target: str = "clicked"
     weight_ce: float = 1.0
     weight_bce: float = 5.0
     weight_dice: float = 2.0
@@ -160,6 +164,9 @@ class TrainConfig:
         if not (isinstance(self.hard_clicks, (int, float)) and 0.0 <= self.hard_clicks <= 1.0):
             raise ValueError(f"TrainConfig: hard_clicks is a share of the clicks, from 0 to 1; "
                              f"got {self.hard_clicks!r}")
+        if self.click_target not in ("clicked", "smallest"):
+            raise ValueError(f"TrainConfig: click_target is 'clicked' or 'smallest', got "
+                             f"{self.click_target!r}")
         if self.hard_clicks and not self.train_click_decoder:
             raise ValueError("TrainConfig: hard_clicks needs train_click_decoder (the cells "
                              "the segmentation misses are found with the segmentation fixed)")
