@@ -497,6 +497,8 @@ def split_at(cand: Candidate, point: Sequence[int], min_distance: float = SPLIT_
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     regions = watershed(-distance, markers, mask=mask)
+    if regions[y + 1, x + 1] == 0:  # a part of the mask with no peak (not connected to one)
+        return None
     piece = regions == regions[y + 1, x + 1]
     area = int(np.count_nonzero(piece))
     if area == cand.area:
