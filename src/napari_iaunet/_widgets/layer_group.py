@@ -643,12 +643,7 @@ class InstanceGroup:
         new_id = self.next_id()
         edit = _Edit(f"new cell {new_id}")
         target = next((k for k in range(len(self.layers)) if self._fits(k, box, crop)), None)
-        if target is None:
-            edit.added_layers.append(self._make_layer())
-            target_layer = edit.added_layers[0]
-        else:
-            target_layer = self.layers[target]
-        self._paint_patch(edit, target_layer, box, crop, new_id)
+        self._paint_into(edit, target, box, crop, new_id)
         edit.scores[new_id] = (None, float(score))
         self.classes[new_id] = int(class_id)
         self._apply(edit, forward=True, fresh=True)
@@ -678,12 +673,7 @@ class InstanceGroup:
         # after the cut no pixel of the cell lies under the mask, so it counts as background
         target = next((j for j in range(len(self.layers))
                        if self._fits(j, box, crop, ignore=instance_id if j == k else 0)), None)
-        if target is None:
-            edit.added_layers.append(self._make_layer())
-            dest = edit.added_layers[0]
-        else:
-            dest = self.layers[target]
-        self._paint_patch(edit, dest, box, crop, new_id)
+        self._paint_into(edit, target, box, crop, new_id)
         edit.scores[new_id] = (None, float(score))
         self.classes[new_id] = self.classes.get(instance_id, 0)
         self._apply(edit, forward=True, fresh=True)
@@ -726,12 +716,7 @@ class InstanceGroup:
             before = np.array(layer.data[_region(old_box)])
             after = np.where(before == instance_id, 0, before).astype(before.dtype)
             edit.patches.append(_Patch(layer, _region(old_box), before, after))
-            if target is None:
-                edit.added_layers.append(self._make_layer())
-                dest = edit.added_layers[0]
-            else:
-                dest = self.layers[target]
-            self._paint_patch(edit, dest, new_box, crop, instance_id)
+            self._paint_into(edit, target, new_box, crop, instance_id)
         edit.scores[instance_id] = (self.scores.get(instance_id), float(score))
         self._apply(edit, forward=True, fresh=True)
         return self.layer_of(instance_id)
@@ -764,14 +749,21 @@ class InstanceGroup:
         edit = _Edit(f"move cell {instance_id}")
         after = np.where(crop, 0, before).astype(before.dtype)
         edit.patches.append(_Patch(layer, _region(box), before, after))
-        if dest_index is None:
-            edit.added_layers.append(self._make_layer())
-            dest = edit.added_layers[0]
-        else:
-            dest = self.layers[dest_index]
-        self._paint_patch(edit, dest, box, crop, instance_id)
+        dest = self._paint_into(edit, dest_index, box, crop, instance_id)
         self._apply(edit, forward=True, fresh=True)
         return self.layers.index(dest)
+
+    def _paint_into(self, edit: _Edit, target: int | None, box: tuple[int, int, int, int],
+                    crop: np.ndarray, value: int) -> Labels:
+        """Paint ``crop`` as ``value`` into layer ``target`` (index), or into a new layer when
+        it is None; returns the layer."""
+        if target is None:
+            edit.added_layers.append(self._make_layer())
+            dest = edit.added_layers[-1]
+        else:
+            dest = self.layers[target]
+        self._paint_patch(edit, dest, box, crop, value)
+        return dest
 
     def _paint_patch(self, edit: _Edit, layer: Labels, box: tuple[int, int, int, int],
                      crop: np.ndarray, value: int) -> None:
