@@ -322,7 +322,8 @@ def _announce_candidate(layer: Labels) -> None:
     pick = cycle.picks[cycle.index]
     more = (f"Tab: next of {len(cycle.picks)}, " if len(cycle.picks) > 1 else "")
     what, action = "", "add it"
-    parent = _cell_matching(cycle.group, pick.parent) if pick.parent is not None else None
+    # a split piece: the accepted cell its whole shape repeats (candidates_at found it)
+    parent = (pick.parent.overlap_cell or None) if pick.parent is not None else None
     layer.metadata[META_KEY]["split_from"] = parent
     if pick.source == -1:
         what = "the model's answer to the click, "
@@ -331,33 +332,6 @@ def _announce_candidate(layer: Labels) -> None:
         action = f"split it off cell {parent}"
     _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} ({what}score {pick.score:.2f}, "
             f"{pick.area} px): {more}C or Enter: {action}, Esc: discard.")
-
-
-def _cell_matching(group: InstanceGroup, cand: Any) -> int | None:
-    """The group's cell with the largest mask IoU with a candidate, if that IoU is at least
-    the candidates' duplicate IoU (the cell a split piece was cut from); else None."""
-    from ..inference.candidates import DUPLICATE_IOU
-
-    y0, x0, y1, x1 = cand.box
-    best, best_id = 0.0, None
-    for labels in group.label_images():
-        region = np.asarray(labels[y0:y1, x0:x1])
-        for cell in np.unique(region[cand.crop]).tolist():
-            if cell == 0:
-                continue
-            iou = cand.iou_with(*_cell_crop(labels, cell))
-            if iou > best:
-                best, best_id = iou, int(cell)
-    return best_id if best >= DUPLICATE_IOU else None
-
-
-def _cell_crop(labels: np.ndarray, cell: int) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """``(box, crop)`` of one cell of a label image."""
-    from scipy import ndimage
-
-    (rows, cols), = ndimage.find_objects((np.asarray(labels) == cell).astype(np.int32))
-    return ((rows.start, cols.start, rows.stop, cols.stop),
-            np.asarray(labels[rows, cols]) == cell)
 
 
 def commit_draft(viewer: Viewer, group: InstanceGroup | None = None) -> int | None:

@@ -31,8 +31,8 @@ import numpy as np
 
 from .postprocess import _first_last_np, _sample_boxes_numpy, _support, _tighten
 
-__all__ = ["RANKINGS", "Candidate", "CandidateSource", "Candidates", "candidates_at",
-           "overlap_with_accepted", "split_at"]
+__all__ = ["RANKINGS", "Candidate", "CandidateSource", "Candidates", "best_accepted",
+           "candidates_at", "overlap_with_accepted", "split_at"]
 
 RANKINGS = ("score", "class", "maskness", "novel", "centred")
 """How :func:`candidates_at` orders candidates (``docs/plugin.md`` has the measured comparison):
@@ -233,6 +233,11 @@ class Candidates:
     answer: Callable[[Candidates, tuple[float, float]], CandidateSource | None] | None = \
         field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # split_at's peak finder takes ~0.2 s to import: now (after a segmentation, in its
+        # worker), not at the first click that splits
+        import skimage.feature  # noqa: F401
+
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
 
@@ -248,7 +253,8 @@ class Candidate:
 
     ``box`` ``(y0, x0, y1, x1)`` and boolean ``crop`` are in image pixels; ``score`` is class
     probability × ``maskness`` as in the post-processing; ``overlap`` the largest IoU with an
-    accepted cell (0 when none were given); ``p_point`` the mask probability at the click;
+    accepted cell (0 when none were given) and ``overlap_cell`` that cell's label (0: none);
+    ``p_point`` the mask probability at the click;
     ``centre_distance`` the distance from the click to the mask's centroid over the square root
     of its area (0 for a box); ``threshold`` the mask probability it was cut at; ``source``
     the forward pass it came from (-1: the model's answer to the click; -2: a piece split off
@@ -269,6 +275,7 @@ class Candidate:
     source: int
     query: int
     parent: Candidate | None = field(default=None, repr=False)
+    overlap_cell: int = 0
 
     @property
     def area(self) -> int:
@@ -301,9 +308,17 @@ def overlap_with_accepted(box: tuple[int, int, int, int], crop: np.ndarray,
     """Largest mask IoU between one mask (``box`` + ``crop``) and the cells of ``accepted``
     (label images whose non-zero values are cells; overlapping cells sit in different images).
     ``areas`` (one slot per label image) caches each image's cell areas between calls."""
+    return best_accepted(box, crop, accepted, areas)[0]
+
+
+def best_accepted(box: tuple[int, int, int, int], crop: np.ndarray,
+                  accepted: Sequence[np.ndarray],
+                  areas: list[np.ndarray | None] | None = None) -> tuple[float, int]:
+    """:func:`overlap_with_accepted`, and the label of the accepted cell with that IoU (0 when
+    the mask overlaps none)."""
     y0, x0, y1, x1 = box
     area = int(np.count_nonzero(crop))
-    best = 0.0
+    best, best_cell = 0.0, 0
     for k, labels in enumerate(accepted):
         under = np.asarray(labels[y0:y1, x0:x1])[crop]
         if not under.any():
@@ -317,8 +332,10 @@ def overlap_with_accepted(box: tuple[int, int, int, int], crop: np.ndarray,
         inter[0] = 0
         hit = np.flatnonzero(inter)
         iou = inter[hit] / (area + sizes[hit] - inter[hit])
-        best = max(best, float(iou.max()))
-    return float(best)
+        j = int(np.argmax(iou))
+        if iou[j] > best:
+            best, best_cell = float(iou[j]), int(hit[j])
+    return best, best_cell
 
 
 def _box_iou(a: np.ndarray, b: tuple[int, int, int, int]) -> np.ndarray:
@@ -449,7 +466,7 @@ def candidates_at(
                                  overlap=0.0, centre_distance=distance, threshold=t,
                                  source=s_i, query=q)
                 if accepted:
-                    cand.overlap = overlap_with_accepted(mbox, crop, accepted, areas)
+                    cand.overlap, cand.overlap_cell = best_accepted(mbox, crop, accepted, areas)
                 # the click's answer first, cut where the segmentation cuts, then its other
                 # cuts, then the segmentation's queries; by rank within each
                 tier = 2 if s_i != -1 else 0 if t == src.mask_threshold else 1
@@ -467,7 +484,8 @@ def candidates_at(
             and out[0].overlap >= DUPLICATE_IOU):
         piece = split_at(out[0], (py, px), split_min_distance)
         if piece is not None:
-            piece.overlap = overlap_with_accepted(piece.box, piece.crop, accepted, areas)
+            piece.overlap, piece.overlap_cell = best_accepted(piece.box, piece.crop, accepted,
+                                                              areas)
             rest = [c for c in out if duplicate_iou is None
                     or c.iou_with(piece.box, piece.crop) <= duplicate_iou]
             out = [piece, *rest][:limit]
@@ -513,7 +531,8 @@ def split_at(cand: Candidate, point: Sequence[int], min_distance: float = SPLIT_
                                         xx.mean() + box[1] - int(point[1])) / np.sqrt(area))
     return Candidate(box=box, crop=crop, score=cand.score, class_prob=cand.class_prob,
                      maskness=cand.maskness, class_id=cand.class_id, p_point=cand.p_point,
-                     overlap=cand.overlap, centre_distance=distance_to_centre,
+                     overlap=cand.overlap, overlap_cell=cand.overlap_cell,
+                     centre_distance=distance_to_centre,
                      threshold=cand.threshold, source=-2, query=cand.query, parent=cand)
 
 

@@ -391,8 +391,6 @@ def _candidates(shape: tuple[int, ...], sources: list | None,
                 answer: Callable | None = None) -> Candidates:
     kept = [s for s in sources or [] if s is not None]
     clicks = answer if any(s.click_context is not None for s in kept) else None
-    import skimage.feature  # noqa: F401  (split_at's peaks: ~0.2 s to import, here not at a click)
-
     return Candidates((int(shape[0]), int(shape[1])), kept, answer=clicks)
 
 

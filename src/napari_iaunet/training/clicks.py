@@ -131,9 +131,7 @@ def smallest_cells_at(gt_masks: Sequence[torch.Tensor], clicks: torch.Tensor,
         cols = (clicks[b, :, 1] * w).long().clamp(0, w - 1).to(masks.device)
         under = masks[:, rows, cols].bool()  # (N, K): which cells hold each click
         areas = masks.flatten(1).sum(1).float()
-        sizes = torch.where(under, areas[:, None], torch.full_like(under, float("inf"),
-                                                                    dtype=torch.float32))
-        best = sizes.argmin(0).cpu()
+        best = areas[:, None].masked_fill(~under, float("inf")).argmin(0).cpu()
         held = under.any(0).cpu() & (chosen >= 0)
         chosen[held] = best[held]
         out.append(chosen)
