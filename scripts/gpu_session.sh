@@ -127,6 +127,84 @@ wait)
     [ -f "$RUN/run/best.pt" ] && export_best
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     ;;
+continue)  # ONE call: continue the installed default's training side by side at settings
+    # VARIANTS ("name:batch:lr ..."), each sized by a probe to end inside CALL_BUDGET_S, then
+    # each run's best checkpoint (float16, 15 MiB pieces) and the logs into $OUT
+    T0=$SECONDS; BUDGET=${CALL_BUDGET_S:-540}; DEVICE=${DEVICE:-cuda}
+    VARIANTS=${VARIANTS:-"A:8:1e-4 B:16:2e-4"}; EXTRA=${EXTRA:-}
+    [ -n "${SKIP_WHEELS:-}" ] || install_wheels || exit 1  # SKIP_WHEELS=1: a dry run here
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+    [ -f .gpudata/usiigaci/annotations.json ] || gunzip -k .gpudata/usiigaci/annotations.json.gz
+    launch() {  # $1 name, $2 batch, $3 lr, $4 steps, $5 val-every
+        python3 scripts/train_default_model.py --data .gpudata --out "$RUN/$1" \
+            --init weights/iaunet_default.pt --batch-size "$2" --lr "$3" --warmup 50 \
+            --steps "$4" --val-every "$5" --checkpoint-every 1000000 --workers 6 --threads 3 \
+            --data-repeats 4 --device "$DEVICE" --resume $EXTRA >>"$RUN/$1.log" 2>&1 &
+        echo $! >"$RUN/$1.pid"
+    }
+    stop_all() {  # $1 signal
+        for v in $VARIANTS; do kill -"$1" "$(cat "$RUN/${v%%:*}.pid")" 2>/dev/null; done
+    }
+    wait_all() {  # $1 deadline (SECONDS)
+        while [ $SECONDS -lt "$1" ]; do
+            alive=0
+            for v in $VARIANTS; do kill -0 "$(cat "$RUN/${v%%:*}.pid")" 2>/dev/null && alive=1; done
+            [ $alive = 0 ] && return 0; sleep 2
+        done; return 1
+    }
+    for v in $VARIANTS; do IFS=: read -r n b lr <<<"$v"; launch "$n" "$b" "$lr" 1000000 0; done
+    # probe: let every run take PROBE_STEPS steps (or PROBE_S seconds), then stop it (it writes
+    # state.pt) and resume it with the step count that fits the time left
+    probe_end=$((T0 + ${PROBE_S:-120}))
+    while [ $SECONDS -lt $probe_end ]; do
+        done_all=1
+        for v in $VARIANTS; do
+            n=$(grep -c '"event": "step"' "$RUN/${v%%:*}/run/log.jsonl" 2>/dev/null)
+            [ "${n:-0}" -ge "${PROBE_STEPS:-40}" ] || done_all=0
+        done
+        [ $done_all = 1 ] && break; sleep 2
+    done
+    stop_all TERM; wait_all $((SECONDS + 60)) || stop_all KILL
+    # seconds of pure training left: the budget less the export (40 s), the evaluation after
+    # training (60 s), a restart (30 s) and three validations (VAL_S each)
+    left=$((T0 + BUDGET - SECONDS - 130 - 3 * ${VAL_S:-15}))
+    echo "probe done at $((SECONDS - T0)) s; $left s of training left"
+    for v in $VARIANTS; do
+        IFS=: read -r n b lr <<<"$v"
+        plan=$(python3 - "$RUN/$n/run/log.jsonl" "$left" <<'EOF'
+import json, sys
+steps = [json.loads(line) for line in open(sys.argv[1]) if '"event": "step"' in line]
+done = steps[-1]["step"]
+a, z = steps[min(10, len(steps) - 2)], steps[-1]
+rate = (z["step"] - a["step"]) / max(1e-6, z["time"] - a["time"])
+total = max(done + 30, int(done + rate * float(sys.argv[2]))) // 3 * 3
+print(done, f"{rate:.3f}", total, total // 3)
+EOF
+)
+        read -r done rate total val <<<"$plan"
+        [ -n "$val" ] || { done=0; rate=?; total=${FALLBACK_STEPS:-600}; val=$((total / 3)); }
+        echo "$n: probe $done steps at $rate steps/s; resuming to $total steps, validating every $val"
+        launch "$n" "$b" "$lr" "$total" "$val"
+    done
+    wait_all $((T0 + BUDGET - 50)) || { echo "budget reached: stopping"; stop_all TERM;
+        wait_all $((SECONDS + 20)) || stop_all KILL; }
+    for v in $VARIANTS; do
+        n=${v%%:*}; tail -4 "$RUN/$n.log"
+        grep '"event": "validation"' "$RUN/$n/run/log.jsonl" | cut -c1-300
+        best="$RUN/$n/run/best.pt"; [ -f "$best" ] || best="$RUN/$n/run/last.pt"
+        python3 - "$best" "$RUN/${n}_fp16.pt" <<'EOF'
+import sys
+from napari_iaunet.checkpoint import load_checkpoint, save_checkpoint
+c = load_checkpoint(sys.argv[1])
+save_checkpoint(sys.argv[2], c.model, dict(c.metadata), half=True, overwrite=True)
+print(sys.argv[1], "step", c.metadata.get("trained_steps"), c.metadata.get("metrics"))
+EOF
+        split -b 15M -d "$RUN/${n}_fp16.pt" "$OUT/${n}_fp16.pt.part"
+        sha256sum "$RUN/${n}_fp16.pt" >>"$OUT/sha256.txt"
+    done
+    (cd "$RUN" && tar czf "$OUT/logs.tar.gz" --exclude='*.pt' --exclude=data --exclude=checkpoints .)
+    echo "done at $((SECONDS - T0)) s"
+    ;;
 *)
-    echo "usage: $0 prepare | bench | wait SECONDS" >&2; exit 2 ;;
+    echo "usage: $0 prepare | bench | wait SECONDS | continue" >&2; exit 2 ;;
 esac

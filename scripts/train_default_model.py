@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--synthetic", type=int, default=0, help="synthetic training images")
     p.add_argument("--revvity-repeats", type=int, default=10,
                    help="how often the one Revvity training image appears per epoch")
+    p.add_argument("--data-repeats", type=int, default=1,
+                   help="the whole training set this many times per epoch (longer epochs: the "
+                        "data loader's workers restart once per epoch, which a GPU waits for)")
     p.add_argument("--match-brightness", action=argparse.BooleanOptionalAction, default=True,
                    help="brightness matching from the first step (default on)")
     p.add_argument("--click-queries", type=int, default=0,
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-training", action="store_true",
                    help="only evaluate (and install) the run's checkpoint")
     args = p.parse_args(argv)
+    if args.data_repeats < 1:
+        p.error(f"--data-repeats must be 1 or more, got {args.data_repeats}")
 
     from napari_iaunet.model import IAUNetConfig
     from napari_iaunet.model.encoder import IMAGENET, imagenet_weights_path
@@ -209,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     revvity = AnnotatedImages.from_coco(revvity_train)
     for _ in range(args.revvity_repeats):
         train_data = train_data + revvity
+    once = train_data
+    for _ in range(args.data_repeats - 1):
+        train_data = train_data + once
     val_data = AnnotatedImages.from_coco(val_specs)
     print(f"training on {len(train_data)} images ({train_data.num_instances} instances), "
           f"validating on {len(val_data)}", file=sys.stderr)
