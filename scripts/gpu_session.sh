@@ -128,18 +128,20 @@ wait)
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
     ;;
 continue)  # ONE call: continue the installed default's training side by side at settings
-    # VARIANTS ("name:batch:lr ..."), each sized by a probe to end inside CALL_BUDGET_S, then
-    # each run's best checkpoint (float16, 15 MiB pieces) and the logs into $OUT
+    # VARIANTS ("name:batch:lr[:more,options] ..."), each sized by a probe to end inside
+    # CALL_BUDGET_S (or FIXED_STEPS steps, no probe), then each run's best checkpoint (float16,
+    # 15 MiB pieces) and the logs into $OUT
     T0=$SECONDS; BUDGET=${CALL_BUDGET_S:-540}; DEVICE=${DEVICE:-cuda}
     VARIANTS=${VARIANTS:-"A:8:1e-4 B:16:2e-4"}; EXTRA=${EXTRA:-}
     [ -n "${SKIP_WHEELS:-}" ] || install_wheels || exit 1  # SKIP_WHEELS=1: a dry run here
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
     [ -f .gpudata/usiigaci/annotations.json ] || gunzip -k .gpudata/usiigaci/annotations.json.gz
-    launch() {  # $1 name, $2 batch, $3 lr, $4 steps, $5 val-every
+    launch() {  # $1 name, $2 batch, $3 lr, $4 steps, $5 val-every, $6 more options (a,b,c)
+        # shellcheck disable=SC2086
         python3 scripts/train_default_model.py --data .gpudata --out "$RUN/$1" \
             --init weights/iaunet_default.pt --batch-size "$2" --lr "$3" --warmup 50 \
             --steps "$4" --val-every "$5" --checkpoint-every 1000000 --workers 6 --threads 3 \
-            --data-repeats 4 --device "$DEVICE" --resume $EXTRA >>"$RUN/$1.log" 2>&1 &
+            --data-repeats 4 --device "$DEVICE" --resume $EXTRA ${6//,/ } >>"$RUN/$1.log" 2>&1 &
         echo $! >"$RUN/$1.pid"
     }
     stop_all() {  # $1 signal
@@ -152,7 +154,14 @@ continue)  # ONE call: continue the installed default's training side by side at
             [ $alive = 0 ] && return 0; sleep 2
         done; return 1
     }
-    for v in $VARIANTS; do IFS=: read -r n b lr <<<"$v"; launch "$n" "$b" "$lr" 1000000 0; done
+    if [ -n "${FIXED_STEPS:-}" ]; then
+        for v in $VARIANTS; do
+            IFS=: read -r n b lr x <<<"$v"; launch "$n" "$b" "$lr" "$FIXED_STEPS" $((FIXED_STEPS / 2)) "$x"
+        done
+    else  # the probe
+        for v in $VARIANTS; do
+            IFS=: read -r n b lr x <<<"$v"; launch "$n" "$b" "$lr" 1000000 0 "$x"
+        done
     # probe: let every run take PROBE_STEPS steps (or PROBE_S seconds), then stop it (it writes
     # state.pt) and resume it with the step count that fits the time left
     probe_end=$((T0 + ${PROBE_S:-120}))
@@ -170,7 +179,7 @@ continue)  # ONE call: continue the installed default's training side by side at
     left=$((T0 + BUDGET - SECONDS - 130 - 3 * ${VAL_S:-15}))
     echo "probe done at $((SECONDS - T0)) s; $left s of training left"
     for v in $VARIANTS; do
-        IFS=: read -r n b lr <<<"$v"
+        IFS=: read -r n b lr x <<<"$v"
         plan=$(python3 - "$RUN/$n/run/log.jsonl" "$left" <<'EOF'
 import json, sys
 steps = [json.loads(line) for line in open(sys.argv[1]) if '"event": "step"' in line]
@@ -184,8 +193,9 @@ EOF
         read -r done rate total val <<<"$plan"
         [ -n "$val" ] || { done=0; rate=?; total=${FALLBACK_STEPS:-600}; val=$((total / 3)); }
         echo "$n: probe $done steps at $rate steps/s; resuming to $total steps, validating every $val"
-        launch "$n" "$b" "$lr" "$total" "$val"
+        launch "$n" "$b" "$lr" "$total" "$val" "$x"
     done
+    fi
     wait_all $((T0 + BUDGET - 50)) || { echo "budget reached: stopping"; stop_all TERM;
         wait_all $((SECONDS + 20)) || stop_all KILL; }
     for v in $VARIANTS; do
