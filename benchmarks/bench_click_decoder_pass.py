@@ -39,7 +39,12 @@ from bench_click_candidates import DEFAULT_WEIGHTS
 from napari_iaunet.evaluation.edits import interior_point
 from napari_iaunet.evaluation.metrics import pairwise_iou
 from napari_iaunet.inference import Segmenter
-from napari_iaunet.inference.candidates import SPLIT_MIN_DISTANCE, Candidates, candidates_at
+from napari_iaunet.inference.candidates import (
+    SPLIT_MIN_DISTANCE,
+    SPLIT_OVERSIZE,
+    Candidates,
+    candidates_at,
+)
 from napari_iaunet.io.coco import coco_to_instances, read_coco
 from napari_iaunet.io.images import read_image
 from napari_iaunet.layers import split_into_layers
@@ -59,6 +64,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--split-min-distance", type=float, default=SPLIT_MIN_DISTANCE,
                    help="candidates_at's split_min_distance (0: never split a repeated cell)")
+    p.add_argument("--split-oversize", type=float, default=SPLIT_OVERSIZE,
+                   help="candidates_at's split_oversize (also split a first answer this many "
+                        "times the median accepted cell's area; 0: only repeated cells)")
     p.add_argument("--name", default=None,
                    help="result name (default: click_decoder_pass_<data folder name>)")
     args = p.parse_args()
@@ -84,7 +92,8 @@ def main() -> None:
                                    thresholds=None)
             t0 = time.perf_counter()
             offered = candidates_at(cands, click, accepted=accepted, limit=3,
-                                    split_min_distance=args.split_min_distance or None)
+                                    split_min_distance=args.split_min_distance or None,
+                                    split_oversize=args.split_oversize or None)
             times.append(time.perf_counter() - t0)
             rows.append({"file": entry["file_name"], "cell": i,
                          "candidate": _first_iou(plain, box, crop),
@@ -116,6 +125,7 @@ def main() -> None:
     payload = {"command": C.command_line(), "machine": C.machine_info(),
                "data": str(args.data), "weights": str(args.weights),
                "click_trained": trained, "split_min_distance": args.split_min_distance,
+               "split_oversize": args.split_oversize,
                **summary, "clicks": rows}
     name = args.name or f"click_decoder_pass_{args.data.resolve().name}"
     md = "\n".join([f"# Click-guided decoder pass: {args.data.resolve().name}", "",

@@ -184,6 +184,36 @@ def test_a_cell_merged_into_a_neighbour_comes_out_with_one_click(make_napari_vie
     widget.cleanup()
 
 
+def test_an_answer_spanning_a_missed_cell_and_its_neighbour_adds_the_clicked_part(
+        make_napari_viewer, qtbot, monkeypatch):
+    """The group holds the right cell; the model's only answer under a click on the missed left
+    cell spans both (twice the accepted cell's size, IoU 0.5 with it): the left part comes
+    first, and C adds it as a new cell without cutting anything out of the right one."""
+    yy, xx = np.mgrid[:128, :128]
+    left = (yy - 64) ** 2 + (xx - 40) ** 2 <= 24 ** 2
+    right = (yy - 64) ** 2 + (xx - 86) ** 2 <= 24 ** 2
+    viewer = make_napari_viewer()
+    img = viewer.add_image(np.where(left | right, 200, 60).astype(np.uint8), name="pair")
+    group = add_group_for_image(viewer, img, Instances.from_masks([right]))
+    group.candidates = _candidates_from(Instances.from_masks([left | right]), np.asarray([0.9]))
+    widget = tools.EditToolsWidget(viewer)
+    said = []
+    monkeypatch.setattr(tools, "_notify", lambda m, warning=False: said.append(m))
+    (old,) = (int(i) for i in group.ids())
+    tools.add_candidate_at(viewer, (64, 30))
+    draft = tools.draft_layer(viewer, group)
+    assert draft is not None and _iou(np.asarray(draft.data) > 0, left) >= 0.85
+    assert "a larger shape split where it narrows" in said[-1] and "add it" in said[-1]
+    _key(qtbot, viewer, Qt.Key_C)
+    assert tools.draft_layer(viewer, group) is None and "cut out" not in said[-1]
+    new = max(int(i) for i in group.ids())
+    assert len(group.ids()) == 2 and _iou(group.mask_of(new), left) >= 0.85
+    np.testing.assert_array_equal(group.mask_of(old), right)  # the neighbour is untouched
+    group.undo()
+    assert [int(i) for i in group.ids()] == [old]
+    widget.cleanup()
+
+
 def test_no_candidate_says_draw_it(make_napari_viewer, synthetic, monkeypatch):
     viewer = make_napari_viewer()
     image, truth = synthetic

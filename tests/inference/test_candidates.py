@@ -211,6 +211,33 @@ def test_a_repeat_of_a_merged_cell_offers_the_clicked_half_first():
     assert [p.source for p in off] == [0]
 
 
+def test_an_answer_larger_than_the_accepted_cells_offers_the_clicked_piece_first():
+    """The merged discs, not accepted, partly over an accepted neighbour (a disc of radius
+    20 px): the answer is larger than the median accepted cell and overlaps one, so its clicked
+    half comes first, as a new cell (split_from 0). It stays whole with split_oversize off, with
+    a larger factor than its size, or when it overlaps no accepted cell."""
+    cands, _ = _two_cells_merged()
+    neighbour = np.where(_disc((128, 128), (40, 96), 20), 5, 0).astype(np.uint16)
+    picks = candidates_at(cands, (40, 30), accepted=[neighbour], thresholds=None)
+    assert [p.source for p in picks] == [-2, 0]
+    piece, whole = picks
+    assert piece.mask((128, 128))[40, 30] and piece.area < 0.6 * whole.area
+    assert 0.2 <= whole.overlap < 0.8 and piece.split_from == 0 and whole.split_from == 0
+    for kwargs in ({"split_oversize": None},
+                   {"split_oversize": whole.area / np.count_nonzero(neighbour) + 0.1}):
+        kept = candidates_at(cands, (40, 30), accepted=[neighbour], thresholds=None, **kwargs)
+        assert [p.source for p in kept] == [0], kwargs
+    far = np.where(_disc((128, 128), (104, 100), 12), 5, 0).astype(np.uint16)
+    assert [p.source for p in candidates_at(cands, (40, 30), accepted=[far],
+                                            thresholds=None)] == [0]
+
+
+def test_a_split_piece_of_a_repeated_cell_names_that_cell():
+    cands, accepted = _two_cells_merged()
+    piece, whole = candidates_at(cands, (40, 30), accepted=[accepted], thresholds=None)
+    assert piece.split_from == 3 and whole.split_from == 0  # the whole one is no piece
+
+
 def test_a_round_cell_is_not_split():
     cands = Candidates((128, 128), [_source([_low_disc((16, 16), 8)], [0.9])])
     (whole,) = candidates_at(cands, (64, 64), thresholds=None)

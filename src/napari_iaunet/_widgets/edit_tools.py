@@ -322,14 +322,16 @@ def _announce_candidate(layer: Labels) -> None:
     pick = cycle.picks[cycle.index]
     more = (f"Tab: next of {len(cycle.picks)}, " if len(cycle.picks) > 1 else "")
     what, action = "", "add it"
-    # a split piece: the accepted cell its whole shape repeats (candidates_at found it)
-    parent = (pick.parent.overlap_cell or None) if pick.parent is not None else None
+    # a split piece whose whole shape repeats an accepted cell: committing cuts it out of it
+    parent = pick.split_from or None
     layer.metadata[META_KEY]["split_from"] = parent
     if pick.source == -1:
         what = "the model's answer to the click, "
     elif parent is not None:
         what = f"cell {parent} split where it narrows, "
         action = f"split it off cell {parent}"
+    elif pick.parent is not None:
+        what = "a larger shape split where it narrows, "
     _notify(f"Candidate {cycle.index + 1}/{len(cycle.picks)} ({what}score {pick.score:.2f}, "
             f"{pick.area} px): {more}C or Enter: {action}, Esc: discard.")
 
