@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare-only", action="store_true",
                    help="only write the data splits (and the synthetic images)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="mixed precision on a GPU (auto: bf16 where supported; the CPU never "
+                        "uses it)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=3407)
     p.add_argument("--resume", action="store_true")
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         lr=args.lr, warmup_steps=args.warmup, grad_clip=1.0,
                         backbone_lr_multiplier=args.backbone_lr_mult, num_points=args.points,
                         val_every=args.val_every, checkpoint_every=args.checkpoint_every,
-                        device=args.device, num_threads=args.threads, resume=args.resume,
+                        device=args.device, amp=args.amp, num_threads=args.threads,
+                        resume=args.resume,
                         num_workers=args.workers, seed=args.seed,
                         match_brightness=args.match_brightness,
                         click_queries=args.click_queries, keep_checkpoints=True,
