@@ -2,11 +2,15 @@
 
     xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python scripts/click_split_figure.py \\
         --data ../shared/data/revvity25 --out docs/images/plugin_click_split.png
+    # the piece of an oversized answer, added as a new cell:
+    xvfb-run -a -s "-screen 0 1600x1200x24" .venv/bin/python scripts/click_split_figure.py \\
+        --kind oversize --out docs/images/plugin_click_oversize.png
 
 Segments Revvity-25 ``R01C03F14`` (never trained on) with the bundled model in the plugin's
 segment widget, finds the first missed cell (no detection at IoU ≥ 0.5) whose first candidate is
-a split piece that recovers it, and saves three views of the canvas around it side by side: the
-segmentation, the draft after pressing A there, and the group after C.
+a split piece that recovers it (``--kind repeat``: the piece of a detected cell, cut out of it;
+``oversize``: the piece of a larger answer, a new cell), and saves three views of the canvas
+around it side by side: the segmentation, the draft after pressing A there, and the group after C.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("../shared/data/revvity25"))
     p.add_argument("--image", default="R01C03F14.png")
     p.add_argument("--out", type=Path, default=Path("docs/images/plugin_click_split.png"))
+    p.add_argument("--kind", choices=("repeat", "oversize"), default="repeat")
     args = p.parse_args()
 
     import napari
@@ -59,12 +64,18 @@ def main() -> None:
         r, c = interior_point(gt.crops[i])
         point = (int(gt.boxes[i][0]) + r, int(gt.boxes[i][1]) + c)
         picks = candidates_at(group.candidates, point, accepted=group.label_images())
-        if picks and picks[0].source == -2 and picks[0].iou_with(gt.boxes[i], gt.crops[i]) >= 0.5:
+        repeat = bool(picks) and picks[0].split_from != 0
+        if (picks and picks[0].source == -2 and repeat == (args.kind == "repeat")
+                and picks[0].iou_with(gt.boxes[i], gt.crops[i]) >= 0.5):
             break
     else:
-        raise SystemExit("no missed cell of this image is recovered by a split piece")
-    viewer.camera.center = (point[0] + 60, point[1] - 150)
-    viewer.camera.zoom = 1.5
+        raise SystemExit(f"no missed cell of this image is recovered by a split piece "
+                         f"({args.kind})")
+    zoom, half_h, half_w = 1.5, 330, 180  # the crop of each view: canvas px around its centre
+    h, w = gt.image_shape  # the click near the centre, the view inside the image
+    viewer.camera.center = (float(np.clip(point[0], half_h / zoom, h - half_h / zoom)),
+                            float(np.clip(point[1], half_w / zoom, w - half_w / zoom)))
+    viewer.camera.zoom = zoom
     views = []
     for step in ("before", "draft", "committed"):
         if step == "draft":
@@ -72,8 +83,9 @@ def main() -> None:
         elif step == "committed":
             tools.commit_draft(viewer, group)
         _settle(app)
-        # the canvas right of the layer list, without the notification strip at its foot
-        views.append(viewer.screenshot(canvas_only=False)[30:880, 560:848, :3])
+        shot = viewer.screenshot(canvas_only=True)[..., :3]
+        cy, cx = shot.shape[0] // 2, shot.shape[1] // 2
+        views.append(shot[max(0, cy - half_h):cy + half_h, max(0, cx - half_w):cx + half_w])
     viewer.close()
     gap = np.full((views[0].shape[0], 8, 3), 255, np.uint8)
     import imageio.v3 as iio
