@@ -71,6 +71,8 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
             calls["score_threshold"] = settings.score_threshold
             calls["match_brightness"] = match_brightness
             calls["duplicates"] = (settings.duplicate_iou, settings.cluster_queries)
+            if settings.mask_threshold != 0.5:
+                calls["mask_threshold"] = settings.mask_threshold
             return cls()
 
         def segment(self, image):
@@ -95,5 +97,13 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
                  str(tmp_path / "w.pt"), "--duplicate-iou", "0"]) == 0
     assert calls["duplicates"] == (None, None)  # 0 turns the filter off
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
+                 str(tmp_path / "w.pt"), "--mask-threshold", "0.4"]) == 0
+    assert calls["mask_threshold"] == 0.4
+    for bad in ("0", "1", "1.5"):  # a usage error, before any segmenting
+        calls.clear()
+        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
+                     str(tmp_path / "w.pt"), "--mask-threshold", bad]) == 2
+        assert calls == {}
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["tp"] == 2 and saved["fn"] == 1 and saved["precision"] == 1.0

@@ -123,7 +123,8 @@ def _dist() -> tuple[int, int, int]:
 
 
 def add_duplicate_arguments(p: argparse.ArgumentParser) -> None:
-    """``--cluster-queries`` and ``--duplicate-iou`` (shared by ``segment`` and ``evaluate``)."""
+    """``--cluster-queries``, ``--duplicate-iou`` and ``--mask-threshold`` (shared by
+    ``segment`` and ``evaluate``)."""
     p.add_argument("--cluster-queries", type=fraction, nargs="?", const=0.7, default=None,
                    metavar="IOU",
                    help="merge queries whose masks overlap above IOU (default 0.7) into one "
@@ -133,6 +134,16 @@ def add_duplicate_arguments(p: argparse.ArgumentParser) -> None:
                    help="drop a mask overlapping a higher-scored one above this mask IoU "
                         "(default 0.5: query duplicates go, real overlapping cells stay; "
                         "0 turns it off)")
+    p.add_argument("--mask-threshold", type=_mask_threshold, default=None, metavar="P",
+                   help="mask probability a pixel needs to belong to a cell (default 0.5)")
+
+
+def _mask_threshold(text: str) -> float:
+    """A float strictly between 0 and 1 (0 or 1 would make every mask all or nothing)."""
+    value = fraction(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
 
 
 def postprocess_settings(args: argparse.Namespace, score_threshold: float
@@ -142,6 +153,8 @@ def postprocess_settings(args: argparse.Namespace, score_threshold: float
 
     duplicates = {} if args.duplicate_iou is None else {
         "duplicate_iou": args.duplicate_iou if args.duplicate_iou > 0 else None}
+    if getattr(args, "mask_threshold", None) is not None:
+        duplicates["mask_threshold"] = args.mask_threshold
     return PostprocessSettings(score_threshold=score_threshold, **duplicates,
                                cluster_queries=(None if args.cluster_queries is None
                                                 else args.cluster_queries > 0),
