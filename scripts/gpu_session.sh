@@ -7,6 +7,11 @@
 #                                         # (BENCH=1: the GPU benchmarks first, as in 2026-11)
 #   scripts/gpu_session.sh wait SECONDS   # on the GPU machine: lets the training run; returns
 #                                         # its best checkpoint (float16, in 15 MiB pieces)
+#   scripts/gpu_session.sh continue       # ONE call on the GPU machine (carry .whl .gpudata):
+#                                         # continues weights/iaunet_default.pt at VARIANTS side
+#                                         # by side, sized to CALL_BUDGET_S (2026-12-04: drop
+#                                         # the Lite0 wheel from .whl and gzip
+#                                         # .gpudata/usiigaci/annotations.json to fit 64 MiB)
 #
 # The recipe is the next default's (weights/MODEL_CARD.md): IAUNet with an EfficientNet-Lite0
 # encoder from ImageNet, 512 px, batch 16, every real data set, brightness matching on, and 8
