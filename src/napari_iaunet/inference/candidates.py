@@ -340,11 +340,7 @@ def best_accepted(box: tuple[int, int, int, int], crop: np.ndarray,
         under = np.asarray(labels[y0:y1, x0:x1])[crop]
         if not under.any():
             continue
-        sizes = areas[k] if areas is not None else None
-        if sizes is None:  # every cell's area, from one pass over the label image
-            sizes = np.bincount(np.asarray(labels).ravel())
-            if areas is not None:
-                areas[k] = sizes
+        sizes = _cell_areas(accepted, k, areas)
         inter = np.bincount(under, minlength=len(sizes))
         inter[0] = 0
         hit = np.flatnonzero(inter)
@@ -518,13 +514,22 @@ def candidates_at(
     return out
 
 
+def _cell_areas(accepted: Sequence[np.ndarray], k: int,
+                areas: list[np.ndarray | None] | None) -> np.ndarray:
+    """Every cell's area in label image ``accepted[k]`` (indexed by label), from one pass over
+    it; ``areas`` (one slot per label image, or None) caches it between calls."""
+    sizes = areas[k] if areas is not None else None
+    if sizes is None:
+        sizes = np.bincount(np.asarray(accepted[k]).ravel())
+        if areas is not None:
+            areas[k] = sizes
+    return sizes
+
+
 def _median_area(accepted: Sequence[np.ndarray], areas: list[np.ndarray | None]) -> float:
     """The median area in pixels of the cells in label images ``accepted`` (inf with none);
     ``areas`` caches each image's cell areas as in :func:`best_accepted`."""
-    for k, labels in enumerate(accepted):
-        if areas[k] is None:
-            areas[k] = np.bincount(np.asarray(labels).ravel())
-    sizes = np.concatenate([a[1:] for a in areas if a is not None])
+    sizes = np.concatenate([_cell_areas(accepted, k, areas)[1:] for k in range(len(accepted))])
     sizes = sizes[sizes > 0]
     return float(np.median(sizes)) if sizes.size else float("inf")
 
