@@ -66,8 +66,10 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
         """Stands in for the model; everything after segment() is the real code path."""
 
         @classmethod
-        def from_checkpoint(cls, path, device="auto", settings=None, match_brightness=None):
+        def from_checkpoint(cls, path, device="auto", settings=None, match_brightness=None,
+                            **views):
             calls["path"], calls["device"] = str(path), device
+            calls.update(views)  # flips=N only when --flips was given
             calls["score_threshold"] = settings.score_threshold
             calls["match_brightness"] = match_brightness
             calls["duplicates"] = (settings.duplicate_iou, settings.cluster_queries)
@@ -100,6 +102,9 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
                  str(tmp_path / "w.pt"), "--mask-threshold", "0.4"]) == 0
     assert calls["mask_threshold"] == 0.4
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
+                 str(tmp_path / "w.pt"), "--flips", "1"]) == 0
+    assert calls["flips"] == 1
     for bad in ("0", "1", "1.5"):  # a usage error, before any segmenting
         calls.clear()
         assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",

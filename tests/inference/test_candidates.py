@@ -126,7 +126,26 @@ def segmenter():
     model = build_model(TINY)
     with torch.no_grad():  # every query confident, so that some pass the thresholds
         model.decoder.class_embed.bias.copy_(torch.tensor([4.0, -4.0]))
-    return Segmenter(model, device="cpu", settings=PostprocessSettings(score_threshold=0.3))
+    # one view: its instances are its queries' masks (test_flipped_views_keep_the_plain_queries)
+    return Segmenter(model, device="cpu", settings=PostprocessSettings(score_threshold=0.3),
+                     flips=1)
+
+
+def test_flipped_views_keep_the_plain_queries(segmenter):
+    """With mirror views the instances are merged cells, while the click candidates stay the
+    unflipped view's queries (every query, also those the merge never sees)."""
+    image = np.random.default_rng(0).integers(0, 255, (90, 70), dtype=np.uint8)
+    _, plain = segmenter.segment(image, candidates=True)
+    segmenter.flips = 4
+    try:
+        _, flipped = segmenter.segment(image, candidates=True)
+    finally:
+        segmenter.flips = 1
+    (a,), (b,) = plain.sources, flipped.sources
+    assert len(flipped) == len(plain) == TINY.num_queries
+    # the same network on the same view; a batch of four rounds differently (float16 storage)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-3)
+    np.testing.assert_allclose(a.class_probs, b.class_probs, atol=1e-4)
 
 
 def test_segmenter_keeps_every_query_and_the_same_instances(segmenter):

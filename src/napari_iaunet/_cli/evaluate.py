@@ -7,7 +7,12 @@ import sys
 from pathlib import Path
 
 from .options import open_fraction, positive_int, score_fraction
-from .segment import add_duplicate_arguments, postprocess_settings
+from .segment import (
+    add_duplicate_arguments,
+    add_flips_argument,
+    flips_option,
+    postprocess_settings,
+)
 
 
 def add_parser(p: argparse.ArgumentParser) -> None:
@@ -37,6 +42,7 @@ def add_parser(p: argparse.ArgumentParser) -> None:
                    help="COCO maxDets; AP is read at the largest (default 100 300 1000)")
     p.add_argument("--per-image", action="store_true", help="add per-image metrics to the JSON")
     add_duplicate_arguments(p)  # with --weights: the segment command's duplicate handling
+    add_flips_argument(p)  # and its views
 
 
 def _images_folder(args: argparse.Namespace) -> Path:
@@ -73,7 +79,8 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict
     # the matching metrics apply --score-threshold afterwards.
     segmenter = Segmenter.from_checkpoint(args.weights, device=args.device,
                                           settings=postprocess_settings(args, 0.01),
-                                          match_brightness=args.match_brightness)
+                                          match_brightness=args.match_brightness,
+                                          **flips_option(args))
     info = getattr(segmenter, "checkpoint_info", None)
     recommended = recommended_score_threshold(info.metadata if info else None)
     predictions = []

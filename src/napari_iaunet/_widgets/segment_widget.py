@@ -193,6 +193,19 @@ class SegmentWidget(QWidget):
             lambda _i: self.tile_spin.setEnabled(self.tile_combo.currentData() == "fixed"))
         form.addRow("tiling", qtu.hbox(self.tile_combo, self.tile_spin))
 
+        from ..inference.flips import DEFAULT_FLIPS  # torch is loaded by now (devices)
+
+        self.flips_combo = QComboBox()
+        for n, text in ((4, "4: image + 3 mirror images"), (2, "2: image + left-right mirror"),
+                        (1, "1: image only (fastest)")):
+            self.flips_combo.addItem(text, n)
+        self.flips_combo.setCurrentIndex(self.flips_combo.findData(DEFAULT_FLIPS))
+        self.flips_combo.setToolTip(
+            "Segment the image and its mirror images, and keep the cells the views agree on: "
+            "more whole cells and fewer fragments, at about this many times the network's time. "
+            "Query models (IAUNet, PCTrans) only.")
+        form.addRow("views", self.flips_combo)
+
         self.min_area_spin = QSpinBox()
         self.min_area_spin.setRange(0, 100_000)
         self.min_area_spin.setSuffix(" px")
@@ -413,6 +426,7 @@ class SegmentWidget(QWidget):
             ),
             "tile_size": int(self.tile_spin.value()) if tile == "fixed" else tile,
             "match_brightness": self.brightness_check.isChecked(),
+            "flips": int(self.flips_combo.currentData()),
         }
 
     # ------------------------------------------------------------------ run
@@ -498,6 +512,7 @@ class SegmentWidget(QWidget):
         seg.settings = kwargs["settings"]
         seg.tile_size = kwargs["tile_size"]
         seg.match_brightness = kwargs["match_brightness"]
+        seg.flips = kwargs["flips"]
         self._signals.stage.emit(f"IAUNet: segmenting on {seg.device}")
         try:
             instances, candidates = seg.segment(

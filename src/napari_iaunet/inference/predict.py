@@ -12,6 +12,7 @@ import torch
 
 from ..instances import Instances
 from .device import autocast
+from .flips import flip_views, merge_views
 from .preprocess import PreparedImage, pad_batch
 
 if TYPE_CHECKING:
@@ -28,10 +29,17 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
 
     ``candidate_sources``: when a list, every query of each image is appended to it as a
     :class:`~napari_iaunet.inference.candidates.CandidateSource` (click-to-add candidates).
+
+    With ``segmenter.flips > 1`` the batch runs with its mirror images
+    (:mod:`~napari_iaunet.inference.flips`) and the instances are the merged views; the
+    click-to-add candidates stay the unflipped view's queries.
     """
     from .postprocess import postprocess
 
     batch = pad_batch([p.tensor for p in prepared])
+    flips = segmenter.flips
+    if flips > 1:
+        batch = flip_views(batch, flips)  # view after view: the first len(prepared) are unflipped
     if segmenter.fuse and segmenter.device.type == "cpu":  # the fused CPU copy is channels-last
         batch = batch.contiguous(memory_format=torch.channels_last)
     # a model trained with click queries keeps what answering clicks needs with its candidates
@@ -53,10 +61,14 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
             if keep:  # float16 on the host: ~7 MB for a 512-px view of a Lite0 model
                 src.click_context = outputs["click_context"].select(i).to("cpu", torch.float16)
             candidate_sources.append(src)
+    if flips > 1:
+        queries = merge_views(outputs["pred_logits"], outputs["pred_masks"], flips,
+                              settings.score_threshold, settings.mask_threshold)
+    else:
+        queries = list(zip(outputs["pred_logits"], outputs["pred_masks"]))
     return [
-        postprocess(outputs["pred_logits"][i], outputs["pred_masks"][i], padded,
-                    p.resized_shape, p.original_shape, settings)
-        for i, p in enumerate(prepared)
+        postprocess(logits, masks, padded, p.resized_shape, p.original_shape, settings)
+        for (logits, masks), p in zip(queries, prepared, strict=True)
     ]
 
 
