@@ -15,9 +15,10 @@ instances (see ``_fixtures.py``).
 CPU cases run interleaved (one call of each per round) with a reference workload that gauges the
 machine's load; memory is the peak RSS of one call in a fresh process. GPU cases (when CUDA is
 present) are timed with CUDA events and report ``torch.cuda.max_memory_allocated``.
-``--checkpoints A.pt B.pt …`` adds one case per trained checkpoint: the same image segmented by
-it with the default settings (its own backbone, input size and detections), e.g. the bundled
-model against a candidate for its place.
+``--checkpoints A.pt B.pt …`` adds two cases per trained checkpoint: the same image segmented by
+it with the default settings (its own backbone, input size and detections) and with one view
+instead of the default four (``flips``), e.g. the bundled model against a candidate for its
+place; ``--checkpoint-image`` gives them a real image.
 Writes ``docs/benchmarks/inference.json`` and ``inference.md``.
 """
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C
 import _fixtures as fx
 from napari_iaunet.inference import PostprocessSettings, Segmenter
+from napari_iaunet.inference.flips import DEFAULT_FLIPS
 from napari_iaunet.inference.postprocess import postprocess
 from napari_iaunet.inference.preprocess import prepare
 from napari_iaunet.layers import split_into_layers
@@ -67,8 +69,10 @@ class Setup:
         self.x4 = torch.randn(BATCH, 3, net_input, net_input, generator=gen).to(self.device)
 
     def segmenter(self, batch_size: int = 1, amp: bool = False) -> Segmenter:
+        # one view: the oracle's outputs do not follow the image, so mirror views cannot agree
+        # (the trained checkpoints of --checkpoints are timed with 1 and with the default views)
         return Segmenter(self.wrapped, device=self.device, batch_size=batch_size, amp=amp,
-                         settings=PostprocessSettings())
+                         settings=PostprocessSettings(), flips=1)
 
     def runner(self, seg: Segmenter) -> torch.nn.Module:
         """The network the Segmenter really runs (its optimised copy where it makes one)."""
@@ -123,16 +127,27 @@ def cpu_cases(s: Setup, with_maskrcnn: bool = True) -> dict[str, Callable[[], An
 
 def checkpoint_cases(paths: list[Path], image: np.ndarray, size: int
                      ) -> dict[str, Callable[[], Any]]:
-    """One case per checkpoint: ``image`` segmented as the segment widget would (its own
-    network, input size and score threshold)."""
+    """Two cases per checkpoint: ``image`` segmented as the segment widget would (its own
+    network, input size and score threshold), with the default views and with one."""
     cases: dict[str, Callable[[], Any]] = {}
     for path in paths:
-        seg = Segmenter.from_checkpoint(path, device="cpu")
-        cfg = seg.model.config
-        name = (f"checkpoint {path.parent.name}/{path.name} ({cfg.backbone}, "
-                f"{cfg.input_size} px): segment {size}² → Instances")
-        cases[name] = lambda seg=seg: seg.segment(image)
+        for flips in (DEFAULT_FLIPS, 1):
+            seg = Segmenter.from_checkpoint(path, device="cpu", flips=flips)
+            cfg = seg.model.config
+            views = f"{flips} view{'s' if flips > 1 else ''}"
+            name = (f"checkpoint {path.parent.name}/{path.name} ({cfg.backbone}, "
+                    f"{cfg.input_size} px, {views}): segment {size}² → Instances")
+            cases[name] = lambda seg=seg: seg.segment(image)
     return cases
+
+
+def checkpoint_image(args: argparse.Namespace, s: Setup) -> np.ndarray:
+    """The image the checkpoint cases segment: ``--checkpoint-image``, else the test image."""
+    if args.checkpoint_image is None:
+        return s.test.image
+    from napari_iaunet.io.images import read_image
+
+    return read_image(args.checkpoint_image)
 
 
 def per_item(size: int) -> dict[str, int]:
@@ -144,7 +159,7 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     s = Setup(args.size, args.backbone, net_input=args.input)
     cases = cpu_cases(s, with_maskrcnn=not args.no_maskrcnn)
-    trained = checkpoint_cases(args.checkpoints, s.test.image, args.size)
+    trained = checkpoint_cases(args.checkpoints, checkpoint_image(args, s), args.size)
     cases.update(trained)
     # instance counts (a sanity check that both sides return the same load)
     seg = s.segmenter(1)
@@ -165,10 +180,14 @@ def run_cpu(args: argparse.Namespace) -> dict[str, Any]:
                 __file__, name, ["--size", str(args.size), "--backbone", args.backbone,
                                  "--threads", str(args.threads), "--input", str(args.input),
                                  *(["--checkpoints", *map(str, args.checkpoints)]
-                                   if name in trained else [])])
+                                   if name in trained else []),
+                                 *(["--checkpoint-image", str(args.checkpoint_image)]
+                                   if name in trained and args.checkpoint_image else [])])
     return {"device": f"CPU ({args.threads} threads)", "run": run, "stats": stats,
             "memory": memory, "instances": counts, "slowdown": C.slowdown(stats),
-            "image": s.test.source}
+            "image": s.test.source
+            + (f"; the checkpoint cases segment {args.checkpoint_image}"
+               if args.checkpoint_image else "")}
 
 
 def memory_case(args: argparse.Namespace) -> None:
@@ -176,7 +195,7 @@ def memory_case(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     s = Setup(args.size, args.backbone, net_input=args.input)
     cases = cpu_cases(s, with_maskrcnn="maskrcnn" in args.memory_case)
-    cases.update(checkpoint_cases(args.checkpoints, s.test.image, args.size))
+    cases.update(checkpoint_cases(args.checkpoints, checkpoint_image(args, s), args.size))
     print(json.dumps(C.peak_rss_of_call(cases[args.memory_case])))
 
 
@@ -387,6 +406,9 @@ def main() -> None:
     parser.add_argument("--no-maskrcnn", action="store_true")
     parser.add_argument("--checkpoints", type=Path, nargs="*", default=[],
                         help="trained checkpoints to time on the same image (one case each)")
+    parser.add_argument("--checkpoint-image", type=Path, default=None,
+                        help="image the --checkpoints cases segment (default: the synthetic test "
+                             "image; a trained model's load depends on what it finds)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--no-cpu", action="store_true", help="GPU rows only")
     parser.add_argument("--smoke", action="store_true",

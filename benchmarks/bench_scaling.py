@@ -50,7 +50,8 @@ def stub_segmenter() -> Segmenter:
     pred = fx.blob_predictions(CELLS_PER_PASS, (128, 128), config.num_queries,
                                radius=CELL_RADIUS_LOW, seed=3)
     return Segmenter(fx.OracleOutputs(None, pred, config), device="cpu",
-                     settings=PostprocessSettings(), batch_size=1)
+                     settings=PostprocessSettings(), batch_size=1,
+                     flips=1)  # stub outputs do not follow the image: one view
 
 
 def size_image(size: int) -> np.ndarray:

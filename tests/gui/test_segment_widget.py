@@ -222,6 +222,21 @@ def test_settings_reach_the_library(make_napari_viewer, tiny_checkpoint):
     assert widget.settings()["match_brightness"] is True
 
 
+def test_views_choice_reaches_the_segmenter(make_napari_viewer, tiny_checkpoint, qtbot):
+    from napari_iaunet.inference.flips import DEFAULT_FLIPS
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
+    _, widget, _ = _make(make_napari_viewer, tiny_checkpoint, image=image)
+    assert widget.settings()["flips"] == DEFAULT_FLIPS == 4
+    _run(qtbot, widget)
+    (seg,) = widget._segmenter_cache.values()
+    assert seg.flips == 4
+    widget.flips_combo.setCurrentIndex(widget.flips_combo.findData(1))
+    assert widget.settings()["flips"] == 1
+    _run(qtbot, widget)
+    assert seg.flips == 1  # the same cached Segmenter, one view now
+
+
 def test_match_brightness_follows_the_chosen_model_and_reaches_the_segmenter(
         make_napari_viewer, tiny_checkpoint, tmp_path, qtbot):
     import torch
