@@ -171,3 +171,21 @@ def test_segment_uses_the_threshold_the_checkpoint_recommends(tiny_weights, imag
         counts[name] = len(json.loads((out / "im0.json").read_text())["annotations"])
     # the tiny model's queries score about 0.98: 0.99 keeps none, 0.5 and 0.0 keep them
     assert counts["tuned"] == 0 and counts["plain"] > 0 and counts["override"] > 0
+
+
+def test_segment_warns_when_the_mirror_views_disagree(tmp_path, capsys):
+    """The bundled model never trained on synthetic images: on the sample its mirror views
+    confirm almost none of what the image alone gives, and the command says so in one line; with
+    one view there is nothing to compare and no warning."""
+    rc = main(["segment", "--sample", "--out", str(tmp_path / "four"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    (line,) = [x for x in err.splitlines() if "warning" in x]
+    assert "mirror images confirm" in line and "--flips 1" in line
+    rc = main(["segment", "--sample", "--out", str(tmp_path / "one"), "--device", "cpu",
+               "--flips", "1"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning" not in err
+    one = json.loads((tmp_path / "one" / "sample.json").read_text())
+    four = json.loads((tmp_path / "four" / "sample.json").read_text())
+    assert len(one["annotations"]) > 10 * len(four["annotations"]) > 0

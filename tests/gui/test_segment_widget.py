@@ -385,6 +385,9 @@ def test_plugin_opens_with_the_bundled_model_and_segments_the_sample(make_napari
     (group,) = groups_for_image(viewer, "synthetic cells")
     assert group.info["checkpoint"] == str(bundled.resolve())
     assert len(group.to_instances()) == len(result[0]) > 0
+    # it never trained on synthetic images: its mirror views disagree, and the dock says so
+    assert "Note: The mirror images confirm" in widget.status.text()
+    assert "views: 1 shows what one view finds" in widget.status.text()
 
 
 @pytest.mark.parametrize("family", ["pctrans", "maskrcnn"])

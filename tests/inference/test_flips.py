@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from napari_iaunet.inference import Segmenter
-from napari_iaunet.inference.flips import FLIP_VIEWS, check_flips, flip_views, merge_views
+from napari_iaunet.inference.flips import (
+    FLIP_VIEWS,
+    ViewAgreement,
+    check_flips,
+    flip_views,
+    merge_views,
+)
 
 
 def _logits(p: list[float]) -> torch.Tensor:
@@ -34,10 +40,13 @@ def test_merge_keeps_what_the_views_agree_on():
         frag = fragment.flip(dims) if dims else fragment
         logits.append(_logits([probs[v], 0.8 if v == 0 else 0.001]))
         masks.append(torch.stack([seen, frag]))
-    (merged_logits, merged_masks), = merge_views(torch.stack(logits), torch.stack(masks), 4,
-                                                 min_score=0.01)
+    (merged_logits, merged_masks, agreement), = merge_views(torch.stack(logits),
+                                                            torch.stack(masks), 4, min_score=0.01)
     p = merged_logits.softmax(-1)[:, 0]
     assert p.tolist() == pytest.approx([0.75, 0.2], abs=1e-4)  # mean over views; 0.8 / 4
+    # the unflipped view was sure of both; the other views confirm the cell, not the fragment
+    assert agreement == ViewAgreement(confident=2, confirmed=1)
+    assert agreement.fraction == 0.5 and not agreement.is_low()
     assert torch.equal(merged_masks[0] > 0, cell > 0)
     assert torch.equal(merged_masks[1] > 0, fragment > 0)
 
@@ -47,7 +56,7 @@ def test_merge_does_not_join_different_cells_or_count_a_view_twice():
     # one view (no flips) with two queries on cell a and one on cell b
     logits = _logits([0.9, 0.5, 0.8])[None]
     masks = torch.stack([a, a, b])[None]
-    (merged_logits, merged_masks), = merge_views(torch.cat([logits, logits]),
+    (merged_logits, merged_masks, _), = merge_views(torch.cat([logits, logits]),
                                                  torch.cat([masks, masks.flip(-1)]), 2,
                                                  min_score=0.01)
     p = merged_logits.softmax(-1)[:, 0]
@@ -62,6 +71,15 @@ def test_flip_views_orders_views_then_images():
     assert out.shape == (6, 1, 2, 3)
     assert torch.equal(out[:2], x) and torch.equal(out[2:4], x.flip(-1))
     assert torch.equal(out[4:], x.flip(-2))
+
+
+def test_view_agreement_adds_up_and_is_low_only_with_enough_cells():
+    total = ViewAgreement(10, 2) + ViewAgreement(30, 3)
+    assert total == ViewAgreement(40, 5) and total.fraction == 0.125 and total.is_low()
+    assert not ViewAgreement(4, 0).is_low()  # too few to judge
+    assert not ViewAgreement(20, 5).is_low()  # a quarter confirmed
+    assert ViewAgreement().fraction is None
+    assert "views: 1" in ViewAgreement(40, 5).sentence(one_view="views: 1")
 
 
 @pytest.mark.parametrize("bad", [0, 5, 2.0, True, "4"])
@@ -113,6 +131,8 @@ def test_four_views_are_mirror_equivariant(segmenter, shared_data):
     b = [mirrored.mask(k)[:, ::-1] for k in range(len(mirrored))]
     assert (_best_ious(a, b) > 0.98).all()
     np.testing.assert_allclose(np.sort(plain.scores), np.sort(mirrored.scores), atol=2e-3)
+    # a real image of the kind it learnt: the mirror views confirm most of the unflipped one
+    assert segmenter.last_agreement.fraction > 0.5 and not segmenter.last_agreement.is_low()
 
 
 def test_one_view_is_the_plain_network(segmenter, image):

@@ -265,6 +265,9 @@ def run(args: argparse.Namespace) -> int:
         h, w = inst.image_shape
         records.append((name, h, w, inst))
         bar.finish(f"{len(inst)} instances in {dt:.2f} s")
+        agreement = segmenter.last_agreement
+        if agreement is not None and agreement.is_low():
+            print(f"{label}: warning: {agreement.sentence()}", file=sys.stderr)
         if args.overlay:
             from ..io.atomic import atomic_write_bytes
             from ..visualize import overlay

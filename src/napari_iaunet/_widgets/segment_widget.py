@@ -82,6 +82,7 @@ class _Job:
     replace: list[InstanceGroup]
     started: float
     candidates: Any = None  # every query mask (set by the worker), kept by the new group
+    agreement: Any = None  # how far the mirror views agreed (set by the worker; None: one view)
 
 
 class _Signals(QObject):
@@ -527,6 +528,7 @@ class SegmentWidget(QWidget):
             return None
         if job is not None:
             job.candidates = candidates
+            job.agreement = seg.last_agreement
         self._signals.stage.emit("IAUNet: building layers")
         return instances, split_into_layers(instances)
 
@@ -561,7 +563,11 @@ class SegmentWidget(QWidget):
             candidates=job.candidates,
         )
         seconds = time.perf_counter() - job.started
-        self.status.setText(f"{self.status.text()[:-1]} ({seconds:.1f} s).")
+        text = f"{self.status.text()[:-1]} ({seconds:.1f} s)."
+        if job.agreement is not None and job.agreement.is_low():
+            sentence = job.agreement.sentence(one_view="views: 1")
+            text += f" Note: {sentence[0].upper()}{sentence[1:]}."
+        self.status.setText(text)
 
     def _on_errored(self, exc: BaseException) -> None:
         # napari's worker already sends the error to the notification area

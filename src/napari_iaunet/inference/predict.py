@@ -12,7 +12,7 @@ import torch
 
 from ..instances import Instances
 from .device import autocast
-from .flips import flip_views, merge_views
+from .flips import ViewAgreement, flip_views, merge_views
 from .preprocess import PreparedImage, pad_batch
 
 if TYPE_CHECKING:
@@ -60,8 +60,11 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
                 src.click_context = outputs["click_context"].select(i).to("cpu", torch.float16)
             candidate_sources.append(src)
     if flips > 1:
-        queries = merge_views(outputs["pred_logits"], outputs["pred_masks"], flips,
-                              settings.score_threshold, settings.mask_threshold)
+        merged = merge_views(outputs["pred_logits"], outputs["pred_masks"], flips,
+                             settings.score_threshold, settings.mask_threshold)
+        queries = [(logits, masks) for logits, masks, _ in merged]
+        for _, _, agreement in merged:
+            segmenter.last_agreement = (segmenter.last_agreement or ViewAgreement()) + agreement
     else:
         queries = list(zip(outputs["pred_logits"], outputs["pred_masks"]))
     return [

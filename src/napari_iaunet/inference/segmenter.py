@@ -18,7 +18,7 @@ from ..model.config import ModelConfig
 from ..model.registry import family_of
 from .candidates import Candidates, CandidateSource
 from .device import autocast, select_device
-from .flips import DEFAULT_FLIPS, check_flips
+from .flips import DEFAULT_FLIPS, ViewAgreement, check_flips
 from .postprocess import PostprocessSettings
 from .preprocess import (
     PreparedImage,
@@ -122,6 +122,8 @@ class Segmenter:
     ) -> None:
         self.device = select_device(device)
         self.flips = check_flips(flips)
+        # how far the mirror views confirmed the last segment / segment_batch call (None: one view)
+        self.last_agreement: ViewAgreement | None = None
         self.match_brightness = match_brightness
         self.model = model.to(self.device).eval()
         self.settings = _as_settings(settings)
@@ -302,6 +304,7 @@ class Segmenter:
         """
         cfg = self.config
         intensity = intensity or cfg.intensity
+        self.last_agreement = None  # the forward passes below add theirs (several views only)
         out: list[Instances] = []
         total = len(images)
         for start in range(0, total, self.batch_size):
