@@ -103,7 +103,9 @@ class Segmenter:
             (:mod:`~napari_iaunet.inference.flips`): 1 the image alone, 2 also mirrored
             left-right, 3 also up-down, 4 (default) also both. More views find more cells and
             fewer fragments at about ``flips``× the network time. Query models only: a Mask
-            R-CNN always runs one view.
+            R-CNN always runs one view. After each call ``last_agreement`` tells how far the
+            views confirmed the unflipped one
+            (:class:`~napari_iaunet.inference.flips.ViewAgreement`; None with one view).
     """
 
     def __init__(
