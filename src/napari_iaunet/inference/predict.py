@@ -76,7 +76,7 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
 def _forward(segmenter: Segmenter, batch: torch.Tensor, keep_context: bool, chunk: int
              ) -> dict[str, torch.Tensor]:
     """The network on ``batch`` ``chunk`` images per pass (the mirror views of a CPU segmenter
-    run one at a time: 20 % less time per image than a batch of four, docs/performance.md).
+    run one at a time: a batch of four costs 20–27 % more per image there, docs/performance.md).
     The first chunk holds the unflipped view of every image and keeps the click context."""
     model = segmenter.inference_model()
     parts = []
