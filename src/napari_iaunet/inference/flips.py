@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .postprocess import mask_clusters
+
 __all__ = ["DEFAULT_FLIPS", "FLIP_VIEWS", "ViewAgreement", "check_flips", "flip_views",
            "merge_views"]
 
@@ -121,22 +123,12 @@ def _merge_one(prob: torch.Tensor, mask_prob: torch.Tensor, view_of: np.ndarray,
         return (torch.zeros((0, num_classes + 1), device=prob.device),
                 torch.zeros((0, h, w), device=prob.device), ViewAgreement())
     best, label = prob.max(-1)
-    hot = (mask_prob > mask_threshold).flatten(1).float()
-    inter = hot @ hot.T
-    area = hot.sum(1)
-    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
-    linked = ((iou > iou_threshold) & (label[:, None] == label[None, :])).cpu().numpy()
     best_np = best.cpu().numpy()
-    taken = np.zeros(n, dtype=bool)
     cell_probs, cell_masks = [], []
     confident = (view_of == 0) & (best_np >= CONFIDENT)
     confirmed = 0
-    for i in np.argsort(-best_np, kind="stable"):
-        if taken[i]:
-            continue
-        members = np.union1d(np.flatnonzero(linked[i] & ~taken), [i])
-        taken[members] = True
-        chosen = [int(i)]  # the leader is its view's best member (the most confident query)
+    for i, members in mask_clusters(best_np, label, mask_prob, iou_threshold, mask_threshold):
+        chosen = [i]  # the leader is its view's best member (the most confident query)
         for v in range(n_views):
             if v == view_of[i]:
                 continue

@@ -31,7 +31,8 @@ import torch
 
 from ..instances import Instances
 
-__all__ = ["PostprocessSettings", "assemble_instances", "cluster_queries", "postprocess",
+__all__ = ["PostprocessSettings", "assemble_instances", "cluster_queries", "mask_clusters",
+           "postprocess",
            "remove_duplicates"]
 
 
@@ -307,28 +308,14 @@ def cluster_queries(scores: torch.Tensor, labels: torch.Tensor, mask_logits: tor
     """Merge near-duplicate queries (PCTrans): ``scores (K,)`` sorted high to low, ``labels (K,)``,
     ``mask_logits (K, h, w)``.
 
-    Greedy in score order, each query not yet taken gathers every untaken query of its class
-    whose binary mask (probability > ``mask_threshold``) overlaps its own with IoU above
-    ``iou_threshold``; a cluster becomes one query with the mean class score and the mean mask
-    probabilities (returned as logits). Returns the merged ``(scores, labels, mask_logits)``.
+    Each cluster of :func:`mask_clusters` becomes one query with the mean class score and the
+    mean mask probabilities (returned as logits). Returns the merged
+    ``(scores, labels, mask_logits)``.
     """
     prob = mask_logits.float().sigmoid()
-    hot = (prob > mask_threshold).flatten(1).float()
-    inter = hot @ hot.T
-    area = hot.sum(1)
-    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
-    linked = ((iou > iou_threshold) & (labels[:, None] == labels[None, :])).cpu().numpy()
-    order = np.argsort(-scores.float().cpu().numpy(), kind="stable")
-    taken = np.zeros(len(order), dtype=bool)
-    clusters: list[np.ndarray] = []
-    for i in order:
-        if taken[i]:
-            continue
-        members = np.flatnonzero(linked[i] & ~taken)
-        members = np.union1d(members, [i])
-        taken[members] = True
-        clusters.append(members)
-    if len(clusters) == len(order):
+    clusters = [members for _, members in mask_clusters(
+        scores.float().cpu().numpy(), labels, prob, iou_threshold, mask_threshold)]
+    if len(clusters) == len(scores):
         return scores, labels, mask_logits
     device = mask_logits.device
     new_scores = torch.stack([scores[torch.as_tensor(m, device=device)].mean() for m in clusters])
@@ -336,6 +323,31 @@ def cluster_queries(scores: torch.Tensor, labels: torch.Tensor, mask_logits: tor
     mean_prob = torch.stack([prob[torch.as_tensor(m, device=device)].mean(0) for m in clusters])
     mean_prob = mean_prob.clamp(1e-6, 1 - 1e-6)
     return new_scores, new_labels, torch.log(mean_prob / (1 - mean_prob)).contiguous()
+
+
+def mask_clusters(scores: np.ndarray, labels: torch.Tensor, mask_prob: torch.Tensor,
+                  iou_threshold: float, mask_threshold: float = 0.5
+                  ) -> list[tuple[int, np.ndarray]]:
+    """Greedy mask clustering of queries (``scores (K,)``, ``labels (K,)``, mask probabilities
+    ``(K, h, w)``): in score order, each query not yet taken gathers every untaken query of its
+    class whose binary mask (probability > ``mask_threshold``) overlaps its own with IoU above
+    ``iou_threshold``. Returns ``(leader, members)`` per cluster, leader first in score order;
+    ``members`` are sorted indices and include the leader. Shared by PCTrans' query merge
+    (:func:`cluster_queries`) and the merge of mirror views (:mod:`.flips`)."""
+    hot = (mask_prob > mask_threshold).flatten(1).float()
+    inter = hot @ hot.T
+    area = hot.sum(1)
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp(min=1.0)
+    linked = ((iou > iou_threshold) & (labels[:, None] == labels[None, :])).cpu().numpy()
+    taken = np.zeros(len(scores), dtype=bool)
+    clusters: list[tuple[int, np.ndarray]] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if taken[i]:
+            continue
+        members = np.union1d(np.flatnonzero(linked[i] & ~taken), [i])
+        taken[members] = True
+        clusters.append((int(i), members))
+    return clusters
 
 
 def remove_duplicates(instances: Instances, iou_threshold: float) -> Instances:
