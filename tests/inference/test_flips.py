@@ -119,7 +119,8 @@ def image():
 
 def test_four_views_are_mirror_equivariant(segmenter, shared_data):
     """With all four views the mirrored image gives the mirrored cells (the same set of views
-    in another order), which one view does not promise (there 60 % of the cells reappear)."""
+    in another order), which one view does not promise (the mirror views confirm 60 % of what
+    the unflipped view is sure of there)."""
     from napari_iaunet.io.images import read_image
 
     image = read_image(shared_data / "revvity25" / "images" / "R01C03F14.png")
