@@ -311,24 +311,26 @@ def compare_average(run_dir: Path, snapshots: Path, steps: list[int], val_data, 
 
 
 def evaluate_unseen(weights: Path, data: Path, data_dir: Path, out: Path) -> dict:
-    """Score ``weights`` on every unseen set with ``napari-iaunet evaluate`` (its defaults) and
-    draw the held-out Revvity image's overlay."""
+    """Score ``weights`` on every unseen set with ``napari-iaunet evaluate`` (its defaults; the
+    number of views is recorded) and draw the held-out Revvity image's overlay."""
     import imageio.v3 as iio
 
     from napari_iaunet.cli import main as cli
     from napari_iaunet.inference import Segmenter
+    from napari_iaunet.inference.flips import DEFAULT_FLIPS
     from napari_iaunet.io.images import read_image
     from napari_iaunet.visualize import overlay
 
     (out / "eval").mkdir(parents=True, exist_ok=True)
-    report: dict = {"weights": str(weights), "unseen": {}}
+    report: dict = {"weights": str(weights), "unseen": {}, "views": DEFAULT_FLIPS}
     for name, gt_file in UNSEEN.items():
         gt = data_dir / gt_file
         if not gt.exists():
             continue
         result = out / "eval" / f"{name}.json"
         argv = ["evaluate", "--gt", str(gt), "--images", str(data / name / "images"),
-                "--weights", str(weights), "--json", str(result), "--overwrite"]
+                "--weights", str(weights), "--flips", str(DEFAULT_FLIPS), "--json", str(result),
+                "--overwrite"]
         t0 = time.perf_counter()
         if cli(argv) != 0:
             raise RuntimeError(f"napari-iaunet {shlex.join(argv)} failed")
@@ -356,6 +358,7 @@ def install(best: Path, report: dict, overwrite: bool) -> None:
         "metrics": {f"{name}_{k}": round(float(v["metrics"][k]), 4)
                     for name, v in report["unseen"].items() for k in ("AP", "AP50")
                     if k in v["metrics"]},
+        "metrics_views": int(report.get("views", 1)),  # reports from before the views: one
         "recipe": report["command"],
     })
     meta.setdefault("image_side", report["image_side"])  # runs from before the trainer stored it

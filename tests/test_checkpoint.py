@@ -184,3 +184,19 @@ def test_summary_describes_the_training_data(tmp_path, tiny_model):
     info = read_checkpoint_info(save_checkpoint(tmp_path / "m.pt", tiny_model, meta))
     line = next(x for x in info.summary().splitlines() if x.startswith("training_data:"))
     assert line.split(":", 1)[1].strip() == "/data/plate1.json (3 images, 120 cells)"
+
+
+def test_stored_metrics_say_how_many_views_measured_them(tmp_path, tiny_model):
+    """Metrics from before the mirror views (and the trainer's one-view validation) say "one
+    view"; the default-model recipe records the views its evaluation used."""
+    from napari_iaunet.checkpoint import metrics_views
+
+    old = {"metrics": {"revvity25_AP50": 0.7268}}
+    new = {**old, "metrics_views": 4}
+    assert metrics_views(old) == metrics_views({**old, "metrics_views": 1}) == "one view"
+    assert metrics_views(new) == "4 views"
+    for meta, said in ((old, "(one view)"), (new, "(4 views)")):
+        info = read_checkpoint_info(save_checkpoint(tmp_path / f"m{len(meta)}.pt", tiny_model,
+                                                    meta))
+        line = next(x for x in info.summary().splitlines() if x.startswith("metrics:"))
+        assert line.endswith(said) and "revvity25_AP50=0.7268" in line

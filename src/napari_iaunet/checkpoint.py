@@ -36,6 +36,7 @@ __all__ = [
     "config_from_reference_state_dict",
     "describe_training_data",
     "load_checkpoint",
+    "metrics_views",
     "read_checkpoint_info",
     "recommended_score_threshold",
     "save_checkpoint",
@@ -86,6 +87,8 @@ class CheckpointInfo:
             if key in m:
                 text = (describe_training_data(m[key], details=True) if key == "training_data"
                         else _fmt(m[key]))
+                if key == "metrics":
+                    text += f" ({metrics_views(m)})"
                 lines.append(f"{key + ':':<12} {text}")
         return "\n".join(lines)
 
@@ -181,6 +184,14 @@ def _describe_named(name: Any, value: Any, details: bool) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{name} ({_plural(value, 'image')})"
     return _one_line(f"{name} ({value})" if value not in (None, "") else name)
+
+
+def metrics_views(metadata: dict[str, Any]) -> str:
+    """How a checkpoint's stored metrics were measured: "one view" or "N views" (the mirror
+    views of :mod:`napari_iaunet.inference.flips`). Files that do not say were scored on one
+    view: every model from before the views, and the trainer's validation."""
+    n = metadata.get("metrics_views", 1)
+    return "one view" if n in (None, 1) else f"{n} views"
 
 
 def describe_training_data(data: Any, *, limit: int | None = None, details: bool = False) -> str:

@@ -393,6 +393,9 @@ def test_plugin_opens_with_the_bundled_model_and_segments_the_sample(make_napari
     # it never trained on synthetic images: its mirror views disagree, and the dock says so
     assert "Note: The mirror images confirm" in widget.status.text()
     assert "views: 1 shows what one view finds" in widget.status.text()
+    # the metrics stored in the bundled file were measured on one view: the panel says so
+    (metrics,) = [x for x in widget.model_info.text().splitlines() if x.startswith("metrics")]
+    assert metrics.startswith("metrics (one view): ") and "revvity25_AP50=" in metrics
 
 
 @pytest.mark.parametrize("family", ["pctrans", "maskrcnn"])

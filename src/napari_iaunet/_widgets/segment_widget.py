@@ -362,6 +362,7 @@ class SegmentWidget(QWidget):
         from ..checkpoint import (
             CheckpointError,
             describe_training_data,
+            metrics_views,
             read_checkpoint_info,
             recommended_score_threshold,
         )
@@ -387,9 +388,10 @@ class SegmentWidget(QWidget):
         # one line (the tooltip, info.summary(), has all of it, with licences and paths)
         lines.append("trained on: "
                      + describe_training_data(m.get("training_data"), limit=TRAINED_ON_CHARS))
-        for key in ("description", "metrics"):
-            if key in m:
-                lines.append(f"{key}: {_short(m[key])}")
+        if "description" in m:
+            lines.append(f"description: {_short(m['description'])}")
+        if "metrics" in m:
+            lines.append(f"metrics ({metrics_views(m)}): {_short(m['metrics'])}")
         self.model_info.setText("\n".join(lines))
         self.model_info.setToolTip(info.summary())
         if path != self._defaults_for:  # a new model: its own defaults
