@@ -73,10 +73,12 @@ def _score(seg: Any, items: list[Any], threshold: float, per_image: bool = False
 
 
 def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, device: str,
-         name: str, calibrate: bool = True) -> list[dict[str, Any]]:
+         name: str, calibrate: bool = True, check_views: int | None = None
+         ) -> list[dict[str, Any]]:
     """Run the loop on the annotated images ``data`` (in order); one record per round. With
     ``calibrate`` the score threshold each fine-tune found on its held-back part is used from
-    the next round on (as *Use this model* sets it in the segment widget)."""
+    the next round on (as *Use this model* sets it in the segment widget). ``check_views``: the
+    views the held-back check segments with (None: the library's default, as the segmenting)."""
     from napari_iaunet.inference import PostprocessSettings, Segmenter
     from napari_iaunet.training import AnnotatedImages
     from napari_iaunet.training.finetune import make_train_config, run_finetune
@@ -103,7 +105,7 @@ def play(data: Any, weights: Path, rounds: int, settings: Any, work: Path, devic
         t0 = time.perf_counter()
         outcome = run_finetune(corrected, config, start=current, hold_back=settings.hold_back,
                                score_threshold=threshold, refit_steps=settings.refit_steps,
-                               blend=settings.blend)
+                               blend=settings.blend, views=check_views)
         wall = time.perf_counter() - t0
         current = outcome.model_path
         if calibrate and outcome.threshold is not None:
@@ -255,6 +257,9 @@ def main() -> None:
                    help="the recipe's start/fine-tuned blend, unless given (1: none)")
     p.add_argument("--no-refit", action="store_true",
                    help="no steps on the whole images after a verdict for the fine-tune")
+    p.add_argument("--check-views", type=int, choices=(1, 2, 3, 4), default=None,
+                   help="the views the held-back check segments with (default: the library's, "
+                        "the views the loop segments with)")
     p.add_argument("--keep-threshold", action="store_true",
                    help="keep the score threshold 0.5 (do not use the held-back one)")
     p.add_argument("--device", default="cpu")
@@ -311,7 +316,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
         records = play(data, args.weights, args.rounds, settings, work, args.device, name,
-                       calibrate=not args.keep_threshold)
+                       calibrate=not args.keep_threshold, check_views=args.check_views)
         total = time.perf_counter() - t0
     walls = [r["finetune_s"] for r in records if r["round"] > 0]
     payload = {
@@ -319,7 +324,7 @@ def main() -> None:
         "data": str(args.data), "images": [it.name for it in data.items],
         "weights": str(args.weights), "recipe": args.recipe,
         "settings": dataclasses.asdict(settings), "device": args.device,
-        "threads": args.threads, "rounds": records,
+        "threads": args.threads, "check_views": args.check_views, "rounds": records,
         "finetune_s_median": statistics.median(walls) if walls else None,
         "finetune_s_max": max(walls) if walls else None, "total_s": round(total, 1),
     }

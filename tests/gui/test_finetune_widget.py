@@ -471,6 +471,8 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     _, group = _image_with_cells(viewer, "plate1", image, truth)
     segment = SegmentWidget(viewer, ask=Asker("Keep both"), with_edit_tools=False)
     segment.set_checkpoint(tiny_checkpoint)
+    # the check judges the models with the views the segment dock segments with
+    segment.flips_combo.setCurrentIndex(segment.flips_combo.findData(2))
     viewer.layers.selection.active = group.layers[0]
     widget = FineTuneWidget(viewer, ask=Asker())
     quick = FineTuneSettings()
@@ -500,12 +502,14 @@ def test_quick_run_checks_on_a_held_back_strip(make_napari_viewer, qtbot, tiny_c
     assert worker is not None, widget.status.text()
     qtbot.waitUntil(lambda: not widget.running, timeout=180_000)
     assert statuses and statuses[0].startswith("This run should take about"), statuses
-    assert "4 steps of" in statuses[0] and "3 held-back checks" in statuses[0]  # + the blend
+    assert "4 steps of" in statuses[0] and "2 held-back checks" in statuses[0]
+    assert "2 final checks with 2 views" in statuses[0]  # the fine-tuned model and the blend
     assert "then up to 1 step on the whole images" in statuses[0]
     assert statuses[-1].startswith("The held-back check kept the fine-tune: 1 more step on "
                                    "the whole images, the strip included (step 5)"), statuses
     outcome = widget.last_outcome
     assert outcome is not None and outcome.verdict is not None, widget.status.text()
+    assert outcome.verdict.views == 2
     text = widget.status.text()
     assert text.startswith("Done: 4/4 steps") and "on the held-back part" in text
     assert f"Use this model switches the segment widget to {REFIT_DIR}/last.pt" in text

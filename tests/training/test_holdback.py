@@ -112,12 +112,24 @@ def test_quick_run_checks_the_fine_tune_on_the_held_back_strip(tmp_path, tiny_pa
     outcome = run_finetune(data, cfg, start=first.last_path, hold_back=0.25, callbacks=[heard])
     (seconds, info), = heard.estimates
     assert seconds > 0 and info["steps"] == 4 and info["validations"] == 2
-    assert heard.validations == [2, 4]  # the strips validate the run
+    assert info["checks"] == 1 and info["views"] == 4  # the fine-tuned model, with 4 views
+    assert heard.validations == [2, 4]  # the strips validate the run (one view)
     verdict = outcome.verdict
     assert verdict is not None and verdict.cells > 0
     assert set(verdict.start) >= {"AP", "AP50"} and verdict.tuned_step in (2, 4)
+    # the verdict judges both models with the views they will segment with (the default 4)
+    assert verdict.views == 4 and ", 4 views)" in verdict.sentence()
+    from napari_iaunet.checkpoint import load_checkpoint as _load
+    from napari_iaunet.training.trainer import validate
+
+    judged = outcome.result.best_path if outcome.result.best_metric > 0 else (
+        outcome.result.last_path)
+    held_items = hold_back(data, 0.25).held.items
+    assert verdict.tuned == validate(_load(judged).model, held_items, flips=4)
+    assert verdict.start == validate(_load(first.last_path).model, held_items, flips=4)
     record = read_verdict(tmp_path / "quick")
     assert record["keep"] == verdict.keep and len(record["windows"]) == 2
+    assert record["views"] == 4
     assert outcome.threshold is not None and record["score_threshold"]["value"] == (
         outcome.threshold.value)
     from napari_iaunet.checkpoint import load_checkpoint, recommended_score_threshold
@@ -218,8 +230,8 @@ def test_a_kept_fine_tune_trains_on_in_the_whole_images(tmp_path, tiny_pairs, ti
     real_judge, real_train = holdback.judge, trainer.train
     forced = {"keep": "fine-tuned"}
 
-    def judge(start, tuned, step, cells, metric="AP"):
-        verdict = real_judge(start, tuned, step, cells, metric)
+    def judge(start, tuned, step, cells, metric="AP", views=1):
+        verdict = real_judge(start, tuned, step, cells, metric, views)
         verdict.keep = forced["keep"]
         return verdict
 
@@ -313,8 +325,8 @@ def test_a_kept_fine_tune_is_blended_with_the_start_model(tmp_path, tiny_pairs, 
     real_judge = holdback.judge
     blend_worse = {"on": False}
 
-    def judge(start, tuned, step, cells, metric="AP"):
-        verdict = real_judge(start, tuned, step, cells, metric)
+    def judge(start, tuned, step, cells, metric="AP", views=1):
+        verdict = real_judge(start, tuned, step, cells, metric, views)
         verdict.keep = "start" if step is None and blend_worse["on"] else "fine-tuned"
         return verdict
 

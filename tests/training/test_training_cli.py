@@ -136,9 +136,10 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
 
     seen = {}
 
-    def fake_run(data, cfg, *, start=None, hold_back=0.0, refit_steps=0, blend=1.0, **kwargs):
+    def fake_run(data, cfg, *, start=None, hold_back=0.0, refit_steps=0, blend=1.0, views=None,
+                 **kwargs):
         seen.update(start=start, hold_back=hold_back, cfg=cfg, refit_steps=refit_steps,
-                    blend=blend)
+                    blend=blend, views=views)
         raise SystemExit(0)
 
     monkeypatch.setattr(finetune, "run_finetune", fake_run)
@@ -150,6 +151,7 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
     assert seen["start"] == default_weights() and seen["hold_back"] == 0.2
     assert seen["cfg"].freeze_encoder and seen["cfg"].lr == 1e-5 and seen["cfg"].steps == 1
     assert seen["refit_steps"] == 0 and seen["blend"] == 0.5  # halfway back to the start
+    assert seen["views"] is None  # the check segments as 'segment' does by default
     assert "starting from the bundled model" in capsys.readouterr().err
     steps = train_args.index("--steps") + 1
     recipe = [*train_args[:steps], "8", *train_args[steps + 1:], "--quick"]
@@ -164,6 +166,11 @@ def test_train_quick_starts_from_the_bundled_model(train_args, monkeypatch, caps
     assert seen["hold_back"] == 0.0 and seen["refit_steps"] == 0
     assert main([*train_args, "--no-refit"]) == 1  # only --quick has a check to follow
     assert main([*train_args, "--blend", "0.5"]) == 1
+    assert main([*train_args, "--flips", "1"]) == 1
+    assert "--flips go with --quick" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the views the held-back check segments with
+        main([*recipe, "--flips", "1"])
+    assert seen["views"] == 1
     assert main([*recipe, "--blend", "2"]) == 2  # a bad option, as for every fraction
     assert "must be between 0 and 1" in capsys.readouterr().err
     assert main([*train_args, "--quick", "--pretrained"]) == 1

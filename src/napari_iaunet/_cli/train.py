@@ -54,6 +54,9 @@ def add_parser(p: argparse.ArgumentParser) -> None:
     model.add_argument("--refit", action="store_true",
                        help="with --quick: a quarter more steps on the whole images, strip "
                             "included, after a check that keeps the fine-tune (unchecked)")
+    model.add_argument("--flips", type=int, choices=(1, 2, 3, 4), default=None,
+                       help="with --quick: the views the held-back check segments with, as "
+                            "'segment --flips' will (default 4)")
     model.add_argument("--no-refit", action="store_true",
                        help="with --quick: no steps on the whole images after the check (the "
                             "default)")
@@ -247,9 +250,9 @@ def run(args: argparse.Namespace) -> int:
                          "with --quick (a fine-tune of the segmentation)")
     if args.quick:
         return _run_quick(args)
-    if args.no_refit or args.refit or args.blend is not None:
-        raise ValueError("--refit, --no-refit and --blend go with --quick (they follow its "
-                         "held-back check)")
+    if args.no_refit or args.refit or args.blend is not None or args.flips is not None:
+        raise ValueError("--refit, --no-refit, --blend and --flips go with --quick (they follow "
+                         "its held-back check)")
     cfg = TrainConfig(
         out_dir=args.out, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr or 1e-4, weight_decay=args.weight_decay, min_lr=args.min_lr,
@@ -335,7 +338,8 @@ def _run_quick(args: argparse.Namespace) -> int:
     outcome = run_finetune(train_data, cfg, start=args.weights, val_data=val_data,
                            hold_back=settings.hold_back,
                            callbacks=[PrintProgress(args.print_every)], cancel=stop,
-                           refit_steps=settings.refit_steps, blend=settings.blend)
+                           refit_steps=settings.refit_steps, blend=settings.blend,
+                           views=args.flips)
     result = outcome.result
     state = "cancelled" if result.cancelled else "finished"
     refit = outcome.refit

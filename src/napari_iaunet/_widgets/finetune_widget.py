@@ -252,6 +252,7 @@ class _Job:
     hold_back: float = 0.0  # fraction of each image held back to check the result
     refit_steps: int = 0  # steps on the whole images after a check that keeps the fine-tune
     blend: float = 1.0  # how far the model to use lies from the start towards the fine-tune
+    views: int | None = None  # the views the check segments with (the segment dock's choice)
     started: float = field(default_factory=time.perf_counter)
     start_step: int = 0
     first_step: int | None = None
@@ -1086,7 +1087,8 @@ class FineTuneWidget(QWidget):
                    resume=resume, n_images=n_images, n_cells=n_cells, model_config=new,
                    backbone_weights=self.new_model_backbone_weights if new is not None else None,
                    hold_back=settings.hold_back if val is None and new is None else 0.0,
-                   refit_steps=settings.refit_steps, blend=settings.blend)
+                   refit_steps=settings.refit_steps, blend=settings.blend,
+                   views=self._segment_views())
         self._cancel.clear()
         self._job = job
         self.last_result = None
@@ -1115,6 +1117,14 @@ class FineTuneWidget(QWidget):
         self._update_enabled()
         worker.start()
         return worker
+
+    def _segment_views(self) -> int | None:
+        """The views the segment dock segments with (None without one: the default), so the
+        held-back check judges the models as they will be used."""
+        from .segment_widget import find_segment_widget
+
+        seg = find_segment_widget(self.viewer)
+        return None if seg is None else int(seg.flips_combo.currentData())
 
     def _snapshot(self) -> tuple[AnnotatedImages, list[str], Any]:
         """The ticked data as they are now (GUI thread: napari layers are read here only)."""
@@ -1154,7 +1164,7 @@ class FineTuneWidget(QWidget):
                                backbone_weights=job.backbone_weights, val_data=job.val,
                                hold_back=job.hold_back, callbacks=[_Relay(self._signals)],
                                cancel=self._cancel, refit_steps=job.refit_steps,
-                               blend=job.blend)
+                               blend=job.blend, views=job.views)
         for result in (outcome.result, outcome.refit):  # the weights are in the run folder:
             if result is not None:  # free the memory now
                 result.model = None

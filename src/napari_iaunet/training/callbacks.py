@@ -62,6 +62,11 @@ def describe_estimate(seconds: float, info: dict[str, Any]) -> str:
     if info.get("validations"):
         parts += (f", {info['validations']} held-back checks of "
                   f"{info.get('validation_s', 0):.2g} s")
+    if info.get("checks"):
+        n, views = int(info["checks"]), int(info.get("views", 1))
+        parts += (f", {n} final check{'' if n == 1 else 's'}"
+                  f"{'' if views == 1 else f' with {views} views'} of "
+                  f"{info.get('check_s', 0):.2g} s")
     if info.get("refit_steps"):
         n = int(info["refit_steps"])
         parts += f", then up to {n} step{'' if n == 1 else 's'} on the whole images"

@@ -225,13 +225,15 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
                  hold_back: float = 0.0, callbacks: Sequence[TrainCallback] = (),
                  cancel: threading.Event | Callable[[], bool] | None = None,
                  score_threshold: float | None = None, refit_steps: int = 0,
-                 blend: float = 1.0) -> FineTuneOutcome:
+                 blend: float = 1.0, views: int | None = None) -> FineTuneOutcome:
     """Fine-tune (or train a new model) as the widget and ``napari-iaunet train --quick`` do.
 
     With a ``start`` checkpoint, no ``val_data`` and ``hold_back`` > 0, a strip of each image is
     held back (:func:`~napari_iaunet.training.holdback.hold_back`): the start model is scored
     there, the run validates there (best.pt = the best score) and the verdict keeps the start
-    model when the fine-tuned one is worse; then the model chosen picks the detection score
+    model when the fine-tuned one is worse (both scored with ``views``, the views the model will
+    segment with: None means the segmenter's default; the run's own validation, which picks its
+    best step, uses one); then the model chosen picks the detection score
     threshold with the fewest edits on the strips (``score_threshold``, the one in use, wins
     ties; None: the start checkpoint's recommendation, else 0.5). Before the first step each
     callback's ``on_estimate`` hears how long the run should take on this device (three timed
@@ -249,11 +251,13 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     """
     from ..checkpoint import load_checkpoint, recommended_score_threshold, save_checkpoint
     from ..inference.device import select_device
+    from ..inference.flips import DEFAULT_FLIPS, check_flips
     from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
     from .trainer import ValidationCancelled, _RunFolder, train, validate
 
     notes: list[str] = []
+    views = check_flips(DEFAULT_FLIPS if views is None else views)
     blends = 0.0 <= blend < 1.0  # a kept fine-tune becomes its blend with the start model
     held = None
     train_data = data
@@ -279,23 +283,27 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
             score_threshold = recommended_score_threshold(loaded.metadata)
         del loaded
         cancelled = False
-        if held is not None:  # the start model's score on the strips
+        if held is not None:  # the start model's score on the strips, as it will segment
             t0 = time.perf_counter()
             try:
                 start_metrics = validate(model, held.held.items, device=device,
-                                         score_threshold=config.score_threshold, cancel=cancel)
+                                         score_threshold=config.score_threshold, cancel=cancel,
+                                         flips=views)
             except ValidationCancelled:  # the trainer sees the cancel too and stops at once
                 cancelled = True
             val_seconds = time.perf_counter() - t0
         if not (config.resume or cancelled):  # a resumed run shows its own ETA
             step_s = _step_seconds(model, config, train_data, device)  # trains this copy
             n_val = config.steps // max(1, config.val_every) if held is not None else 0
-            if held is not None and blends:
-                n_val += 1  # the blend is scored on the strips too
+            n_checks = 0  # scored with every view: the fine-tuned model (unless one view:
+            if held is not None:  # the run's validation did it) and the blend
+                n_checks = (views > 1) + blends
             n_refit = max(0, int(refit_steps)) if held is not None else 0
-            estimate = step_s * (config.steps + n_refit) + val_seconds * n_val
-            info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds,
-                    "validations": n_val, "refit_steps": n_refit, "device": str(device)}
+            estimate = (step_s * (config.steps + n_refit) + val_seconds / views * n_val
+                        + val_seconds * n_checks)
+            info = {"step_s": step_s, "steps": config.steps, "validation_s": val_seconds / views,
+                    "validations": n_val, "checks": n_checks, "check_s": val_seconds,
+                    "views": views, "refit_steps": n_refit, "device": str(device)}
             for cb in callbacks:
                 cb.on_estimate(estimate, info)
         del model
@@ -307,14 +315,21 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         _RunFolder(Path(config.out_dir) / REFIT_DIR).clear()
     if held is not None and result.steps > 0:  # cancelled before step 1: nothing to judge
         best = next((h["metrics"] for h in reversed(result.history)
-                     if h["step"] == result.best_step), None)
-        outcome.verdict = judge(start_metrics, best, result.best_step, held.cells,
-                                config.metric)
+                     if h["step"] == result.best_step), None)  # one view
         chosen = outcome.model_path
+        if views > 1 and best is not None and chosen is not None:
+            # scored as the start model was (a cancel has stopped the steps; this check is
+            # what makes the model the run leaves behind a judged one, so it is not cancelled)
+            tuned = load_checkpoint(chosen, device=device, overrides=overrides or None).model
+            best = validate(tuned, held.held.items, device=device,
+                            score_threshold=config.score_threshold, flips=views)
+            del tuned
+        outcome.verdict = judge(start_metrics, best, result.best_step, held.cells,
+                                config.metric, views=views)
         if (chosen is not None and not result.cancelled and not outcome.verdict.kept_start
                 and blends):
             _blend(outcome, start, chosen, blend, held, start_metrics, config, device,
-                   overrides or None, cancel)
+                   overrides or None, cancel, views)
             chosen = outcome.model_path
         if chosen is not None and not result.cancelled:
             loaded = load_checkpoint(chosen, device=device, overrides=overrides or None)
@@ -340,9 +355,10 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
 
 def _blend(outcome: FineTuneOutcome, start: str | Path, tuned: Path, weight: float, held: Any,
            start_metrics: dict[str, float], config: TrainConfig, device: Any,
-           overrides: dict[str, Any] | None, cancel: Any) -> None:
+           overrides: dict[str, Any] | None, cancel: Any, views: int) -> None:
     """Write ``OUT/blended.pt`` (``weight`` of the way from the start weights to ``tuned``'s)
-    and make it the outcome's model unless it scores below the start model on the strips."""
+    and make it the outcome's model unless it scores below the start model on the strips
+    (segmented with ``views``, as the start model was)."""
     from ..checkpoint import CheckpointError, average_checkpoints, load_checkpoint
     from .holdback import judge
     from .trainer import ValidationCancelled, validate
@@ -357,13 +373,13 @@ def _blend(outcome: FineTuneOutcome, start: str | Path, tuned: Path, weight: flo
     model = load_checkpoint(path, device=device, overrides=overrides).model
     try:
         metrics = validate(model, held.held.items, device=device,
-                           score_threshold=config.score_threshold, cancel=cancel)
+                           score_threshold=config.score_threshold, cancel=cancel, flips=views)
     except ValidationCancelled:
         outcome.notes.append("the blend's check was cancelled: the fine-tuned model is the one "
                              "to use")
         return
     outcome.blend_metrics = metrics
-    if judge(start_metrics, metrics, None, held.cells, config.metric).kept_start:
+    if judge(start_metrics, metrics, None, held.cells, config.metric, views=views).kept_start:
         outcome.notes.append(f"the blend of the start and the fine-tuned model is worse than "
                              f"the start model on the held-back part ({config.metric} "
                              f"{metrics.get(config.metric, 0):.3f}): the fine-tuned model is "

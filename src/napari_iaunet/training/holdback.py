@@ -164,6 +164,7 @@ class Verdict:
     tuned: dict[str, float]
     tuned_step: int | None
     cells: int
+    views: int = 1  # the views both models segmented the held-back part with
 
     @property
     def kept_start(self) -> bool:
@@ -172,7 +173,9 @@ class Verdict:
     def sentence(self) -> str:
         """One line for the widget's status and the command line."""
         s, t = self.start.get(self.metric), self.tuned.get(self.metric)
-        where = f"on the held-back part ({self.cells} cell{'' if self.cells == 1 else 's'})"
+        views = "" if self.views == 1 else f", {self.views} views"
+        where = (f"on the held-back part ({self.cells} cell{'' if self.cells == 1 else 's'}"
+                 f"{views})")
         scores = (f"{self.metric} {_fmt(s)} → {_fmt(t)}, AP50 {_fmt(self.start.get('AP50'))} → "
                   f"{_fmt(self.tuned.get('AP50'))}")
         if self.kept_start:
@@ -182,7 +185,7 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return {"keep": self.keep, "metric": self.metric, "start": self.start,
                 "tuned": self.tuned, "tuned_step": self.tuned_step, "cells": self.cells,
-                "sentence": self.sentence()}
+                "views": self.views, "sentence": self.sentence()}
 
 
 def _fmt(v: float | None) -> str:
@@ -190,14 +193,14 @@ def _fmt(v: float | None) -> str:
 
 
 def judge(start: dict[str, float], tuned: dict[str, float] | None, tuned_step: int | None,
-          cells: int, metric: str = "AP") -> Verdict:
+          cells: int, metric: str = "AP", views: int = 1) -> Verdict:
     """Keep the fine-tuned model unless it scores below the start model on ``metric`` (a tie
     keeps the fine-tuned one: it learnt from the corrections and lost nothing measurable)."""
     tuned = tuned or {}
     s, t = start.get(metric), tuned.get(metric)
     worse = t is None or (s is not None and t < s)
     return Verdict("start" if worse else "fine-tuned", metric, dict(start), dict(tuned),
-                   tuned_step, cells)
+                   tuned_step, cells, int(views))
 
 
 @dataclass

@@ -349,10 +349,12 @@ class ValidationCancelled(Exception):
 @torch.no_grad()
 def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
              device: str | torch.device = "cpu", score_threshold: float = 0.05,
-             amp: bool = True, cancel: threading.Event | Callable[[], bool] | None = None
-             ) -> dict[str, float]:
+             amp: bool = True, cancel: threading.Event | Callable[[], bool] | None = None,
+             flips: int = 1) -> dict[str, float]:
     """COCO AP (and friends) of ``model`` on annotated images, at the model's input size.
     An image with a ``score_window`` is segmented whole and scored inside the window.
+    ``flips``: the views segmented (one by default: a quarter of the time, and the figures stay
+    comparable across runs; the fine-tune's held-back verdict uses the segmenting views).
 
     ``cancel`` is checked before each image; when it is set, :class:`ValidationCancelled` is
     raised (partial metrics would be misleading, so there are none).
@@ -364,8 +366,7 @@ def validate(model: torch.nn.Module, data: Sequence[AnnotatedImage], *,
 
     was_training = model.training
     seg = Segmenter(model, device=device, settings=PostprocessSettings(
-        score_threshold=score_threshold), tile_size=None, amp=amp, batch_size=1,
-        flips=1)  # one view: a quarter of the time, and the figures stay comparable across runs
+        score_threshold=score_threshold), tile_size=None, amp=amp, batch_size=1, flips=flips)
     preds = []
     try:
         for i, item in enumerate(data):
