@@ -93,3 +93,31 @@ def test_cli_train_segment_evaluate_maskrcnn(tmp_path, capsys):
     assert main(["evaluate", "--gt", str(ann), "--weights", str(best), "--device", "cpu",
                  "--json", str(tmp_path / "metrics.json")]) == 0
     assert "AP" in json.loads((tmp_path / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_finetune_of_a_maskrcnn_judges_one_view(tmp_path):
+    """A Mask R-CNN segments one view whatever is asked, so its held-back verdict says one view
+    and no second scoring of the fine-tuned model runs."""
+    from napari_iaunet.checkpoint import save_checkpoint
+    from napari_iaunet.model import build_model
+    from napari_iaunet.training.dataset import AnnotatedImages
+    from napari_iaunet.training.finetune import FineTuneSettings, make_train_config, run_finetune
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    start = save_checkpoint(tmp_path / "start.pt", build_model(_tiny_config()).eval())
+    pairs = generate(1, 96, seed=3, params=SynthParams(scale=0.2, max_cells=8))
+    heard = {}
+
+    class Estimate(TrainCallback):
+        def on_estimate(self, seconds, info):
+            heard.update(info)
+
+    settings = FineTuneSettings(steps=1, every=1, num_points=256)
+    cfg = make_train_config(settings, tmp_path / "ft", input_size=64)
+    outcome = run_finetune(AnnotatedImages.from_pairs(pairs), cfg, start=start, hold_back=0.25,
+                           callbacks=[Estimate()], views=4)
+    assert heard["views"] == 1 and heard["checks"] == 0
+    assert outcome.verdict is not None and outcome.verdict.views == 1
+    assert "views" not in outcome.verdict.sentence()
