@@ -69,6 +69,14 @@ def test_judge_keeps_the_start_model_only_when_the_fine_tune_is_worse():
     assert "AP 0.400 → 0.300" in worse.sentence() and "(5 cells)" in worse.sentence()
     assert judge(start, None, None, 5).kept_start  # cancelled before any check
     assert judge(start, {"AP": 0.5}, 60, 1).to_dict()["keep"] == "fine-tuned"
+    # a verdict for the fine-tune on fewer than FEW_CELLS cells says how little they tell
+    from napari_iaunet.training.holdback import FEW_CELLS
+
+    few = judge(start, {"AP": 0.4}, 20, FEW_CELLS - 1, views=4).sentence()
+    assert few.startswith("The fine-tuned model is not worse on the held-back part (4 cells, "
+                          "4 views)") and "so few cells say little" in few
+    assert "say little" not in judge(start, {"AP": 0.4}, 20, FEW_CELLS).sentence()
+    assert "say little" not in judge(start, {"AP": 0.3}, 20, 1).sentence()  # kept the start
 
 
 def _start_model(tmp_path, tiny_pairs, tiny_config):

@@ -21,12 +21,13 @@ import numpy as np
 from ..instances import Instances
 from .dataset import AnnotatedImage, AnnotatedImages
 
-__all__ = ["THRESHOLDS", "HeldBack", "Threshold", "Verdict", "calibrate_threshold",
+__all__ = ["FEW_CELLS", "THRESHOLDS", "HeldBack", "Threshold", "Verdict", "calibrate_threshold",
            "crop_annotated", "crop_instances", "hold_back", "judge"]
 
 THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(13))  # 0.3 … 0.9
 MIN_PIECE = 16  # pixels: smaller pieces of a cut cell are dropped from either side
 SEARCH = 0.05  # the cut is searched within ±5 % of the image around the nominal fraction
+FEW_CELLS = 5  # a verdict for the fine-tune on fewer held-back cells says they say little
 
 
 @dataclass
@@ -180,6 +181,9 @@ class Verdict:
                   f"{_fmt(self.tuned.get('AP50'))}")
         if self.kept_start:
             return (f"Kept the start model: the fine-tuned one is worse {where} ({scores}).")
+        if self.cells < FEW_CELLS:  # e.g. ISBI 2014: one cell in the strip, a tie, a worse model
+            return (f"The fine-tuned model is not worse {where} ({scores}), but so few cells "
+                    "say little: compare it with the start model on your next image.")
         return f"The fine-tuned model is not worse {where} ({scores})."
 
     def to_dict(self) -> dict[str, Any]:
