@@ -335,6 +335,7 @@ def evaluate_unseen(weights: Path, data: Path, data_dir: Path, out: Path) -> dic
         if cli(argv) != 0:
             raise RuntimeError(f"napari-iaunet {shlex.join(argv)} failed")
         metrics = json.loads(result.read_text())
+        report["views"] = metrics.get("views", DEFAULT_FLIPS)
         report["unseen"][name] = {"command": "napari-iaunet " + shlex.join(argv),
                                   "metrics": metrics.get("metrics", metrics),
                                   "seconds": round(time.perf_counter() - t0, 1)}

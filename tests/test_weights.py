@@ -181,6 +181,9 @@ def test_train_default_model_install_records_the_sha256(tmp_path, monkeypatch):
         IAUNetConfig(backbone="resnet18", num_queries=6, input_size=64)), {})
     report = {"data": {"synthetic": {"licence": "BSD-3-Clause"}},
               "unseen": {"synthetic": {"metrics": {"AP": 0.1, "AP50": 0.2}}},
-              "command": "test", "image_side": 64}
+              "command": "test", "image_side": 64, "views": 4}
     script.install(best, report, overwrite=False)
     assert default_weights() == tmp_path / "weights" / DEFAULT_WEIGHTS_NAME  # record matches
+    from napari_iaunet.checkpoint import read_checkpoint_info
+
+    assert read_checkpoint_info(default_weights()).metadata["metrics_views"] == 4

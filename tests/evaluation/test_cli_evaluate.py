@@ -75,7 +75,9 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
             calls["duplicates"] = (settings.duplicate_iou, settings.cluster_queries)
             if settings.mask_threshold != 0.5:
                 calls["mask_threshold"] = settings.mask_threshold
-            return cls()
+            segmenter = cls()
+            segmenter.views = views.get("flips", 4)  # as Segmenter.views: the default 4
+            return segmenter
 
         def segment(self, image):
             calls["shape"] = image.shape
@@ -91,6 +93,7 @@ def test_weights_hook_segments_then_evaluates(tmp_path, capsys, monkeypatch):
                      "score_threshold": 0.01,  # AP needs every detection
                      "match_brightness": None,  # the model's own setting
                      "duplicates": (0.5, None)}  # the segment command's defaults
+    assert json.loads((tmp_path / "m.json").read_text())["views"] == 4  # the figures' views
     assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--weights",
                  str(tmp_path / "w.pt"), "--no-match-brightness", "--duplicate-iou", "0.7",
                  "--cluster-queries", "0"]) == 0

@@ -96,6 +96,16 @@ def test_segmenter_refuses_a_bad_flips():
         Segmenter(model, device="cpu", flips=0)
 
 
+def test_views_are_the_flips_of_a_query_model_and_one_for_a_mask_rcnn():
+    from napari_iaunet.model import IAUNetConfig, MaskRCNNConfig, build_model
+
+    query = build_model(IAUNetConfig(backbone="resnet18", num_queries=8, input_size=64))
+    assert [Segmenter(query, device="cpu", flips=n).views for n in (1, 2, 4)] == [1, 2, 4]
+    assert Segmenter(query, device="cpu").views == 4  # the default
+    rcnn = build_model(MaskRCNNConfig(variant="r18_cbam", input_size=64))
+    assert Segmenter(rcnn, device="cpu", flips=4).views == 1
+
+
 def _best_ious(a, b) -> np.ndarray:
     """For each instance of ``a`` (masks), its best mask IoU with any of ``b``."""
     return np.array([max(np.logical_and(x, y).sum() / max(np.logical_or(x, y).sum(), 1)

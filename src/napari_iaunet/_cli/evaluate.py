@@ -60,9 +60,10 @@ def _images_folder(args: argparse.Namespace) -> Path:
 # returns Instances of that image. The import is deferred so evaluate works without torch.
 # --------------------------------------------------------------------------------------------
 def _segment_ground_truth_images(args: argparse.Namespace, gt: dict
-                                 ) -> tuple[dict, float | None]:
+                                 ) -> tuple[dict, float | None, int]:
     """Predictions (a COCO dict with scores) made by the checkpoint on every ground-truth image,
-    and the score threshold the checkpoint recommends (None: it recommends none)."""
+    the score threshold the checkpoint recommends (None: it recommends none) and the views each
+    image was segmented in."""
     try:
         from ..inference import Segmenter
     except ImportError as exc:
@@ -105,7 +106,7 @@ def _segment_ground_truth_images(args: argparse.Namespace, gt: dict
         category["id"] = ids[category["id"] - 1]
     for ann in pred["annotations"]:
         ann["category_id"] = ids[ann["category_id"] - 1]
-    return pred, recommended
+    return pred, recommended, segmenter.views
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     gt = read_coco(args.gt)
     score_threshold = args.score_threshold
     if args.weights is not None:
-        pred, recommended = _segment_ground_truth_images(args, gt)
+        pred, recommended, views = _segment_ground_truth_images(args, gt)
         if score_threshold is None:  # as segment: the checkpoint's recommendation, else 0.5
             score_threshold = 0.5 if recommended is None else recommended
     else:
@@ -129,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
                             per_image=args.per_image)
     results["gt"] = str(args.gt)
     results["pred"] = str(args.pred if args.pred is not None else args.weights)
+    if args.weights is not None:  # the figures depend on them (docs/inference.md, views)
+        results["views"] = views
     print(format_table(results))
     if args.json is not None:
         atomic_write_json(args.json, results, overwrite=args.overwrite, indent=2)

@@ -170,6 +170,12 @@ class Segmenter:
     def config(self) -> ModelConfig:
         return self.model.config
 
+    @property
+    def views(self) -> int:
+        """The views each image is segmented in: ``flips`` for a query model, 1 for a Mask
+        R-CNN (it has no queries to merge)."""
+        return self.flips if family_of(self.config).query_based else 1
+
     def effective_settings(self) -> PostprocessSettings:
         """``settings`` with the family's defaults filled in (``cluster_queries=None`` → on for
         PCTrans, whose inference clusters near-duplicate queries; off otherwise)."""

@@ -281,7 +281,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
         loaded = load_checkpoint(start, device=device, overrides=overrides or None)
         model = loaded.model
         if not family_of(model.config).query_based:
-            views = 1  # a Mask R-CNN segments one view whatever is asked
+            views = 1  # a Mask R-CNN segments one view whatever is asked (Segmenter.views)
         if score_threshold is None:
             score_threshold = recommended_score_threshold(loaded.metadata)
         del loaded
