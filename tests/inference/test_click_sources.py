@@ -41,11 +41,10 @@ def _image(shape, seed=0) -> np.ndarray:
 
 @pytest.mark.parametrize("click_decoder", [False, True])
 def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would(click_decoder):
-    seg = _segmenter(tile_size=None, click_decoder=click_decoder, flips=1)
+    seg = _segmenter(tile_size=None, click_decoder=click_decoder)
     image = _image((96, 80))
     _, cands = seg.segment(image, candidates=True)
     assert cands.answer is not None and cands.sources[0].click_context is not None
-    assert cands.sources[0].view_contexts == ()  # one view: nothing else kept
     point = (70, 60)
     answer = seg.answer_click(cands, point)
     assert len(answer) == 1 and answer.window == (0, 0, 96, 80)
@@ -68,34 +67,6 @@ def test_a_click_is_answered_from_the_kept_context_as_a_full_pass_would(click_de
     cuts = candidates_at(cands, point, thresholds=(0.3, 0.5, 0.7), duplicate_iou=None)
     assert cuts[0].source == -1 and cuts[0].threshold == 0.5  # the segmentation's cut first
     assert all(p.source >= 0 for p in candidates_at(cands, point, click_pass=False))
-
-
-def test_with_mirror_views_a_click_is_answered_in_each_and_they_must_agree():
-    """Four views (the default): the answer is every view's answer to the mirrored click,
-    flipped back, with the smallest mask logit (a pixel every view puts in the cell) and the
-    mean class probability. 64² at input 64 needs no padding, so each view is exactly the
-    one-view segmentation of the mirrored image."""
-    seg = _segmenter(tile_size=None, click_decoder=True)
-    assert seg.flips == 4
-    one = Segmenter(seg.model, device="cpu", fuse=False, tile_size=None, flips=1,
-                    settings=seg.settings)
-    image = _image((64, 64), 3)
-    _, cands = seg.segment(image, candidates=True)
-    assert len(cands.sources[0].view_contexts) == 3
-    point = (40, 20)
-    answer = seg.answer_click(cands, point)
-    logits, probs = [], []
-    for axes in ((), (1,), (0,), (0, 1)):  # as FLIP_VIEWS: none, left-right, up-down, both
-        mirrored = np.ascontiguousarray(np.flip(image, axes)) if axes else image
-        _, theirs = one.segment(mirrored, candidates=True)
-        y, x = (63 - point[0] if 0 in axes else point[0], 63 - point[1] if 1 in axes else point[1])
-        view = one.answer_click(theirs, (y, x))
-        back = view.logits.astype(np.float32)
-        logits.append(np.flip(back, [a + 1 for a in axes]) if axes else back)
-        probs.append(view.class_probs)
-    np.testing.assert_allclose(answer.logits, np.min(logits, axis=0), atol=0.05)
-    np.testing.assert_allclose(answer.class_probs, np.mean(probs, axis=0), atol=0.01)
-    assert not np.allclose(np.min(logits, axis=0), logits[0], atol=0.05)  # the views differ
 
 
 def test_a_click_after_the_weights_changed_is_answered_by_the_new_weights():

@@ -83,9 +83,6 @@ class CandidateSource:
             the image inside it, the window in image pixels): where a click lands in the input.
         click_context: what a model trained with click queries needs to answer a click here
             (:class:`~napari_iaunet.model.decoder.ClickContext`; None for other models).
-        view_contexts: the same for the mirror views the segmentation ran
-            (:data:`~napari_iaunet.inference.flips.FLIP_VIEWS` after the first, in that order;
-            empty with one view): a click is then answered in every view.
     """
 
     logits: np.ndarray
@@ -97,7 +94,6 @@ class CandidateSource:
     hot_boxes: np.ndarray = field(default=None)  # type: ignore[assignment]
     geometry: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None = None
     click_context: Any = field(default=None, repr=False)
-    view_contexts: tuple = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         self.logits = np.ascontiguousarray(self.logits, dtype=np.float16)
@@ -144,8 +140,7 @@ class CandidateSource:
 
     @property
     def nbytes(self) -> int:
-        kept = sum(c.nbytes for c in (self.click_context, *self.view_contexts)
-                   if c is not None)
+        kept = self.click_context.nbytes if self.click_context is not None else 0
         return int(self.logits.nbytes + self.class_probs.nbytes + self.class_ids.nbytes
                    + self.hot_boxes.nbytes + kept)
 

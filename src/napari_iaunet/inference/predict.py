@@ -6,7 +6,7 @@ The model registry names one of these per family (``ModelFamily.predict``); the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,9 +32,7 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
 
     With ``segmenter.flips > 1`` the batch runs with its mirror images
     (:mod:`~napari_iaunet.inference.flips`) and the instances are the merged views; the
-    click-to-add candidates stay the unflipped view's queries, and a model trained with click
-    queries keeps every view's click context (``view_contexts``), so a click is answered in
-    every view too (:meth:`~napari_iaunet.inference.Segmenter.answer_click`).
+    click-to-add candidates stay the unflipped view's queries.
     """
     from .postprocess import postprocess
 
@@ -47,8 +45,7 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
     # a model trained with click queries keeps what answering clicks needs with its candidates
     keep = candidate_sources is not None and bool(getattr(segmenter.config, "click_queries",
                                                            False))
-    n = len(prepared)
-    outputs = _forward(segmenter, batch, keep, chunk=max(segmenter.batch_size, n))
+    outputs = _forward(segmenter, batch, keep, chunk=max(segmenter.batch_size, len(prepared)))
     padded = tuple(batch.shape[-2:])
     settings = segmenter.effective_settings()
     if candidate_sources is not None:
@@ -60,9 +57,7 @@ def predict_queries(segmenter: Segmenter, prepared: list[PreparedImage],
                                                p.resized_shape, p.original_shape,
                                                mask_threshold=settings.mask_threshold)
             if keep:  # float16 on the host: ~7 MB for a 512-px view of a Lite0 model
-                contexts = [_context_at(outputs["click_context"], v * n + i).to(
-                    "cpu", torch.float16) for v in range(flips)]
-                src.click_context, src.view_contexts = contexts[0], tuple(contexts[1:])
+                src.click_context = outputs["click_context"].select(i).to("cpu", torch.float16)
             candidate_sources.append(src)
     if flips > 1:
         merged = merge_views(outputs["pred_logits"], outputs["pred_masks"], flips,
@@ -82,28 +77,20 @@ def _forward(segmenter: Segmenter, batch: torch.Tensor, keep_context: bool, chun
              ) -> dict[str, torch.Tensor]:
     """The network on ``batch`` ``chunk`` images per pass (the mirror views of a CPU segmenter
     run one at a time: a batch of four costs 20–27 % more per image there, docs/performance.md).
-    With ``keep_context`` every pass keeps its click context: ``click_context`` is then a list
-    of ``(first batch index, context)``, one per pass (:func:`_context_at` picks an image)."""
+    The first chunk holds the unflipped view of every image and keeps the click context."""
     model = segmenter.inference_model()
-    parts, contexts = [], []
+    parts = []
     for start in range(0, batch.shape[0], chunk):
         with autocast(segmenter.device, segmenter.amp):
-            part = model(batch[start:start + chunk], with_aux=False,
-                         **({"keep_context": True} if keep_context else {}))
-        if "click_context" in part:
-            contexts.append((start, part.pop("click_context")))
-        parts.append(part)
-    merged = parts[0] if len(parts) == 1 else {
-        k: torch.cat([p[k] for p in parts]) for k in ("pred_logits", "pred_masks")}
-    if contexts:
-        merged["click_context"] = contexts
+            parts.append(model(batch[start:start + chunk], with_aux=False,
+                               **({"keep_context": True} if keep_context and start == 0
+                                  else {})))
+    if len(parts) == 1:
+        return parts[0]
+    merged = {k: torch.cat([p[k] for p in parts]) for k in ("pred_logits", "pred_masks")}
+    if "click_context" in parts[0]:
+        merged["click_context"] = parts[0]["click_context"]
     return merged
-
-
-def _context_at(contexts: list, index: int) -> Any:
-    """Batch image ``index``'s click context from :func:`_forward`'s list of passes."""
-    start, context = max((c for c in contexts if c[0] <= index), key=lambda c: c[0])
-    return context.select(index - start)
 
 
 @torch.inference_mode()

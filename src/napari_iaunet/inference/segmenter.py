@@ -18,7 +18,7 @@ from ..model.config import ModelConfig
 from ..model.registry import family_of
 from .candidates import Candidates, CandidateSource
 from .device import autocast, select_device
-from .flips import DEFAULT_FLIPS, FLIP_VIEWS, ViewAgreement, check_flips
+from .flips import DEFAULT_FLIPS, ViewAgreement, check_flips
 from .postprocess import PostprocessSettings
 from .preprocess import (
     PreparedImage,
@@ -241,13 +241,7 @@ class Segmenter:
         click query started at that pixel, answered from the context the segmentation kept
         (:meth:`~napari_iaunet.model.decoder.IAUNetDecoder.answer_clicks`: only the click query
         runs). A tiled image answers in the tile the point lies deepest in. None when no
-        context was kept (a model not trained with click queries) or the point is outside.
-
-        When the segmentation ran mirror views (``flips`` > 1), the click is answered in each
-        (the point mirrored, the mask flipped back) and the answer is what they agree on: a
-        pixel is in the mask only where every view puts it (the smallest mask logit), with the
-        mean class probability. Every view's answer to a missed cell tends to spill into its
-        neighbours, each differently (docs/plugin.md has the measurement)."""
+        context was kept (a model not trained with click queries) or the point is outside."""
         y, x = (float(v) for v in point)
         kept = [s for s in candidates.sources
                 if s.click_context is not None and s.depth(y, x) >= 0]
@@ -255,43 +249,31 @@ class Segmenter:
             return None
         src = max(kept, key=lambda s: s.depth(y, x))
         weights, model = self._keyed_inference_model()
-        fy, fx = src.input_fraction(y, x)
-        probs, masks = [], []
-        for dims, context in zip(FLIP_VIEWS, self._prepared_contexts(src, model, weights)):
-            # the click in the mirrored padded input: a fraction f of a flipped side is 1 - f
-            click = (1.0 - fy if -2 in dims else fy, 1.0 - fx if -1 in dims else fx)
-            clicks = torch.tensor([[click]], dtype=torch.float32, device=self.device)
-            with autocast(self.device, self.amp):
-                out = model.decoder.answer_clicks(context, clicks)
-            mask = out["click_masks"][0].float()
-            masks.append(mask.flip(dims) if dims else mask)
-            probs.append(out["click_logits"][0].float().softmax(-1))
-        logits = (torch.stack(probs).mean(0).clamp_min(1e-12).log() if len(probs) > 1
-                  else out["click_logits"][0])  # softmax(log p) = p: the mean probability
+        clicks = torch.tensor([[src.input_fraction(y, x)]], dtype=torch.float32,
+                              device=self.device)
+        with autocast(self.device, self.amp):
+            out = model.decoder.answer_clicks(self._prepared_context(src, model, weights), clicks)
         padded, resized, original = src.geometry
-        return CandidateSource.from_outputs(logits, torch.stack(masks).amin(0), padded,
+        return CandidateSource.from_outputs(out["click_logits"][0], out["click_masks"][0], padded,
                                             resized, original, offset=src.window[:2],
                                             mask_threshold=src.mask_threshold)
 
-    def _prepared_contexts(self, src: CandidateSource, model: torch.nn.Module, weights: tuple
-                           ) -> list[Any]:
-        """``src``'s click contexts (its view's, then its mirror views'), on this device, in the
-        model's float type, with the memories' keys and values projected
-        (``decoder.prepare_context``); kept for the next click while the same source is clicked
-        with the same weights (one source at a time: an image is clicked many times in a row,
-        and a prepared copy is a few times the float16 one). ``weights``: the key of the
-        weights ``model`` was made from (:func:`_weights_key`)."""
+    def _prepared_context(self, src: CandidateSource, model: torch.nn.Module, weights: tuple
+                          ) -> Any:
+        """``src``'s click context on this device, in the model's float type, with the
+        memories' keys and values projected (``decoder.prepare_context``); kept for the next
+        click while the same source is clicked with the same weights (one at a time: an image
+        is clicked many times in a row, and the prepared copy is a few times the float16 one).
+        ``weights``: the key of the weights ``model`` was made from (:func:`_weights_key`)."""
         key = (weights, str(self.device))
         if self._click_context is not None:
             ref, cached_key, prepared = self._click_context
             if ref() is src and cached_key == key:
                 return prepared
-        self._click_context = None  # drop the old copies before making new ones
-        dtype = next(model.parameters()).dtype
-        prepared = []
-        for context in (src.click_context, *src.view_contexts):
-            with autocast(self.device, self.amp):
-                prepared.append(model.decoder.prepare_context(context.to(self.device, dtype)))
+        self._click_context = None  # drop the old copy before making a new one
+        context = src.click_context.to(self.device, next(model.parameters()).dtype)
+        with autocast(self.device, self.amp):
+            prepared = model.decoder.prepare_context(context)
         self._click_context = (weakref.ref(src, self._forget_click_context), key, prepared)
         return prepared
 
