@@ -47,6 +47,9 @@ def test_segment_folder_writes_one_coco_per_image(tiny_weights, images, tmp_path
         assert coco["images"][0]["height"] == 48 + 8 * i
         assert coco["annotations"] and all("score" in a for a in coco["annotations"])
         assert (out / f"im{i}_overlay.png").is_file()
+        made_by = coco["info"]  # COCO's info: what made the file
+        assert made_by["model"] == str(tiny_weights) and made_by["views"] == 4
+        assert made_by["score_threshold"] == 0.0 and made_by["description"].startswith("napari")
     assert "3 images" in capsys.readouterr().err
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .options import fraction, non_negative_float, positive_int, score_fraction
 
@@ -242,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"score threshold {threshold:.2f}: the checkpoint's (chosen on its held-back "
                   "cells; --score-threshold overrides it)", file=sys.stderr)
     segmenter.settings = postprocess_settings(args, threshold)
+    made_by = _made_by(segmenter, threshold)
 
     from ..cli import error_text
 
@@ -275,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
             atomic_write_bytes(args.out / (stems[name] + OVERLAY_SUFFIX),
                                _png_bytes(overlay(image, inst)), overwrite=args.overwrite)
         if not args.one_file:
-            coco = _to_coco([(name, h, w, inst)], info, args, instances_to_coco)
+            coco = _to_coco([(name, h, w, inst)], info, args, instances_to_coco, made_by)
             write_coco(args.out / (stems[name] + ".json"), coco, overwrite=args.overwrite)
 
     if args.one_file:
@@ -290,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
             failed = [f for _, part in gathered for f in part]
         if rank == 0 and records:
             records.sort(key=lambda r: names.index(r[0]))
-            coco = _to_coco(records, info, args, instances_to_coco)
+            coco = _to_coco(records, info, args, instances_to_coco, made_by)
             write_coco(args.out / args.one_file, coco, overwrite=args.overwrite)
     total = sum(len(r[3]) for r in records)
     print(f"done: {len(records)} images, {total} instances, "
@@ -326,15 +327,30 @@ class _ProgressBar:
         print(("\r\033[K" if self.live else "") + f"{self.label}: {text}", file=sys.stderr)
 
 
-def _to_coco(records, info, args, instances_to_coco) -> dict:
+def _made_by(segmenter: Any, threshold: float) -> dict[str, Any]:
+    """COCO's ``info``: what made the file (the model, its views and score threshold), so a
+    shared result says how to reproduce it."""
+    import datetime
+
+    from .. import __version__
+
+    return {"description": "napari-iaunet segment", "version": __version__,
+            "date_created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "model": str(segmenter.checkpoint_info.path), "views": segmenter.views,
+            "score_threshold": float(threshold)}
+
+
+def _to_coco(records, info, args, instances_to_coco, made_by: dict[str, Any]) -> dict:
     image_infos = [{"id": i + 1, "file_name": n, "height": h, "width": w}
                    for i, (n, h, w, _) in enumerate(records)]
-    return instances_to_coco(
+    coco = instances_to_coco(
         [r[3] for r in records], image_infos,
         category_names=info.config.class_names,
         mode="rle" if args.rle else "polygon",
         tolerance=args.tolerance,
     )
+    return {"info": made_by, **coco}
 
 
 def _png_bytes(rgb) -> bytes:
