@@ -32,7 +32,8 @@ from .tiling import merge_tiles, plan_tiles
 if TYPE_CHECKING:
     from ..checkpoint import CheckpointInfo
 
-__all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter", "clusters_queries_by_default"]
+__all__ = ["ProgressCallback", "SegmentationCancelled", "Segmenter", "clusters_queries_by_default",
+           "views_for"]
 
 ProgressCallback = Callable[[int, int], None]  # (done, total)
 
@@ -172,9 +173,8 @@ class Segmenter:
 
     @property
     def views(self) -> int:
-        """The views each image is segmented in: ``flips`` for a query model, 1 for a Mask
-        R-CNN (it has no queries to merge)."""
-        return self.flips if family_of(self.config).query_based else 1
+        """The views each image is segmented in (:func:`views_for`)."""
+        return views_for(self.config, self.flips)
 
     def effective_settings(self) -> PostprocessSettings:
         """``settings`` with the family's defaults filled in (``cluster_queries=None`` → on for
@@ -411,6 +411,12 @@ def _candidates(shape: tuple[int, ...], sources: list | None,
     kept = [s for s in sources or [] if s is not None]
     clicks = answer if any(s.click_context is not None for s in kept) else None
     return Candidates((int(shape[0]), int(shape[1])), kept, answer=clicks)
+
+
+def views_for(config: ModelConfig, flips: int) -> int:
+    """The views a model of ``config`` segments each image in when asked for ``flips``:
+    ``flips`` for a query model, 1 for a Mask R-CNN (it has no queries to merge)."""
+    return flips if family_of(config).query_based else 1
 
 
 def auto_tile_size(input_size: int, trained_image_side: int | None) -> int:

@@ -252,7 +252,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     from ..checkpoint import load_checkpoint, recommended_score_threshold, save_checkpoint
     from ..inference.device import select_device
     from ..inference.flips import DEFAULT_FLIPS, check_flips
-    from ..model.registry import family_of
+    from ..inference.segmenter import views_for
     from .holdback import calibrate_threshold, judge
     from .holdback import hold_back as split
     from .trainer import ValidationCancelled, _RunFolder, train, validate
@@ -280,8 +280,7 @@ def run_finetune(data: AnnotatedImages, config: TrainConfig, *,
     if start is not None and (held is not None or not config.resume):
         loaded = load_checkpoint(start, device=device, overrides=overrides or None)
         model = loaded.model
-        if not family_of(model.config).query_based:
-            views = 1  # a Mask R-CNN segments one view whatever is asked (Segmenter.views)
+        views = views_for(model.config, views)  # a Mask R-CNN segments one view
         if score_threshold is None:
             score_threshold = recommended_score_threshold(loaded.metadata)
         del loaded
